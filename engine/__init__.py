@@ -1,0 +1,1 @@
+"""The machinery of medallion-replay: lake, importers, pipeline, executors, queries."""

@@ -1,0 +1,174 @@
+"""Bronze importers: JSONL files and Bronze Parquet archives (idempotent appends)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pds
+import pyarrow.parquet as pq
+
+from engine import schemas
+from engine.errors import InputError
+from engine.lake import Lake
+from rules._duck import run_sql
+from rules._event import arrow_utf8
+
+EXTRACT_SQL = """
+SELECT
+  CASE WHEN json_valid(raw) AND json_type(raw) = 'OBJECT'
+       THEN json_extract_string(raw, '$.event_id') END AS event_id,
+  CASE WHEN json_valid(raw) AND json_type(raw) = 'OBJECT'
+       THEN json_extract_string(raw, '$.tenant_id') END AS tenant_id,
+  CASE WHEN json_valid(raw) AND json_type(raw) = 'OBJECT'
+       THEN TRY_CAST(json_extract_string(raw, '$.event_timestamp') AS TIMESTAMPTZ) END AS event_timestamp
+FROM t
+"""
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    source: str
+    rows_read: int
+    rows_added: int
+    rows_skipped: int
+    bronze_version: int | None
+
+
+def extract_fields(raw: pa.Array) -> pa.Table:
+    """Best-effort event_id / tenant_id / event_timestamp of each payload (NULL if unparseable)."""
+    text, _ = arrow_utf8(raw)
+    out = run_sql(EXTRACT_SQL, {"t": pa.table({"raw": text})})
+    return pa.table({
+        "event_id": out.column("event_id"),
+        "tenant_id": out.column("tenant_id"),
+        "event_timestamp": pc.cast(out.column("event_timestamp"), schemas.TS),
+    })
+
+
+def bronze_rows(raw: pa.Array, topic: str, partition: int, offsets: pa.Array,
+                ingestion: datetime, kafka_timestamp: pa.Array | None = None,
+                kafka_key: pa.Array | None = None) -> pa.Table:
+    """Assemble SPEC section 2 rows for raw messages."""
+    n = len(raw)
+    ing = pa.array([ingestion] * n, schemas.TS) if n else pa.array([], schemas.TS)
+    extracted = extract_fields(raw)
+    return pa.table({
+        "raw_payload": raw,
+        "kafka_topic": pa.array([topic] * n, pa.string()),
+        "kafka_partition": pa.array([partition] * n, pa.int32()),
+        "kafka_offset": offsets,
+        "kafka_timestamp": kafka_timestamp if kafka_timestamp is not None else pa.nulls(n, schemas.TS),
+        "kafka_key": kafka_key if kafka_key is not None else pa.nulls(n, pa.binary()),
+        "ingestion_timestamp": ing,
+        "ingestion_date": pc.cast(ing, pa.date32()),
+        **{c: extracted.column(c) for c in extracted.column_names},
+    }, schema=schemas.BRONZE_SCHEMA)
+
+
+def _existing_keys(lake: Lake, topics: list[str]) -> pa.Table:
+    if not lake.exists(schemas.BRONZE):
+        return pa.table({k: pa.array([], schemas.BRONZE_SCHEMA.field(k).type) for k in schemas.BRONZE_KEY})
+    flt = pc.field("kafka_topic").isin(topics)
+    return lake.read(schemas.BRONZE, columns=list(schemas.BRONZE_KEY), filter=flt)
+
+
+def append_new(lake: Lake, rows: pa.Table, source: str, metadata: dict[str, str]) -> ImportResult:
+    """Append the rows whose (topic, partition, offset) Bronze does not hold yet."""
+    read = rows.num_rows
+    rows = _first_per_key(rows)
+    if rows.num_rows:
+        topics = pc.unique(rows.column("kafka_topic")).to_pylist()
+        existing = _existing_keys(lake, topics)
+        if existing.num_rows:
+            rows = rows.join(existing, list(schemas.BRONZE_KEY), join_type="left anti")
+            rows = rows.sort_by([(k, "ascending") for k in schemas.BRONZE_KEY])
+    version = lake.version(schemas.BRONZE)
+    if rows.num_rows:
+        version = lake.write(schemas.BRONZE, rows, mode="append", metadata={**metadata, "op": "import"})
+    return ImportResult(source, read, rows.num_rows, read - rows.num_rows, version)
+
+
+def _first_per_key(rows: pa.Table) -> pa.Table:
+    idx = pa.array(range(rows.num_rows), pa.int64())
+    t = rows.select(list(schemas.BRONZE_KEY)).append_column("_i", idx)
+    firsts = t.group_by(list(schemas.BRONZE_KEY), use_threads=False).aggregate([("_i", "min")])
+    if firsts.num_rows == rows.num_rows:
+        return rows
+    firsts_idx = firsts.column("_i_min")
+    return rows.take(pc.take(firsts_idx, pc.sort_indices(firsts_idx)))
+
+
+def _readable_file(path: Path) -> None:
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected a file")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path}: not readable (check its permissions)")
+
+
+def split_lines(data: bytes) -> list[bytes]:
+    """Lines of a JSONL file, byte for byte; a final newline does not start another line."""
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return lines
+
+
+def import_jsonl(lake: Lake, path: str | Path, topic: str | None = None,
+                 now: datetime | None = None) -> ImportResult:
+    """One message per line; topic = logical name, partition 0, offset = 0-based line number."""
+    p = Path(path)
+    _readable_file(p)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read: {exc.strerror}") from None
+    lines = split_lines(data)
+    raw = pa.array(lines, pa.binary())
+    rows = bronze_rows(raw, topic or p.name, 0, pa.array(range(len(lines)), pa.int64()),
+                       now or datetime.now(UTC))
+    return append_new(lake, rows, str(p), {"source": str(p), "format": "jsonl"})
+
+
+def import_bronze_parquet(lake: Lake, path: str | Path) -> ImportResult:
+    """Parquet file(s) with exactly the SPEC section 2 columns; known keys are skipped."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file or directory")
+    try:
+        files = sorted(str(f) for f in p.rglob("*.parquet")) if p.is_dir() else [str(p)]
+        if not files:
+            raise InputError(f"{p}: no .parquet files in this directory")
+        schema = pq.read_schema(files[0])
+        _check_bronze_schema(schema, files[0])
+        table = pds.dataset(files, format="parquet").to_table()
+    except InputError:
+        raise
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise InputError(f"{p}: not a readable Parquet file ({exc})") from None
+    try:
+        rows = schemas.conform(table, schemas.BRONZE_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise InputError(f"{p}: columns do not cast to the Bronze schema: {exc}") from None
+    for col in ("raw_payload", "kafka_topic", "kafka_partition", "kafka_offset", "ingestion_timestamp"):
+        if rows.column(col).null_count:
+            raise InputError(f"{p}: column {col} has NULLs; Bronze requires it on every row")
+    return append_new(lake, rows, str(p), {"source": str(p), "format": "bronze-parquet"})
+
+
+def _check_bronze_schema(schema: pa.Schema, where: str) -> None:
+    want, have = set(schemas.BRONZE_SCHEMA.names), set(schema.names)
+    if want != have:
+        missing, extra = sorted(want - have), sorted(have - want)
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing)}")
+        if extra:
+            parts.append(f"unexpected {', '.join(extra)}")
+        raise InputError(f"{where}: not a Bronze archive: {'; '.join(parts)} (SPEC section 2 columns)")

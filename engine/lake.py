@@ -1,0 +1,141 @@
+"""The lake: one Delta table per SPEC table under a root directory or URI (SPEC 6)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as pds
+from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
+
+from engine import schemas
+from engine.errors import CommitConflictError, LakeError, UsageError
+
+META_PREFIX = "medallion."
+
+
+def _is_uri(root: str) -> bool:
+    return "://" in root
+
+
+@dataclass(frozen=True)
+class Lake:
+    """A lake root (local directory or object-store URI) plus delta-rs storage options."""
+
+    root: str
+    storage_options: Mapping[str, str] | None = None
+
+    @classmethod
+    def at(cls, root: str | os.PathLike[str], storage_options: Mapping[str, str] | None = None) -> Lake:
+        text = os.fspath(root)
+        if not _is_uri(text):
+            text = os.path.abspath(text)
+            if os.path.exists(text) and not os.path.isdir(text):
+                raise UsageError(f"lake path {text} is a file; pass a directory for --lake")
+        return cls(text.rstrip("/"), dict(storage_options) if storage_options else None)
+
+    @property
+    def _opts(self) -> dict[str, str] | None:
+        return dict(self.storage_options) if self.storage_options else None
+
+    def uri(self, table: str) -> str:
+        return f"{self.root}/{table}"
+
+    def exists(self, table: str) -> bool:
+        return DeltaTable.is_deltatable(self.uri(table), storage_options=self._opts)
+
+    def table(self, table: str, version: int | None = None) -> DeltaTable:
+        try:
+            dt = DeltaTable(self.uri(table), storage_options=self._opts)
+            if version is not None:
+                dt.load_as_version(version)
+            return dt
+        except TableNotFoundError:
+            raise LakeError(f"table {table} does not exist in lake {self.root}", table=table) from None
+        except Exception as exc:  # delta-rs raises generic errors for bad versions
+            raise LakeError(f"cannot open {table} in {self.root}: {exc}", table=table) from None
+
+    def version(self, table: str) -> int | None:
+        return self.table(table).version() if self.exists(table) else None
+
+    def ensure(self, table: str) -> DeltaTable:
+        """Open ``table``, creating it empty with its SPEC schema on first use."""
+        if not self.exists(table):
+            try:
+                DeltaTable.create(
+                    self.uri(table),
+                    schemas.SCHEMAS[table],
+                    mode="ignore",
+                    partition_by=schemas.PARTITIONS.get(table),
+                    storage_options=self._opts,
+                    commit_properties=CommitProperties(custom_metadata={META_PREFIX + "op": "create"}),
+                )
+            except Exception as exc:
+                raise LakeError(f"cannot create {table} in {self.root}: {exc}", table=table) from None
+        return self.table(table)
+
+    def dataset(self, table: str, version: int | None = None) -> pds.Dataset:
+        return self.table(table, version).to_pyarrow_dataset()
+
+    def read(self, table: str, version: int | None = None, columns: list[str] | None = None,
+             filter: pds.Expression | None = None) -> pa.Table:
+        if not self.exists(table):
+            return schemas.empty(schemas.SCHEMAS[table]).select(columns or schemas.SCHEMAS[table].names)
+        data = self.dataset(table, version).to_table(columns=columns, filter=filter)
+        if columns is None and table in schemas.SCHEMAS:
+            data = schemas.conform(data, schemas.SCHEMAS[table])
+        return data
+
+    def write(self, table: str, data: pa.Table, *, mode: str, metadata: Mapping[str, Any],
+              app_transactions: list[Any] | None = None) -> int:
+        """Write ``data`` in one Delta commit (``overwrite`` or ``append``); returns the new version."""
+        self.ensure(table)
+        data = schemas.conform(data, schemas.SCHEMAS[table])
+        props = CommitProperties(custom_metadata=encode_metadata(metadata),
+                                 app_transactions=app_transactions)
+        try:
+            write_deltalake(
+                self.uri(table),
+                data,
+                mode=mode,  # type: ignore[arg-type]
+                partition_by=schemas.PARTITIONS.get(table),
+                storage_options=self._opts,
+                commit_properties=props,
+            )
+        except CommitFailedError as exc:
+            raise CommitConflictError(f"concurrent commit on {table}: {exc}", table=table) from None
+        return self.table(table).version()
+
+    def commit_metadata(self, table: str, version: int | None = None) -> dict[str, Any]:
+        """The medallion metadata of the commit that produced ``version`` (default: latest)."""
+        dt = self.table(table)
+        target = dt.version() if version is None else version
+        for entry in dt.history():
+            if entry.get("version") == target:
+                return decode_metadata(entry)
+        return {}
+
+    def history(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
+        return self.table(table).history(limit)
+
+
+def encode_metadata(meta: Mapping[str, Any]) -> dict[str, str]:
+    return {META_PREFIX + k: v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+            for k, v in meta.items()}
+
+
+def decode_metadata(entry: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, val in entry.items():
+        if isinstance(key, str) and key.startswith(META_PREFIX):
+            name = key[len(META_PREFIX):]
+            try:
+                out[name] = json.loads(val) if isinstance(val, str) else val
+            except json.JSONDecodeError:
+                out[name] = val
+    return out

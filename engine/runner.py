@@ -1,0 +1,268 @@
+"""Plan, then apply: what a replay must recompute and why, then an evaluator that runs it."""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import pyarrow as pa
+
+from engine import schemas
+from engine.errors import UsageError
+from engine.executor import Executor, JobOutput, MapSpec, Mode, Progress, ReduceSpec
+from engine.lake import Lake
+from engine.pipeline import Compiled
+from rules.base import Ruleset, canonical_json
+
+ModeArg = Literal["auto", "full", "gold"]
+TARGET_FILE_BYTES = 256 * 1024 * 1024
+
+
+def silver_fingerprint(ruleset: Ruleset) -> str:
+    """What Silver depends on: the silver-layer rules and the set of known plans (SPEC 5)."""
+    plans = sorted(Compiled.of(ruleset).known_plans)
+    payload = canonical_json({"silver": ruleset.layer_fingerprint("silver"), "plans": plans})
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An immutable replay plan: what to recompute, why, and how it will be sharded."""
+
+    replay_id: str
+    lake: str
+    mode: Mode | None  # None: up to date
+    reasons: tuple[str, ...]
+    ruleset_name: str
+    ruleset_fingerprint: str
+    silver_fingerprint: str
+    rules: tuple[dict[str, Any], ...]
+    source_table: str
+    source_version: int | None
+    bronze_version: int | None
+    tables: tuple[str, ...]
+    files: tuple[str, ...] = field(repr=False)
+    rows: int
+    bytes: int
+    map_tasks: int
+    buckets: int
+    executor: str
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.mode is None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("files")
+        d["files"] = len(self.files)
+        d["up_to_date"] = self.up_to_date
+        return d
+
+
+def _changed_rules(old: list[dict[str, Any]] | None, new: Ruleset, layer: str) -> list[str]:
+    before = {r["name"]: r for r in (old or []) if r.get("layer") == layer}
+    after = {r["name"]: r for r in new.describe() if r["layer"] == layer}
+    out = []
+    for name in sorted(set(before) | set(after)):
+        b, a = before.get(name), after.get(name)
+        if b is None:
+            out.append(f"{name}@{a['version']} added ({layer} layer)")
+        elif a is None:
+            out.append(f"{name}@{b['version']} removed ({layer} layer)")
+        elif b["fingerprint"] != a["fingerprint"]:
+            what = "parameters" if b["version"] == a["version"] else f"@{b['version']} -> @{a['version']}"
+            out.append(f"{name} {what} changed ({layer} layer)")
+    return out
+
+
+def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor: str = "local",
+               cpus: int = 1, buckets: int | None = None) -> Plan:
+    compiled = Compiled.of(ruleset)
+    sfp = silver_fingerprint(ruleset)
+    if not lake.exists(schemas.BRONZE):
+        raise UsageError(f"no {schemas.BRONZE} table in lake {lake.root}; run 'replay import' first")
+    bronze_v = lake.version(schemas.BRONZE)
+    reasons: list[str] = []
+    chosen: Mode | None = None
+    silver_meta = lake.commit_metadata(schemas.SILVER) if lake.exists(schemas.SILVER) else {}
+    if not silver_meta.get("silver_fingerprint"):
+        reasons.append("Silver has never been built by a replay")
+        chosen = "full"
+    else:
+        if silver_meta["silver_fingerprint"] != sfp:
+            reasons += _changed_rules(silver_meta.get("rules"), ruleset, "silver")
+            old_plans = set(silver_meta.get("known_plans") or [])
+            if old_plans != set(compiled.known_plans):
+                reasons.append(
+                    f"plan_limits changes the set of known plans ({', '.join(sorted(old_plans))} -> "
+                    f"{', '.join(sorted(compiled.known_plans))}); validate depends on it (SPEC 5)")
+            chosen = "full"
+        if silver_meta.get("bronze_version") != bronze_v:
+            reasons.append(f"Bronze changed since Silver was built (version "
+                           f"{silver_meta.get('bronze_version')} -> {bronze_v})")
+            chosen = "full"
+    if chosen is None:
+        gold_meta = lake.commit_metadata(schemas.MINUTE) if lake.exists(schemas.MINUTE) else {}
+        silver_v = lake.version(schemas.SILVER)
+        if not gold_meta.get("ruleset_fingerprint"):
+            reasons.append("Gold has never been built by a replay")
+            chosen = "gold"
+        else:
+            if gold_meta["ruleset_fingerprint"] != ruleset.fingerprint:
+                reasons += _changed_rules(gold_meta.get("rules"), ruleset, "gold") or [
+                    "ruleset fingerprint changed"]
+                chosen = "gold"
+            if gold_meta.get("silver_version") != silver_v:
+                reasons.append(f"Silver changed since Gold was built (version "
+                               f"{gold_meta.get('silver_version')} -> {silver_v})")
+                chosen = "gold"
+    if mode == "full" and chosen != "full":
+        reasons.append("full replay requested (--mode full)")
+        chosen = "full"
+    elif mode == "gold":
+        if chosen == "full" and (not silver_meta or silver_meta.get("silver_fingerprint") != sfp):
+            raise UsageError(
+                "--mode gold needs Silver built with the same silver rules and plan set; "
+                "run without --mode (or --mode full) to rebuild Silver first")
+        if chosen != "gold":
+            reasons.append("Gold-only replay requested (--mode gold)")
+        chosen = "gold"
+    source = schemas.BRONZE if chosen != "gold" else schemas.SILVER
+    source_v = lake.version(source)
+    files: list[str] = []
+    rows = nbytes = 0
+    if chosen is not None:
+        for act in pa.table(lake.table(source, source_v).get_add_actions(flatten=True)).to_pylist():
+            files.append(act["path"])
+            nbytes += int(act.get("size_bytes") or 0)
+            rows += int(act.get("num_records") or 0)
+    n_buckets = buckets or max(1, cpus * 2 if cpus > 1 else 1)
+    per_task = max(1, TARGET_FILE_BYTES)
+    groups = _group_files(lake, source, source_v, files, per_task, min_groups=n_buckets if cpus > 1 else 1)
+    tables = (
+        (*schemas.SILVER_TABLES, *schemas.GOLD_TABLES) if chosen == "full"
+        else schemas.GOLD_TABLES if chosen == "gold" else ()
+    )
+    return Plan(
+        replay_id=new_replay_id(),
+        lake=lake.root,
+        mode=chosen,
+        reasons=tuple(reasons) if chosen else ("up to date: every table matches this ruleset and Bronze",),
+        ruleset_name=ruleset.name,
+        ruleset_fingerprint=ruleset.fingerprint,
+        silver_fingerprint=sfp,
+        rules=tuple(ruleset.describe()),
+        source_table=source,
+        source_version=source_v,
+        bronze_version=bronze_v,
+        tables=tables,
+        files=tuple(files),
+        rows=rows,
+        bytes=nbytes,
+        map_tasks=len(groups),
+        buckets=n_buckets,
+        executor=executor,
+    )
+
+
+def _group_files(lake: Lake, table: str, version: int | None, files: list[str], target: int,
+                 min_groups: int) -> list[tuple[str, ...]]:
+    if not files:
+        return []
+    n = max(min_groups, 1)
+    n = min(n, len(files))
+    groups: list[list[str]] = [[] for _ in range(n)]
+    for i, f in enumerate(files):
+        groups[i % n].append(f)
+    return [tuple(g) for g in groups if g]
+
+
+def new_replay_id() -> str:
+    return datetime.now(UTC).strftime("r%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:8]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    plan: Plan
+    versions: dict[str, int]
+    counts: dict[str, int]
+    conservation_ok: bool | None
+    seconds: float
+    operator: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"replay_id": self.plan.replay_id, "mode": self.plan.mode, "versions": self.versions,
+                "counts": self.counts, "conservation_ok": self.conservation_ok,
+                "seconds": round(self.seconds, 3), "plan": self.plan.to_dict()}
+
+
+def _abs_paths(lake: Lake, table: str, files: list[str]) -> tuple[str, ...]:
+    base = lake.uri(table)
+    return tuple(f if "://" in f or f.startswith("/") else f"{base}/{f}" for f in files)
+
+
+def map_specs(lake: Lake, plan: Plan, ruleset: Ruleset, cpus: int) -> list[MapSpec]:
+    assert plan.mode is not None
+    ds = lake.dataset(plan.source_table, plan.source_version)
+    frag_paths = [f.path for f in ds.get_fragments()]
+    groups = _group_files(lake, plan.source_table, plan.source_version, frag_paths,
+                          TARGET_FILE_BYTES, plan.map_tasks)
+    opts = tuple(sorted((lake.storage_options or {}).items()))
+    return [MapSpec(lake.root, opts, plan.source_table, plan.source_version or 0, g, plan.mode,
+                    ruleset, plan.buckets) for g in groups]
+
+
+def execute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
+            progress: Progress | None = None) -> RunResult:
+    """Run ``plan``; write each output table in one Delta commit carrying the replay metadata."""
+    t0 = time.perf_counter()
+    if ruleset.fingerprint != plan.ruleset_fingerprint:
+        raise UsageError("the plan was built for another ruleset")
+    operator = _operator()
+    if plan.mode is None:
+        return RunResult(plan, {}, {}, None, 0.0, operator)
+    maps = map_specs(lake, plan, ruleset, executor.cpus())
+    reduces = [ReduceSpec(b, plan.mode, ruleset) for b in range(plan.buckets)]
+    out = executor.run(maps, reduces, progress)
+    meta: dict[str, Any] = {
+        "replay_id": plan.replay_id,
+        "ruleset_name": ruleset.name,
+        "ruleset_fingerprint": ruleset.fingerprint,
+        "silver_fingerprint": plan.silver_fingerprint,
+        "known_plans": sorted(Compiled.of(ruleset).known_plans),
+        "rules": list(plan.rules),
+        "bronze_version": plan.bronze_version,
+        "mode": plan.mode,
+        "operator": operator,
+    }
+    versions: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    conservation: bool | None = None
+    if plan.mode == "full":
+        assert out.silver is not None and out.duplicates is not None
+        for table, data in ((schemas.SILVER, out.silver), (schemas.QUARANTINE, out.quarantine),
+                            (schemas.DUPLICATES, out.duplicates)):
+            versions[table] = lake.write(table, data, mode="overwrite", metadata={**meta, "layer": "silver"})
+            counts[table] = data.num_rows
+        conservation = out.rows_in == sum(counts[t] for t in schemas.SILVER_TABLES)
+        counts[schemas.BRONZE] = out.rows_in
+    silver_v = versions.get(schemas.SILVER, lake.version(schemas.SILVER))
+    for table, data in ((schemas.MINUTE, out.minute), (schemas.HOURLY, out.hourly),
+                        (schemas.ALERTS, out.alerts)):
+        versions[table] = lake.write(table, data, mode="overwrite",
+                                     metadata={**meta, "layer": "gold", "silver_version": silver_v})
+        counts[table] = data.num_rows
+    return RunResult(plan, versions, counts, conservation, time.perf_counter() - t0, operator)
+
+
+def _operator() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        return "unknown"

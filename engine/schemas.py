@@ -1,0 +1,169 @@
+"""Arrow schemas of every table of SPEC sections 2-4 (pure: no I/O)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+TS = pa.timestamp("us", tz="UTC")
+
+BRONZE = "bronze_api_usage"
+SILVER = "silver_api_usage"
+QUARANTINE = "silver_quarantine"
+DUPLICATES = "silver_duplicates"
+MINUTE = "tenant_usage_1min"
+HOURLY = "tenant_usage_hourly"
+ALERTS = "enforcement_alerts"
+AUDIT = "reprocessing_audit"
+
+SILVER_TABLES = (SILVER, QUARANTINE, DUPLICATES)
+GOLD_TABLES = (MINUTE, HOURLY, ALERTS)
+ALL_TABLES = (BRONZE, *SILVER_TABLES, *GOLD_TABLES)
+
+BRONZE_SCHEMA = pa.schema(
+    [
+        ("raw_payload", pa.binary()),
+        ("kafka_topic", pa.string()),
+        ("kafka_partition", pa.int32()),
+        ("kafka_offset", pa.int64()),
+        ("kafka_timestamp", TS),
+        ("kafka_key", pa.binary()),
+        ("ingestion_timestamp", TS),
+        ("ingestion_date", pa.date32()),
+        ("event_id", pa.string()),
+        ("tenant_id", pa.string()),
+        ("event_timestamp", TS),
+    ]
+)
+BRONZE_KEY = ("kafka_topic", "kafka_partition", "kafka_offset")
+
+LINEAGE = [
+    ("kafka_topic", pa.string()),
+    ("kafka_partition", pa.int32()),
+    ("kafka_offset", pa.int64()),
+    ("ingestion_timestamp", TS),
+]
+
+EVENT_FIELDS = [
+    ("event_id", pa.string()),
+    ("event_timestamp", TS),
+    ("tenant_id", pa.string()),
+    ("subscription_plan", pa.string()),
+    ("endpoint", pa.string()),
+    ("status_code", pa.int32()),
+    ("method", pa.string()),
+    ("latency_ms", pa.int64()),
+    ("request_bytes", pa.int64()),
+    ("response_bytes", pa.int64()),
+    ("user_id", pa.string()),
+    ("data_residency_region", pa.string()),
+]
+
+#: Output of validate: typed event + lineage (before dedup).
+VALID_SCHEMA = pa.schema([*EVENT_FIELDS, *LINEAGE])
+
+SILVER_SCHEMA = pa.schema([*EVENT_FIELDS, *LINEAGE, ("event_date", pa.date32())])
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        *LINEAGE,
+        ("raw_payload", pa.binary()),
+        ("reason", pa.string()),
+        ("rule", pa.string()),
+        # best effort: set when the payload had a valid timestamp / tenant string
+        ("tenant_id", pa.string()),
+        ("event_timestamp", TS),
+    ]
+)
+
+DUPLICATES_SCHEMA = pa.schema(
+    [
+        *EVENT_FIELDS,
+        *LINEAGE,
+        ("kept_kafka_topic", pa.string()),
+        ("kept_kafka_partition", pa.int32()),
+        ("kept_kafka_offset", pa.int64()),
+        ("kept_ingestion_timestamp", TS),
+        ("rule", pa.string()),
+    ]
+)
+
+MINUTE_SCHEMA = pa.schema(
+    [
+        ("tenant_id", pa.string()),
+        ("window_start", TS),
+        ("window_end", TS),
+        ("subscription_plan", pa.string()),
+        ("total_requests", pa.int64()),
+        ("error_requests", pa.int64()),
+        ("plan_limit", pa.int64()),
+        ("over_limit_count", pa.int64()),
+        ("burst_allowance_used", pa.int64()),
+    ]
+)
+
+HOURLY_SCHEMA = pa.schema(
+    [
+        ("tenant_id", pa.string()),
+        ("window_start", TS),
+        ("subscription_plan", pa.string()),
+        ("total_requests", pa.int64()),
+        ("error_requests", pa.int64()),
+        ("over_limit_count", pa.int64()),
+        ("over_limit_minutes", pa.int64()),
+        ("burst_allowance_used", pa.int64()),
+    ]
+)
+
+ALERTS_SCHEMA = pa.schema(
+    [
+        ("tenant_id", pa.string()),
+        ("alert_type", pa.string()),
+        ("alert_time", TS),
+        ("window_start", TS),
+        ("window_end", TS),
+        ("subscription_plan", pa.string()),
+        ("total_requests", pa.int64()),
+        ("plan_limit", pa.int64()),
+        ("over_limit_count", pa.int64()),
+    ]
+)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    BRONZE: BRONZE_SCHEMA,
+    SILVER: SILVER_SCHEMA,
+    QUARANTINE: QUARANTINE_SCHEMA,
+    DUPLICATES: DUPLICATES_SCHEMA,
+    MINUTE: MINUTE_SCHEMA,
+    HOURLY: HOURLY_SCHEMA,
+    ALERTS: ALERTS_SCHEMA,
+}
+
+PARTITIONS: dict[str, list[str]] = {BRONZE: ["ingestion_date"], SILVER: ["event_date"]}
+
+KEYS: dict[str, tuple[str, ...]] = {
+    BRONZE: BRONZE_KEY,
+    SILVER: BRONZE_KEY,
+    QUARANTINE: BRONZE_KEY,
+    DUPLICATES: BRONZE_KEY,
+    MINUTE: ("tenant_id", "window_start"),
+    HOURLY: ("tenant_id", "window_start"),
+    ALERTS: ("tenant_id", "alert_type", "window_start"),
+}
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Select and cast ``table`` to exactly ``schema`` (column order included)."""
+    cols = []
+    for field in schema:
+        if field.name in table.column_names:
+            col = table.column(field.name)
+            if col.type != field.type:
+                col = col.cast(field.type)
+        else:
+            col = pa.nulls(table.num_rows, field.type)
+        cols.append(col)
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def empty(schema: pa.Schema) -> pa.Table:
+    return schema.empty_table()

@@ -1,0 +1,1 @@
+"""Rule plugins: pure, vectorized functions over Arrow data with frozen parameters."""

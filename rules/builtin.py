@@ -1,0 +1,31 @@
+"""The built-in rule versions of SPEC section 5 and the built-in rulesets."""
+
+from __future__ import annotations
+
+from rules import (
+    abuse_v1,
+    abuse_v2,
+    burst_allowance_v1,
+    dedup_v1,
+    dedup_v2,
+    plan_limits_v1,
+    plan_limits_v2,
+    validate_v1,
+)
+
+RULES = (
+    validate_v1.Validate,
+    dedup_v1.Dedup,
+    dedup_v2.Dedup,
+    plan_limits_v1.PlanLimits,
+    plan_limits_v2.PlanLimits,
+    burst_allowance_v1.BurstAllowance,
+    abuse_v1.Abuse,
+    abuse_v2.Abuse,
+)
+
+#: Built-in rulesets: name -> {rule: version}.
+RULESETS: dict[str, dict[str, int]] = {
+    "2026-01": {"validate": 1, "dedup": 1, "plan_limits": 1, "abuse": 1},
+    "2026-02": {"validate": 1, "dedup": 2, "plan_limits": 2, "burst_allowance": 1, "abuse": 1},
+}
