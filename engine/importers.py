@@ -19,14 +19,12 @@ from rules._duck import run_sql
 from rules._event import arrow_utf8
 
 EXTRACT_SQL = """
-SELECT
-  CASE WHEN json_valid(raw) AND json_type(raw) = 'OBJECT'
-       THEN json_extract_string(raw, '$.event_id') END AS event_id,
-  CASE WHEN json_valid(raw) AND json_type(raw) = 'OBJECT'
-       THEN json_extract_string(raw, '$.tenant_id') END AS tenant_id,
-  CASE WHEN json_valid(raw) AND json_type(raw) = 'OBJECT'
-       THEN TRY_CAST(json_extract_string(raw, '$.event_timestamp') AS TIMESTAMPTZ) END AS event_timestamp
-FROM t
+WITH j AS (SELECT CASE WHEN json_valid(raw) THEN raw END AS j FROM t),
+o AS (SELECT CASE WHEN json_type(j) = 'OBJECT' THEN j END AS o FROM j)
+SELECT json_extract_string(o, '$.event_id') AS event_id,
+  json_extract_string(o, '$.tenant_id') AS tenant_id,
+  TRY_CAST(json_extract_string(o, '$.event_timestamp') AS TIMESTAMPTZ) AS event_timestamp
+FROM o
 """
 
 

@@ -1,0 +1,1 @@
+"""medallion-replay: what users touch (CLI and Python API), thin over :mod:`engine`."""

@@ -13,11 +13,16 @@ ORDER = "ingestion_timestamp, kafka_topic, kafka_partition, kafka_offset"
 KEY = "tenant_id, event_id"
 
 _SQL = f"""
-WITH o AS (
+WITH multi AS (
+  -- only keys seen more than once can hold duplicates; the window runs on those rows alone
+  SELECT {KEY} FROM valid GROUP BY ALL HAVING count(*) > 1
+), cand AS (
+  SELECT v.* FROM valid v SEMI JOIN multi m USING ({KEY})
+), o AS (
   SELECT *,
     struct_pack(t := kafka_topic, p := kafka_partition, o := kafka_offset, i := ingestion_timestamp) AS lin,
     ({{is_dup}}) AS is_dup
-  FROM valid
+  FROM cand
 ), k AS (
   SELECT *,
     last_value(CASE WHEN NOT is_dup THEN lin END IGNORE NULLS) OVER (
@@ -28,6 +33,8 @@ WITH o AS (
 SELECT * EXCLUDE (lin, kept), kept.t AS kept_kafka_topic, kept.p AS kept_kafka_partition,
   kept.o AS kept_kafka_offset, kept.i AS kept_ingestion_timestamp
 FROM k
+UNION ALL BY NAME
+SELECT *, false AS is_dup FROM valid ANTI JOIN multi USING ({KEY})
 """
 
 

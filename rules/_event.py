@@ -196,19 +196,34 @@ def strict_validate(
     return None, out
 
 
-def arrow_utf8(raw: pa.Array) -> tuple[pa.Array, list[bool]]:
-    """Binary -> string; invalid UTF-8 rows become NULL and are flagged (True)."""
+def arrow_utf8(raw: pa.Array | pa.ChunkedArray, chunk: int = 8192) -> tuple[pa.Array, list[bool]]:
+    """Binary -> string; invalid UTF-8 rows become NULL and are flagged (True).
+
+    Casts in slices so one bad message costs a per-row decode of its slice only.
+    """
     if isinstance(raw, pa.ChunkedArray):
         raw = raw.combine_chunks()
     try:
         return raw.cast(pa.string()), [False] * len(raw)
     except pa.ArrowInvalid:
-        flags, values = [], []
-        for b in raw.to_pylist():  # rare path: a batch holding invalid UTF-8
+        pass
+    parts: list[pa.Array] = []
+    flags: list[bool] = []
+    for start in range(0, len(raw), chunk):
+        piece = raw.slice(start, chunk)
+        try:
+            parts.append(piece.cast(pa.string()))
+            flags.extend([False] * len(piece))
+            continue
+        except pa.ArrowInvalid:
+            pass
+        values: list[str | None] = []
+        for b in piece.to_pylist():
             try:
                 values.append(None if b is None else b.decode("utf-8"))
                 flags.append(False)
             except UnicodeDecodeError:
                 values.append(None)
                 flags.append(True)
-        return pa.array(values, pa.string()), flags
+        parts.append(pa.array(values, pa.string()))
+    return pa.concat_arrays(parts) if parts else pa.array([], pa.string()), flags

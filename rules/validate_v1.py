@@ -49,7 +49,7 @@ def _absent(i: int) -> str:
 def _build_sql() -> str:
     paths = ", ".join(f"'$.\"{f.name}\"'" for f in FIELDS)
     idx = {f.name: i + 1 for i, f in enumerate(FIELDS)}
-    cols = ",\n      ".join(f"json_type(v[{i}]) AS t{i}, v[{i}] ->> '$' AS s{i}" for i in idx.values())
+    cols = ",\n      ".join(f"ty[{i}] AS t{i}, sv[{i}] AS s{i}" for i in idx.values())
     reasons: list[str] = []
     for f in FIELDS:
         if f.required:
@@ -90,16 +90,17 @@ def _build_sql() -> str:
     tenant_i = idx["tenant_id"]
     return f"""
 WITH p AS (
-  SELECT _i, raw, ing_us, CASE WHEN json_valid(raw) THEN raw END AS j FROM input
+  SELECT _i, raw, ing_us, try(json_type(raw)) AS jt FROM input
 ), e AS (
   SELECT _i, ing_us,
     raw IS NULL AS is_null,
-    j IS NULL AS bad_json,
-    coalesce(json_type(j) = 'OBJECT', false) AS is_obj,
+    jt IS NULL AS bad_json,
+    coalesce(jt = 'OBJECT', false) AS is_obj,
     coalesce(regexp_matches(raw, $screen), false) AS suspicious,
-    CASE WHEN json_type(j) = 'OBJECT' THEN json_extract(j, [{paths}]) END AS v,
-    CASE WHEN json_type(j) = 'OBJECT' THEN json_keys(j) END AS k
-  FROM p
+    json_type(o, [{paths}]) AS ty,
+    json_extract_string(o, [{paths}]) AS sv,
+    json_keys(o) AS k
+  FROM (SELECT *, CASE WHEN jt = 'OBJECT' THEN raw END AS o FROM p)
 ), t AS (
   SELECT _i, ing_us, is_null, bad_json, is_obj, suspicious, k,
       {cols}
@@ -142,7 +143,6 @@ SELECT _i, needs_strict, reason, ts_us,
   CASE WHEN t{tenant_i} = 'VARCHAR' AND s{tenant_i} <> '' THEN s{tenant_i} END AS q_tenant_id,
   {", ".join(outputs)}
 FROM r
-ORDER BY _i
 """
 
 
@@ -173,6 +173,8 @@ class Validate(Rule):
             {"screen": SCREEN, "ts_pattern": TS_PATTERN, "plans": sorted(known_plans),
              "tolerance": tolerance},
         )
+        if not pc.all(pc.equal(judged.column("_i"), pa.array(range(n), pa.int64()))).as_py():
+            judged = judged.sort_by("_i")  # DuckDB keeps insertion order; never rely on it blindly
         needs = pc.or_(judged.column("needs_strict"), pa.array(bad_utf8, pa.bool_()))
         strict_idx = pc.indices_nonzero(needs).to_pylist()
         if strict_idx:

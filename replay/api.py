@@ -1,0 +1,122 @@
+"""The Python API of medallion-replay: one facade over the engine, used by the CLI too."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine import schemas
+from engine.errors import UsageError
+from engine.executor import Executor, LocalExecutor, Progress
+from engine.generator import GeneratorConfig, generate, to_jsonl
+from engine.importers import ImportResult, append_new, import_bronze_parquet, import_jsonl
+from engine.lake import Lake
+from engine.query import query
+from engine.runner import ModeArg, Plan, RunResult, build_plan, execute
+from rules.base import Ruleset
+from rules.rulesets import load_ruleset
+
+__all__ = [
+    "Lake", "Ruleset", "load_ruleset", "open_lake", "import_file", "plan", "run", "status", "sql",
+    "generate_history", "make_executor",
+]
+
+
+def open_lake(lake: str | os.PathLike[str] | Lake, storage_options: Mapping[str, str] | None = None) -> Lake:
+    return lake if isinstance(lake, Lake) else Lake.at(lake, storage_options)
+
+
+def import_file(lake: str | Lake, path: str | Path, fmt: Literal["jsonl", "bronze-parquet"] = "jsonl",
+                topic: str | None = None) -> ImportResult:
+    lk = open_lake(lake)
+    if fmt == "jsonl":
+        return import_jsonl(lk, path, topic)
+    if fmt == "bronze-parquet":
+        if topic:
+            raise UsageError("--topic applies to --format jsonl only (a Bronze archive has its own topics)")
+        return import_bronze_parquet(lk, path)
+    raise UsageError(f"unknown import format {fmt!r}; use jsonl or bronze-parquet")
+
+
+def make_executor(kind: str = "local", address: str | None = None, num_cpus: int | None = None) -> Executor:
+    if kind == "local":
+        return LocalExecutor()
+    if kind == "ray":
+        from engine.ray_executor import RayExecutor
+
+        return RayExecutor(address=address, num_cpus=num_cpus)
+    raise UsageError(f"unknown executor {kind!r}; use local or ray")
+
+
+def plan(lake: str | Lake, ruleset: str | Path | Ruleset, mode: ModeArg = "auto",
+         executor: Executor | None = None, shards: int | None = None) -> Plan:
+    ex = executor or LocalExecutor()
+    return build_plan(open_lake(lake), load_ruleset(ruleset), mode, executor=ex.name,
+                      cpus=ex.cpus(), buckets=shards)
+
+
+def run(lake: str | Lake, ruleset: str | Path | Ruleset, mode: ModeArg = "auto",
+        executor: Executor | None = None, shards: int | None = None,
+        progress: Progress | None = None) -> RunResult:
+    """Plan, then apply: recompute what the ruleset invalidates and commit it."""
+    lk = open_lake(lake)
+    rs = load_ruleset(ruleset)
+    ex = executor or LocalExecutor()
+    p = build_plan(lk, rs, mode, executor=ex.name, cpus=ex.cpus(), buckets=shards)
+    return execute(lk, p, rs, ex, progress)
+
+
+def status(lake: str | Lake) -> list[dict[str, Any]]:
+    """Each SPEC table: exists, version, rows, and the ruleset that made it."""
+    lk = open_lake(lake)
+    out = []
+    for table in schemas.ALL_TABLES:
+        if not lk.exists(table):
+            out.append({"table": table, "exists": False})
+            continue
+        dt = lk.table(table)
+        meta = lk.commit_metadata(table)
+        rows = pa.table(dt.get_add_actions(flatten=True)).column("num_records").to_pylist()
+        out.append({
+            "table": table, "exists": True, "version": dt.version(),
+            "rows": int(sum(r or 0 for r in rows)),
+            "ruleset": meta.get("ruleset_name"), "ruleset_fingerprint": meta.get("ruleset_fingerprint"),
+            "replay_id": meta.get("replay_id"),
+        })
+    return out
+
+
+def sql(lake: str | Lake, text: str, params: Mapping[str, Any] | None = None) -> pa.Table:
+    return query(open_lake(lake), text, dict(params) if params else None)
+
+
+def generate_history(cfg: GeneratorConfig, *, out: str | Path | None = None,
+                     fmt: Literal["jsonl", "bronze-parquet"] = "jsonl",
+                     lake: str | Lake | None = None) -> dict[str, Any]:
+    """Generate a history into a JSONL file, a Bronze Parquet archive, or a lake's Bronze."""
+    if (out is None) == (lake is None):
+        raise UsageError("give exactly one of --out FILE or --lake DIR")
+    table = generate(cfg)
+    info: dict[str, Any] = {"rows": table.num_rows, "config": {k: str(v) for k, v in asdict(cfg).items()}}
+    if lake is not None:
+        res = append_new(open_lake(lake), table, "generator", {"source": "generator", "seed": str(cfg.seed)})
+        info["bronze_version"] = res.bronze_version
+        info["rows_added"] = res.rows_added
+        return info
+    path = Path(out)  # type: ignore[arg-type]
+    if path.parent and not path.parent.exists():
+        raise UsageError(f"{path.parent}: no such directory for --out")
+    if fmt == "jsonl":
+        path.write_bytes(to_jsonl(table))
+    elif fmt == "bronze-parquet":
+        pq.write_table(table, path)
+    else:
+        raise UsageError(f"unknown output format {fmt!r}; use jsonl or bronze-parquet")
+    info["out"] = str(path)
+    return info

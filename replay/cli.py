@@ -1,0 +1,276 @@
+"""The ``replay`` command line: a thin layer over :mod:`replay.api`.
+
+Exit codes: 0 success, 1 failure, 2 usage error. Errors are one line on stderr;
+``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+
+from engine.errors import ReplayError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse would print usage + exit 2; keep it one line
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _common(p: argparse.ArgumentParser, lake: bool = True) -> None:
+    if lake:
+        p.add_argument("--lake", default="./lake", help="lake directory or URI (default ./lake)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="replay", description="medallion-replay: replay API-usage history through versioned rules")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = ap.add_subparsers(dest="cmd", parser_class=_Parser)
+
+    p = sub.add_parser("import", help="append a JSONL file or a Bronze Parquet archive to Bronze")
+    _common(p)
+    p.add_argument("path")
+    p.add_argument("--format", choices=["jsonl", "bronze-parquet"], default="jsonl")
+    p.add_argument("--topic", help="logical source name for jsonl (default: the file name)")
+
+    for name, helptext in (("run", "replay Bronze -> Silver -> Gold with a ruleset"),
+                           ("plan", "show what a replay with a ruleset would recompute, and why")):
+        p = sub.add_parser(name, help=helptext)
+        _common(p)
+        p.add_argument("--ruleset", required=True, help="built-in name (2026-01, 2026-02) or a TOML file")
+        p.add_argument("--mode", choices=["auto", "full", "gold"], default="auto")
+        p.add_argument("--executor", choices=["local", "ray"], default="local")
+        p.add_argument("--address", help="Ray cluster address to join (default: start a local one)")
+        p.add_argument("--shards", type=int, help="number of tenant shards (default: from CPUs)")
+        if name == "run":
+            p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+
+    p = sub.add_parser("generate", help="write a deterministic synthetic history")
+    _common(p, lake=False)
+    p.add_argument("--lake", help="write straight into this lake's Bronze")
+    p.add_argument("--out", help="output file (see --format)")
+    p.add_argument("--format", choices=["jsonl", "bronze-parquet"], default="jsonl")
+    p.add_argument("--events", type=int, default=100_000)
+    p.add_argument("--tenants", type=int, default=200)
+    p.add_argument("--days", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--dup-rate", type=float, default=0.02)
+    p.add_argument("--invalid-rate", type=float, default=0.01)
+    p.add_argument("--late-rate", type=float, default=0.01)
+    p.add_argument("--start", default="2026-03-01T00:00:00Z", help="first event time (RFC 3339)")
+
+    p = sub.add_parser("status", help="tables, versions, row counts and rulesets of a lake")
+    _common(p)
+
+    p = sub.add_parser("sql", help="run DuckDB SQL over the lake's tables")
+    _common(p)
+    p.add_argument("query")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="bind $NAME in the query to VALUE (repeatable)")
+
+    p = sub.add_parser("rules", help="list rule versions and built-in rulesets")
+    _common(p, lake=False)
+    return ap
+
+
+def _print(obj: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(obj, indent=2, default=str, sort_keys=True))
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            print(f"{k}: {v}")
+    else:
+        print(obj)
+
+
+def _progress(stream=sys.stderr):
+    start = time.perf_counter()
+    tty = stream.isatty()
+
+    def report(stage: str, done: int, total: int) -> None:
+        el = time.perf_counter() - start
+        eta = el / done * (total - done) if done else 0.0
+        msg = f"{stage}: tasks {done}/{total}  elapsed {el:5.1f}s  eta {eta:5.1f}s"
+        if tty:
+            bar = "#" * int(30 * done / max(total, 1))
+            stream.write(f"\r[{bar:<30}] {msg}")
+            if done == total:
+                stream.write("\n")
+        else:
+            stream.write(msg + "\n")
+        stream.flush()
+
+    return report
+
+
+def _plan_text(p: dict[str, Any]) -> str:
+    lines = [f"replay plan {p['replay_id']}  (lake {p['lake']})",
+             f"ruleset: {p['ruleset_name']}  fingerprint {p['ruleset_fingerprint']}"]
+    if p["up_to_date"]:
+        lines.append("up to date: nothing to recompute")
+        return "\n".join(lines)
+    lines.append(f"mode: {p['mode']}  ({'Bronze -> Silver -> Gold' if p['mode'] == 'full' else 'Silver -> Gold'})")
+    lines.append("why:")
+    lines += [f"  - {r}" for r in p["reasons"]]
+    lines.append(f"tables to replace: {', '.join(p['tables'])}")
+    lines.append(f"reads: {p['source_table']} version {p['source_version']}: {p['rows']:,} rows, "
+                 f"{p['bytes'] / 1e6:,.1f} MB in {p['files']} files (Bronze version {p['bronze_version']})")
+    lines.append(f"tasks: {p['map_tasks']} map + {p['buckets']} tenant shards on the {p['executor']} executor")
+    return "\n".join(lines)
+
+
+def _parse_params(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise UsageError(f"--param {item!r}: expected NAME=VALUE with NAME an identifier")
+        out[name] = value
+    return out
+
+
+def _table_out(tbl: pa.Table, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(tbl.to_pylist(), default=str, indent=2)
+    if fmt == "csv":
+        import io
+
+        import pyarrow.csv as pcsv
+
+        buf = io.BytesIO()
+        pcsv.write_csv(tbl, buf)
+        return buf.getvalue().decode()
+    rows = [[("" if v is None else str(v)) for v in r.values()] for r in tbl.to_pylist()]
+    head = tbl.column_names
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.append(f"({len(rows)} rows)")
+    return "\n".join(lines)
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    from replay import api
+
+    if args.cmd == "import":
+        res = api.import_file(args.lake, args.path, args.format, args.topic)
+        _print({"source": res.source, "rows_read": res.rows_read, "rows_added": res.rows_added,
+                "rows_skipped": res.rows_skipped, "bronze_version": res.bronze_version}, args.json)
+        return 0
+    if args.cmd in ("run", "plan"):
+        if args.shards is not None and args.shards < 1:
+            raise UsageError("--shards must be at least 1")
+        ex = api.make_executor(args.executor, args.address)
+        plan = api.plan(args.lake, args.ruleset, args.mode, ex, args.shards)
+        if args.cmd == "plan" or args.dry_run:
+            _print(plan.to_dict(), True) if args.json else print(_plan_text(plan.to_dict()))
+            return 0
+        if not args.json:
+            print(_plan_text(plan.to_dict()))
+        from engine.runner import execute
+        from rules.rulesets import load_ruleset
+
+        res = execute(api.open_lake(args.lake), plan, load_ruleset(args.ruleset), ex,
+                      None if args.json else _progress())
+        out = res.to_dict()
+        if args.json:
+            _print(out, True)
+        elif plan.up_to_date:
+            pass
+        else:
+            print(f"replay {res.plan.replay_id} done in {res.seconds:.1f}s")
+            for t, v in res.versions.items():
+                print(f"  {t}: version {v}, {res.counts[t]:,} rows")
+            if res.conservation_ok is not None:
+                print(f"  conservation |bronze| = |silver| + |quarantine| + |duplicates|: "
+                      f"{'ok' if res.conservation_ok else 'FAILED'}")
+        return 0 if res.conservation_ok is not False else 1
+    if args.cmd == "generate":
+        from engine.generator import GeneratorConfig
+
+        try:
+            start = datetime.fromisoformat(args.start.replace("Z", "+00:00")).astimezone(UTC)
+        except ValueError:
+            raise UsageError(f"--start {args.start!r}: expected an RFC 3339 time like 2026-03-01T00:00:00Z") from None
+        for name in ("dup_rate", "invalid_rate", "late_rate"):
+            if not 0 <= getattr(args, name) <= 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be between 0 and 1")
+        if args.events < 0 or args.tenants < 1 or args.days <= 0:
+            raise UsageError("--events must be >= 0, --tenants >= 1 and --days > 0")
+        cfg = GeneratorConfig(events=args.events, tenants=args.tenants, days=args.days, seed=args.seed,
+                              dup_rate=args.dup_rate, invalid_rate=args.invalid_rate,
+                              late_rate=args.late_rate, start=start)
+        t0 = time.perf_counter()
+        info = api.generate_history(cfg, out=args.out, fmt=args.format, lake=args.lake)
+        info["seconds"] = round(time.perf_counter() - t0, 3)
+        _print(info, args.json)
+        return 0
+    if args.cmd == "status":
+        rows = api.status(args.lake)
+        if args.json:
+            _print(rows, True)
+        else:
+            print(_table_out(pa.Table.from_pylist(rows), "table"))
+        return 0
+    if args.cmd == "sql":
+        tbl = api.sql(args.lake, args.query, _parse_params(args.param))
+        print(_table_out(tbl, "json" if args.json else args.format))
+        return 0
+    if args.cmd == "rules":
+        from rules.base import default_registry
+        from rules.builtin import RULESETS
+        from rules.rulesets import load_ruleset
+
+        reg = default_registry()
+        info = {
+            "rules": [{"name": n, "version": v, "layer": reg.get(n, v).layer,
+                       "description": reg.get(n, v).description} for n, v in reg.keys()],
+            "rulesets": {n: {"fingerprint": load_ruleset(n).fingerprint, "rules": spec}
+                         for n, spec in RULESETS.items()},
+        }
+        if args.json:
+            _print(info, True)
+        else:
+            for r in info["rules"]:
+                print(f"{r['name']}@{r['version']:<3} {r['layer']:<7} {r['description']}")
+            for n, d in info["rulesets"].items():
+                print(f"ruleset {n}: {d['rules']}  fingerprint {d['fingerprint']}")
+        return 0
+    raise UsageError("a command is required (see 'replay --help')")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        return dispatch(args)
+    except ReplayError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"replay: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("replay: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an unexpected failure: one line unless --debug
+        if debug:
+            traceback.print_exc()
+        print(f"replay: error: {type(exc).__name__}: {exc} (rerun with --debug for details)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
