@@ -78,15 +78,22 @@ def _ids(prefix: str, idx: np.ndarray, width: int) -> pa.Array:
     return pc.binary_join_element_wise(prefix, s, "")
 
 
+def _offset_text(minutes: int) -> str:
+    if minutes == 0:
+        return "Z"
+    sign = "-" if minutes < 0 else "+"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
 def _fmt_ts(ts_us: np.ndarray, offset_min: np.ndarray) -> pa.Array:
+    """RFC 3339 text of each instant, written in its local offset (``Z`` for UTC)."""
+    if len(ts_us) == 0:
+        return pa.array([], pa.string())
     local = pa.array(ts_us + offset_min.astype(np.int64) * MINUTE).cast(pa.timestamp("us"))
     body = pc.strftime(local, format="%Y-%m-%dT%H:%M:%S")  # %S carries the microseconds
-    sign = np.where(offset_min < 0, "-", "+")
-    a = np.abs(offset_min)
-    off = np.char.add(np.char.add(sign, np.char.zfill((a // 60).astype(str), 2)),
-                      np.char.add(":", np.char.zfill((a % 60).astype(str), 2)))
-    suffix = np.where(offset_min == 0, "Z", off)
-    return pc.binary_join_element_wise(body, pa.array(suffix), "")
+    uniq, inv = np.unique(offset_min, return_inverse=True)
+    suffix = pa.array([_offset_text(int(m)) for m in uniq]).take(pa.array(inv))
+    return pc.binary_join_element_wise(body, suffix, "")
 
 
 def generate(cfg: GeneratorConfig) -> pa.Table:

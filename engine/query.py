@@ -13,7 +13,12 @@ import duckdb
 import pyarrow as pa
 
 from engine import schemas
+from engine.errors import UsageError
 from engine.lake import Lake
+
+
+class QueryError(UsageError):
+    """A query the user wrote does not run (syntax, unknown table or column, missing parameter)."""
 
 QUERYABLE = (*schemas.ALL_TABLES, schemas.AUDIT)
 
@@ -38,6 +43,12 @@ def query(lake: Lake, sql: str, params: dict[str, Any] | None = None) -> pa.Tabl
     """Run ``sql`` over the lake; ``params`` are bound (``$name`` in SQL), never formatted in."""
     con = connect(lake)
     try:
-        return con.sql(sql, params=params).to_arrow_table() if params else con.sql(sql).to_arrow_table()
+        rel = con.sql(sql, params=params) if params else con.sql(sql)
+        if rel is None:
+            raise QueryError("the statement returned no rows; replay sql runs queries (SELECT ...)")
+        return rel.to_arrow_table()
+    except duckdb.Error as exc:
+        first = " ".join(str(exc).split("\n")[0].split())
+        raise QueryError(f"SQL: {first}") from None
     finally:
         con.close()

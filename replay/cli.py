@@ -149,7 +149,7 @@ def _table_out(tbl: pa.Table, fmt: str) -> str:
 
         buf = io.BytesIO()
         pcsv.write_csv(tbl, buf)
-        return buf.getvalue().decode()
+        return buf.getvalue().decode().rstrip("\n")
     rows = [[("" if v is None else str(v)) for v in r.values()] for r in tbl.to_pylist()]
     head = tbl.column_names
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(head)]
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     except ReplayError as exc:
         if debug:
             traceback.print_exc()
-        print(f"replay: error: {exc}", file=sys.stderr)
+        print(f"replay: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("replay: interrupted", file=sys.stderr)
@@ -267,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # an unexpected failure: one line unless --debug
         if debug:
             traceback.print_exc()
-        print(f"replay: error: {type(exc).__name__}: {exc} (rerun with --debug for details)",
+        first = " ".join(str(exc).splitlines()[0].split()) if str(exc) else ""
+        print(f"replay: error: {type(exc).__name__}: {first} (rerun with --debug for details)",
               file=sys.stderr)
         return 1
 
