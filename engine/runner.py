@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from engine import schemas
 from engine.errors import UsageError
-from engine.executor import Executor, JobOutput, MapSpec, Mode, Progress, ReduceSpec
+from engine.executor import Executor, MapSpec, Mode, Progress, ReduceSpec
 from engine.lake import Lake
 from engine.pipeline import Compiled
 from rules.base import Ruleset, canonical_json

@@ -235,7 +235,7 @@ def dispatch(args: argparse.Namespace) -> int:
         reg = default_registry()
         info = {
             "rules": [{"name": n, "version": v, "layer": reg.get(n, v).layer,
-                       "description": reg.get(n, v).description} for n, v in reg.keys()],
+                       "description": reg.get(n, v).description} for n, v in reg.versions()],
             "rulesets": {n: {"fingerprint": load_ruleset(n).fingerprint, "rules": spec}
                          for n, spec in RULESETS.items()},
         }

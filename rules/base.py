@@ -103,7 +103,7 @@ class Registry:
             known = ", ".join(f"{n}@{v}" for n, v in sorted(self._rules)) or "none"
             raise RuleError(f"unknown rule {name}@{version} (known: {known})", rule=name) from None
 
-    def keys(self) -> list[tuple[str, int]]:
+    def versions(self) -> list[tuple[str, int]]:
         return sorted(self._rules)
 
     def load_entry_points(self) -> None:

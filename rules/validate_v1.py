@@ -15,8 +15,6 @@ Readings of SPEC chosen here (fair to a billing customer, stated once):
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -63,10 +61,7 @@ def _build_sql() -> str:
     by_name = {f.name: f for f in FIELDS}
     for name in RANGE_ORDER:
         f, i = by_name[name], idx[name]
-        if f.kind == "str":
-            val = f"length(s{i})"
-        else:
-            val = f"TRY_CAST(s{i} AS BIGINT)"
+        val = f"length(s{i})" if f.kind == "str" else f"TRY_CAST(s{i} AS BIGINT)"
         conds = [f"{val} IS NULL"] if f.kind == "int" else []
         if f.min is not None:
             conds.append(f"{val} < {f.min}")
