@@ -23,7 +23,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine import schemas
-from engine.importers import extract_fields
 
 US = 1_000_000
 MINUTE = 60 * US
@@ -89,8 +88,8 @@ def _fmt_ts(ts_us: np.ndarray, offset_min: np.ndarray) -> pa.Array:
     """RFC 3339 text of each instant, written in its local offset (``Z`` for UTC)."""
     if len(ts_us) == 0:
         return pa.array([], pa.string())
-    local = pa.array(ts_us + offset_min.astype(np.int64) * MINUTE).cast(pa.timestamp("us"))
-    body = pc.strftime(local, format="%Y-%m-%dT%H:%M:%S")  # %S carries the microseconds
+    local = (ts_us + offset_min.astype(np.int64) * MINUTE).astype("datetime64[us]")
+    body = pa.array(np.datetime_as_string(local, unit="us"))
     uniq, inv = np.unique(offset_min, return_inverse=True)
     suffix = pa.array([_offset_text(int(m)) for m in uniq]).take(pa.array(inv))
     return pc.binary_join_element_wise(body, suffix, "")
@@ -166,6 +165,8 @@ def generate(cfg: GeneratorConfig) -> pa.Table:
         "}",
     ]
     payload = pc.binary_join_element_wise(*parts, "")
+    if isinstance(payload, pa.ChunkedArray):
+        payload = payload.combine_chunks()
 
     # re-deliveries: half within 10 minutes, half later; a tenth of them get a third copy
     src = rng.choice(n_base, size=min(n_dup, n_base), replace=False) if n_base else np.array([], int)
@@ -180,13 +181,23 @@ def generate(cfg: GeneratorConfig) -> pa.Table:
                                     payload.take(pa.array(dup_idx)).cast(pa.binary())])
     all_tenant = np.concatenate([tenant, tenant[dup_idx]])
     all_ing = np.concatenate([ing, dup_ing])
+    # best-effort Bronze columns, known without parsing for generated valid events
+    all_eid = pa.concat_arrays([ev, ev.take(pa.array(dup_idx))])
+    all_ts = np.concatenate([ts, ts[dup_idx]])
 
     if n_inv:
         inv_payload, inv_tenant, inv_ing = _invalid(rng, n_inv, tenant_names, start_us, span_us)
         all_payload = pa.concat_arrays([all_payload, inv_payload])
         all_tenant = np.concatenate([all_tenant, inv_tenant])
         all_ing = np.concatenate([all_ing, inv_ing])
-    return _assemble(all_payload, tenant_names[all_tenant], all_ing)
+    n_ok = len(all_ts)
+    known = pa.table({
+        "event_id": pa.concat_arrays([all_eid.cast(pa.string()), pa.nulls(n_inv, pa.string())]),
+        "tenant_id": pa.concat_arrays([pa.array(tenant_names[all_tenant[:n_ok]]), pa.nulls(n_inv, pa.string())]),
+        "event_timestamp": pa.concat_arrays([pa.array(all_ts, pa.int64()).cast(schemas.TS),
+                                             pa.nulls(n_inv, schemas.TS)]),
+    })
+    return _assemble(all_payload, tenant_names[all_tenant], all_ing, known)
 
 
 def _invalid(rng: np.random.Generator, n: int, tenant_names: np.ndarray, start_us: int, span_us: int):
@@ -203,8 +214,10 @@ def _invalid(rng: np.random.Generator, n: int, tenant_names: np.ndarray, start_u
     return pa.array(out, pa.binary()), tenant, ts + rng.integers(50_000, 2 * US, n)
 
 
-def _assemble(payload: pa.Array, tenant_names: np.ndarray, ing_us: np.ndarray) -> pa.Table:
+def _assemble(payload: pa.Array, tenant_names: np.ndarray, ing_us: np.ndarray,
+              known: pa.Table) -> pa.Table:
     order = np.argsort(ing_us, kind="stable")
+    extracted = known.take(pa.array(order))
     payload = payload.take(pa.array(order))
     tenant_names = tenant_names[order]
     ing_us = ing_us[order]
@@ -216,7 +229,6 @@ def _assemble(payload: pa.Array, tenant_names: np.ndarray, ing_us: np.ndarray) -
         m = part_np == p
         offsets[m] = np.arange(int(m.sum()))
     ing = pa.array(ing_us, pa.int64()).cast(schemas.TS)
-    extracted = extract_fields(payload)
     return pa.table({
         "raw_payload": payload,
         "kafka_topic": pa.array(np.full(len(order), TOPIC)),

@@ -16,10 +16,9 @@ from engine import schemas
 from engine.errors import InputError
 from engine.lake import Lake
 from rules._duck import run_sql
-from rules._event import arrow_utf8
 
 EXTRACT_SQL = """
-WITH j AS (SELECT CASE WHEN json_valid(raw) THEN raw END AS j FROM t),
+WITH j AS (SELECT CASE WHEN try(json_type(try(decode(raw)))) IS NOT NULL THEN try(decode(raw)) END AS j FROM t),
 o AS (SELECT CASE WHEN json_type(j) = 'OBJECT' THEN j END AS o FROM j)
 SELECT json_extract_string(o, '$.event_id') AS event_id,
   json_extract_string(o, '$.tenant_id') AS tenant_id,
@@ -39,8 +38,7 @@ class ImportResult:
 
 def extract_fields(raw: pa.Array) -> pa.Table:
     """Best-effort event_id / tenant_id / event_timestamp of each payload (NULL if unparseable)."""
-    text, _ = arrow_utf8(raw)
-    out = run_sql(EXTRACT_SQL, {"t": pa.table({"raw": text})})
+    out = run_sql(EXTRACT_SQL, {"t": pa.table({"raw": raw})})
     return pa.table({
         "event_id": out.column("event_id"),
         "tenant_id": out.column("tenant_id"),

@@ -19,8 +19,15 @@ def run_sql(sql: str, tables: dict[str, pa.Table], params: dict[str, Any] | None
     try:
         con.execute("SET TimeZone = 'UTC'")
         for name, tbl in tables.items():
-            con.register(name, tbl)
+            con.register(name, _rechunk(tbl))
         rel = con.sql(sql, params=params or None) if params else con.sql(sql)
         return rel.to_arrow_table()
     finally:
         con.close()
+
+
+def _rechunk(tbl: pa.Table, rows: int = 65_536) -> pa.Table:
+    """Many moderate batches let DuckDB scan an Arrow table on every thread."""
+    if tbl.num_rows <= rows:
+        return tbl
+    return pa.Table.from_batches(tbl.to_batches(max_chunksize=rows), schema=tbl.schema)

@@ -15,8 +15,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
-
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 US = 1_000_000
 
@@ -194,36 +192,3 @@ def strict_validate(
         if f.name != "event_timestamp":
             out[f.name] = obj.get(f.name)
     return None, out
-
-
-def arrow_utf8(raw: pa.Array | pa.ChunkedArray, chunk: int = 8192) -> tuple[pa.Array, list[bool]]:
-    """Binary -> string; invalid UTF-8 rows become NULL and are flagged (True).
-
-    Casts in slices so one bad message costs a per-row decode of its slice only.
-    """
-    if isinstance(raw, pa.ChunkedArray):
-        raw = raw.combine_chunks()
-    try:
-        return raw.cast(pa.string()), [False] * len(raw)
-    except pa.ArrowInvalid:
-        pass
-    parts: list[pa.Array] = []
-    flags: list[bool] = []
-    for start in range(0, len(raw), chunk):
-        piece = raw.slice(start, chunk)
-        try:
-            parts.append(piece.cast(pa.string()))
-            flags.extend([False] * len(piece))
-            continue
-        except pa.ArrowInvalid:
-            pass
-        values: list[str | None] = []
-        for b in piece.to_pylist():
-            try:
-                values.append(None if b is None else b.decode("utf-8"))
-                flags.append(False)
-            except UnicodeDecodeError:
-                values.append(None)
-                flags.append(True)
-        parts.append(pa.array(values, pa.string()))
-    return pa.concat_arrays(parts) if parts else pa.array([], pa.string()), flags

@@ -26,7 +26,6 @@ from rules._event import (
     RANGE_ORDER,
     TS_PATTERN,
     US,
-    arrow_utf8,
     strict_validate,
 )
 from rules.base import Rule, RuleParams
@@ -84,8 +83,11 @@ def _build_sql() -> str:
             outputs.append(f"CASE WHEN reason IS NULL THEN s{i} END AS {f.name}")
     tenant_i = idx["tenant_id"]
     return f"""
-WITH p AS (
-  SELECT _i, raw, ing_us, try(json_type(raw)) AS jt FROM input
+WITH d AS (
+  -- invalid UTF-8 decodes to NULL: such a message is malformed outright
+  SELECT _i, ing_us, raw_bin IS NULL AS is_null, try(decode(raw_bin)) AS raw FROM input
+), p AS (
+  SELECT *, try(json_type(raw)) AS jt FROM d
 ), e AS (
   SELECT _i, ing_us,
     raw IS NULL AS is_null,
@@ -127,8 +129,8 @@ WITH p AS (
   FROM tp
 ), r AS (
   SELECT *,
-    is_null OR bad_json OR suspicious OR (is_obj AND len(k) <> len(list_distinct(k))) OR coalesce({doubles}, false)
-      AS needs_strict,
+    NOT is_null AND (bad_json OR suspicious OR (is_obj AND len(k) <> len(list_distinct(k)))
+      OR coalesce({doubles}, false)) AS needs_strict,
     CASE WHEN is_null OR NOT is_obj THEN 'malformed_json'
       {chr(10).join('      ' + r for r in reasons)}
     END AS reason
@@ -160,18 +162,16 @@ class Validate(Rule):
         n = bronze.num_rows
         raw_bin = bronze.column("raw_payload").combine_chunks()
         ing_us = pc.cast(pc.cast(bronze.column("ingestion_timestamp"), schemas.TS), pa.int64())
-        raw_str, bad_utf8 = arrow_utf8(raw_bin)
         tolerance = params.future_tolerance_seconds * US
         judged = run_sql(
             SQL,
-            {"input": pa.table({"_i": pa.array(range(n), pa.int64()), "raw": raw_str, "ing_us": ing_us})},
+            {"input": pa.table({"_i": pa.array(range(n), pa.int64()), "raw_bin": raw_bin, "ing_us": ing_us})},
             {"screen": SCREEN, "ts_pattern": TS_PATTERN, "plans": sorted(known_plans),
              "tolerance": tolerance},
         )
         if not pc.all(pc.equal(judged.column("_i"), pa.array(range(n), pa.int64()))).as_py():
             judged = judged.sort_by("_i")  # DuckDB keeps insertion order; never rely on it blindly
-        needs = pc.or_(judged.column("needs_strict"), pa.array(bad_utf8, pa.bool_()))
-        strict_idx = pc.indices_nonzero(needs).to_pylist()
+        strict_idx = pc.indices_nonzero(judged.column("needs_strict")).to_pylist()
         if strict_idx:
             judged = _rejudge(judged, strict_idx, raw_bin, ing_us, known_plans, tolerance)
         reason = judged.column("reason")
