@@ -106,7 +106,7 @@ def generate(cfg: GeneratorConfig) -> pa.Table:
     span_us = int(cfg.days * 86400 * US)
     T = max(1, cfg.tenants)
 
-    tenant_names = np.char.add("tenant-", np.char.zfill(np.arange(T).astype(str), 5))
+    tenant_names = pa.array([f"tenant-{i:05d}" for i in range(T)])  # T is small next to events
     plan0 = rng.choice(len(PLANS), size=T, p=PLAN_WEIGHTS)
     plan1 = np.where(rng.random(T) < cfg.plan_change_rate, rng.integers(0, len(PLANS), T), plan0)
     change_at = start_us + (rng.random(T) * span_us).astype(np.int64)
@@ -119,10 +119,13 @@ def generate(cfg: GeneratorConfig) -> pa.Table:
     tenant = rng.choice(T, size=n_steady, p=weights)
     ts = start_us + (rng.random(n_steady) * span_us).astype(np.int64)
     # burst minutes: counts at 0.9x-1.7x the plan limit, 2% of them abusive (10x-11x)
+    # bursts favour small plans, whose limits a burst of a few hundred requests can cross
+    bw = weights * np.array([4.0, 2.0, 1.0, 0.2])[plan0]
+    bw /= bw.sum()
     b_t, b_ts = [], []
     made = 0
     while made < n_burst_target:
-        bt = int(rng.choice(T, p=weights))
+        bt = int(rng.choice(T, p=bw))
         minute = start_us + int(rng.integers(0, max(1, span_us // MINUTE))) * MINUTE
         p = plan0[bt] if minute < change_at[bt] else plan1[bt]
         factor = rng.uniform(10.0, 11.0) if rng.random() < 0.02 else rng.uniform(0.9, 1.7)
@@ -151,17 +154,17 @@ def generate(cfg: GeneratorConfig) -> pa.Table:
     parts = [
         '{"event_id": "', ev,
         '", "event_timestamp": "', _fmt_ts(ts, offset_min),
-        '", "tenant_id": "', pa.array(tenant_names[tenant]),
-        '", "subscription_plan": "', pa.array(PLANS[plan]),
-        '", "endpoint": "', pa.array(ENDPOINTS[rng.integers(0, len(ENDPOINTS), n_base)]),
-        '", "method": "', pa.array(METHODS[rng.integers(0, len(METHODS), n_base)]),
+        '", "tenant_id": "', tenant_names.take(pa.array(tenant)),
+        '", "subscription_plan": "', _pick(PLANS, plan),
+        '", "endpoint": "', _pick(ENDPOINTS, rng.integers(0, len(ENDPOINTS), n_base)),
+        '", "method": "', _pick(METHODS, rng.integers(0, len(METHODS), n_base)),
         '", "status_code": ', pa.array(status).cast(pa.string()),
         ', "latency_ms": ', pa.array(rng.integers(1, 2000, n_base)).cast(pa.string()),
         ', "request_bytes": ', pa.array(rng.integers(0, 4096, n_base)).cast(pa.string()),
         ', "response_bytes": ', pa.array(rng.integers(0, 65536, n_base)).cast(pa.string()),
         pc.if_else(pa.array(v2), pc.binary_join_element_wise(
             ', "user_id": "', _ids("user-", rng.integers(0, 10 * T, n_base), 7),
-            '", "data_residency_region": "', pa.array(REGIONS[rng.integers(0, 3, n_base)]), '"', ""), ""),
+            '", "data_residency_region": "', _pick(REGIONS, rng.integers(0, 3, n_base)), '"', ""), ""),
         "}",
     ]
     payload = pc.binary_join_element_wise(*parts, "")
@@ -177,30 +180,34 @@ def generate(cfg: GeneratorConfig) -> pa.Table:
     dup_idx = np.concatenate([src, chain]).astype(np.int64)
     dup_ing = np.concatenate([ing[src] + gap, ing[chain] + chain_gap])
 
-    all_payload = pa.concat_arrays([payload.cast(pa.binary()),
-                                    payload.take(pa.array(dup_idx)).cast(pa.binary())])
-    all_tenant = np.concatenate([tenant, tenant[dup_idx]])
-    all_ing = np.concatenate([ing, dup_ing])
-    # best-effort Bronze columns, known without parsing for generated valid events
-    all_eid = pa.concat_arrays([ev, ev.take(pa.array(dup_idx))])
-    all_ts = np.concatenate([ts, ts[dup_idx]])
-
+    # every output row names its source: a base event (0..n_base-1) or an invalid one (n_base..)
+    row_src = np.concatenate([np.arange(n_base), dup_idx])
+    row_ing = np.concatenate([ing, dup_ing])
+    sources = [payload.cast(pa.binary())]
     if n_inv:
         inv_payload, inv_tenant, inv_ing = _invalid(rng, n_inv, tenant_names, start_us, span_us)
-        all_payload = pa.concat_arrays([all_payload, inv_payload])
-        all_tenant = np.concatenate([all_tenant, inv_tenant])
-        all_ing = np.concatenate([all_ing, inv_ing])
-    n_ok = len(all_ts)
+        sources.append(inv_payload)
+        row_src = np.concatenate([row_src, n_base + np.arange(n_inv)])
+        row_ing = np.concatenate([row_ing, inv_ing])
+        tenant = np.concatenate([tenant, inv_tenant])
+    order = np.argsort(row_ing, kind="stable")
+    src = row_src[order]
+    ok = src < n_base
+    # best-effort Bronze columns, known without parsing for generated valid events
+    ev_ts = pa.array(ts, pa.int64()).cast(schemas.TS)
+    take = pa.array(np.where(ok, src, 0))
+    mask = pa.array(~ok)
     known = pa.table({
-        "event_id": pa.concat_arrays([all_eid.cast(pa.string()), pa.nulls(n_inv, pa.string())]),
-        "tenant_id": pa.concat_arrays([pa.array(tenant_names[all_tenant[:n_ok]]), pa.nulls(n_inv, pa.string())]),
-        "event_timestamp": pa.concat_arrays([pa.array(all_ts, pa.int64()).cast(schemas.TS),
-                                             pa.nulls(n_inv, schemas.TS)]),
+        "event_id": pc.if_else(mask, pa.scalar(None, pa.string()), ev.take(take).cast(pa.string())),
+        "tenant_id": pc.if_else(mask, pa.scalar(None, pa.string()),
+                                tenant_names.take(pa.array(tenant[src]))),
+        "event_timestamp": pc.if_else(mask, pa.scalar(None, schemas.TS), ev_ts.take(take)),
     })
-    return _assemble(all_payload, tenant_names[all_tenant], all_ing, known)
+    all_payload = pa.concat_arrays(sources).take(pa.array(src))
+    return _assemble(all_payload, tenant_names, tenant[src], row_ing[order], known)
 
 
-def _invalid(rng: np.random.Generator, n: int, tenant_names: np.ndarray, start_us: int, span_us: int):
+def _invalid(rng: np.random.Generator, n: int, tenant_names: pa.Array, start_us: int, span_us: int):
     tmpl = np.arange(n) % len(INVALID_TEMPLATES)
     rng.shuffle(tmpl)
     tenant = rng.integers(0, len(tenant_names), n)
@@ -210,29 +217,30 @@ def _invalid(rng: np.random.Generator, n: int, tenant_names: np.ndarray, start_u
     for i in range(n):  # n = invalid_rate x events: small next to the vectorized bulk
         t = INVALID_TEMPLATES[tmpl[i]]
         t = t.replace(b"{id}", f"bad-{i:08d}".encode()).replace(b"{ts}", ts_text[i].encode())
-        out.append(t.replace(b"{t}", str(tenant_names[tenant[i]]).encode()))
+        out.append(t.replace(b"{t}", tenant_names[int(tenant[i])].as_py().encode()))
     return pa.array(out, pa.binary()), tenant, ts + rng.integers(50_000, 2 * US, n)
 
 
-def _assemble(payload: pa.Array, tenant_names: np.ndarray, ing_us: np.ndarray,
+def _pick(values: np.ndarray, idx: np.ndarray) -> pa.Array:
+    return pa.array(values.tolist()).take(pa.array(idx))
+
+
+def _assemble(payload: pa.Array, tenant_names: pa.Array, tenant: np.ndarray, ing_us: np.ndarray,
               known: pa.Table) -> pa.Table:
-    order = np.argsort(ing_us, kind="stable")
-    extracted = known.take(pa.array(order))
-    payload = payload.take(pa.array(order))
-    tenant_names = tenant_names[order]
-    ing_us = ing_us[order]
-    keys = pa.array(tenant_names)
-    part = pc.cast(_partition(tenant_names), pa.int32())
-    part_np = part.to_numpy()
-    offsets = np.empty(len(order), dtype=np.int64)
+    """Rows already in ingestion order -> the Bronze table."""
+    n = len(ing_us)
+    extracted = known
+    keys = tenant_names.take(pa.array(tenant))
+    part_np = _partition_of(tenant_names)[tenant]
+    offsets = np.empty(n, dtype=np.int64)
     for p in range(PARTITIONS):
         m = part_np == p
         offsets[m] = np.arange(int(m.sum()))
     ing = pa.array(ing_us, pa.int64()).cast(schemas.TS)
     return pa.table({
         "raw_payload": payload,
-        "kafka_topic": pa.array(np.full(len(order), TOPIC)),
-        "kafka_partition": part,
+        "kafka_topic": pa.array([TOPIC]).take(pa.array(np.zeros(n, dtype=np.int64))),
+        "kafka_partition": pa.array(part_np, pa.int32()),
         "kafka_offset": pa.array(offsets),
         "kafka_timestamp": ing,
         "kafka_key": keys.cast(pa.binary()),
@@ -244,12 +252,10 @@ def _assemble(payload: pa.Array, tenant_names: np.ndarray, ing_us: np.ndarray,
     }, schema=schemas.BRONZE_SCHEMA)
 
 
-def _partition(names: np.ndarray) -> pa.Array:
-    """Kafka-like partitioning by key: a stable hash of the tenant name."""
-    uniq, inv = np.unique(names, return_inverse=True)
-    h = np.array([int.from_bytes(hashlib.md5(u.encode()).digest()[:4], "little") for u in uniq],
-                 dtype=np.int64)
-    return pa.array((h % PARTITIONS)[inv])
+def _partition_of(names: pa.Array) -> np.ndarray:
+    """Kafka-like partitioning by key: a stable hash of each tenant name."""
+    return np.array([int.from_bytes(hashlib.md5(n.encode()).digest()[:4], "little") % PARTITIONS
+                     for n in names.to_pylist()], dtype=np.int64)
 
 
 def to_jsonl(table: pa.Table) -> bytes:
