@@ -84,39 +84,39 @@ def _build_sql() -> str:
     tenant_i = idx["tenant_id"]
     return f"""
 WITH d AS (
-  -- invalid UTF-8 decodes to NULL: such a message is malformed outright
-  SELECT _i, ing_us, raw_bin IS NULL AS is_null, try(decode(raw_bin)) AS raw FROM input
+  SELECT _i, ing_us, {{raw_expr}} AS raw FROM input
 ), p AS (
-  SELECT *, try(json_type(raw)) AS jt FROM d
+  -- json_valid is vectorized; try() would fall back to row-by-row on every batch holding a bad row
+  SELECT *, CASE WHEN json_valid(raw) THEN raw END AS j,
+    starts_with(raw, '{{') OR regexp_matches(raw, '^[ \t\r\n]+[{{]') AS brace
+  FROM d
 ), e AS (
   SELECT _i, ing_us,
     raw IS NULL AS is_null,
-    jt IS NULL AS bad_json,
-    coalesce(jt = 'OBJECT', false) AS is_obj,
+    raw IS NOT NULL AND j IS NULL AS bad_json,
+    coalesce(j IS NOT NULL AND brace, false) AS is_obj,
     coalesce(regexp_matches(raw, $screen), false) AS suspicious,
     json_type(o, [{paths}]) AS ty,
     json_extract_string(o, [{paths}]) AS sv,
     json_keys(o) AS k
-  FROM (SELECT *, CASE WHEN jt = 'OBJECT' THEN raw END AS o FROM p)
+  FROM (SELECT *, CASE WHEN brace THEN j END AS o FROM p)
 ), t AS (
   SELECT _i, ing_us, is_null, bad_json, is_obj, suspicious, k,
       {cols}
   FROM e
-), ts AS (
-  SELECT *, regexp_extract(s{ts}, $ts_pattern, ['y','mo','d','h','mi','s','f','z','sg','oh','om']) AS m
-  FROM t
 ), tp AS (
   SELECT *,
-    CASE WHEN t{ts} = 'VARCHAR' AND m.y <> '' THEN struct_pack(
-      y := CAST(m.y AS BIGINT), mo := CAST(m.mo AS BIGINT), d := CAST(m.d AS BIGINT),
-      h := CAST(m.h AS BIGINT), mi := CAST(m.mi AS BIGINT), s := CAST(m.s AS BIGINT),
-      us := CAST(rpad(left(m.f, 6), 6, '0') AS BIGINT),
-      off := CASE WHEN m.z <> '' THEN 0 ELSE
-        (CAST(m.oh AS BIGINT) * 3600 + CAST(m.om AS BIGINT) * 60) * (CASE WHEN m.sg = '+' THEN 1 ELSE -1 END) END,
-      oh := CASE WHEN m.z <> '' THEN 0 ELSE CAST(m.oh AS BIGINT) END,
-      om := CASE WHEN m.z <> '' THEN 0 ELSE CAST(m.om AS BIGINT) END
+    CASE WHEN t{ts} = 'VARCHAR' AND regexp_full_match(s{ts}, $ts_pattern) THEN struct_pack(
+      y := CAST(s{ts}[1:4] AS BIGINT), mo := CAST(s{ts}[6:7] AS BIGINT), d := CAST(s{ts}[9:10] AS BIGINT),
+      h := CAST(s{ts}[12:13] AS BIGINT), mi := CAST(s{ts}[15:16] AS BIGINT), s := CAST(s{ts}[18:19] AS BIGINT),
+      us := CASE WHEN s{ts}[20:20] = '.' THEN CAST(rpad(left(
+              s{ts}[21:length(s{ts}) - CASE WHEN upper(right(s{ts}, 1)) = 'Z' THEN 1 ELSE 6 END], 6), 6, '0') AS BIGINT)
+            ELSE 0 END,
+      oh := CASE WHEN upper(right(s{ts}, 1)) = 'Z' THEN 0 ELSE CAST(right(s{ts}, 5)[1:2] AS BIGINT) END,
+      om := CASE WHEN upper(right(s{ts}, 1)) = 'Z' THEN 0 ELSE CAST(right(s{ts}, 2) AS BIGINT) END,
+      sg := CASE WHEN right(s{ts}, 6)[1:1] = '-' THEN -1 ELSE 1 END
     ) END AS c
-  FROM ts
+  FROM t
 ), tv AS (
   SELECT *,
     CASE WHEN c IS NOT NULL AND c.mo BETWEEN 1 AND 12 AND c.h <= 23 AND c.mi <= 59 AND c.s <= 59
@@ -124,7 +124,7 @@ WITH d AS (
         WHEN c.mo = 2 THEN (CASE WHEN (c.y % 4 = 0 AND c.y % 100 <> 0) OR c.y % 400 = 0 THEN 29 ELSE 28 END)
         WHEN c.mo IN (4, 6, 9, 11) THEN 30 ELSE 31 END)
     THEN ((make_date(c.y, c.mo, c.d) - DATE '1970-01-01') * 86400
-      + c.h * 3600 + c.mi * 60 + c.s - c.off) * {US} + c.us
+      + c.h * 3600 + c.mi * 60 + c.s - c.sg * (c.oh * 3600 + c.om * 60)) * {US} + c.us
     END AS ts_us
   FROM tp
 ), r AS (
@@ -144,6 +144,9 @@ FROM r
 
 
 SQL = _build_sql()
+#: Input as text (Arrow validated the UTF-8), or as bytes decoded row by row (NULL if invalid).
+SQL_TEXT = SQL.replace("{raw_expr}", "raw")
+SQL_BYTES = SQL.replace("{raw_expr}", "try(decode(raw))")
 
 
 class Validate(Rule):
@@ -163,9 +166,13 @@ class Validate(Rule):
         raw_bin = bronze.column("raw_payload").combine_chunks()
         ing_us = pc.cast(pc.cast(bronze.column("ingestion_timestamp"), schemas.TS), pa.int64())
         tolerance = params.future_tolerance_seconds * US
+        try:
+            raw, sql = raw_bin.cast(pa.string()), SQL_TEXT
+        except pa.ArrowInvalid:  # some message is not UTF-8: let DuckDB decode row by row
+            raw, sql = raw_bin, SQL_BYTES
         judged = run_sql(
-            SQL,
-            {"input": pa.table({"_i": pa.array(range(n), pa.int64()), "raw_bin": raw_bin, "ing_us": ing_us})},
+            sql,
+            {"input": pa.table({"_i": pa.array(range(n), pa.int64()), "raw": raw, "ing_us": ing_us})},
             {"screen": SCREEN, "ts_pattern": TS_PATTERN, "plans": sorted(known_plans),
              "tolerance": tolerance},
         )
