@@ -111,6 +111,14 @@ class Lake:
             raise CommitConflictError(f"concurrent commit on {table}: {exc}", table=table) from None
         return self.table(table).version()
 
+    def restore(self, table: str, version: int, by: str) -> int:
+        """Restore ``table`` to ``version``; the commit carries that version's metadata."""
+        meta = self.commit_metadata(table, version)
+        meta.update({"restored_by": by, "restored_from": version})
+        self.table(table).restore(version, commit_properties=CommitProperties(
+            custom_metadata=encode_metadata(meta)))
+        return self.table(table).version()
+
     def commit_metadata(self, table: str, version: int | None = None) -> dict[str, Any]:
         """The medallion metadata of the commit that produced ``version`` (default: latest)."""
         dt = self.table(table)

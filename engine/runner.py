@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import json
+import os
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -11,11 +13,13 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from engine import schemas
+from engine import audit, schemas
 from engine.errors import UsageError
-from engine.executor import Executor, MapSpec, Mode, Progress, ReduceSpec
+from engine.executor import Executor, JobOutput, MapSpec, Mode, Progress, ReduceSpec
 from engine.lake import Lake
+from engine.lease import Lease
 from engine.pipeline import Compiled
 from rules.base import Ruleset, canonical_json
 
@@ -109,7 +113,7 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
             chosen = "full"
     if chosen is None:
         gold_meta = lake.commit_metadata(schemas.MINUTE) if lake.exists(schemas.MINUTE) else {}
-        silver_v = lake.version(schemas.SILVER)
+        silver_id = silver_meta.get("replay_id")
         if not gold_meta.get("ruleset_fingerprint"):
             reasons.append("Gold has never been built by a replay")
             chosen = "gold"
@@ -118,9 +122,9 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
                 reasons += _changed_rules(gold_meta.get("rules"), ruleset, "gold") or [
                     "ruleset fingerprint changed"]
                 chosen = "gold"
-            if gold_meta.get("silver_version") != silver_v:
-                reasons.append(f"Silver changed since Gold was built (version "
-                               f"{gold_meta.get('silver_version')} -> {silver_v})")
+            if gold_meta.get("silver_replay_id") != silver_id:
+                reasons.append(f"Silver changed since Gold was built (Silver now from replay "
+                               f"{silver_id}, Gold from {gold_meta.get('silver_replay_id')})")
                 chosen = "gold"
     if mode == "full" and chosen != "full":
         reasons.append("full replay requested (--mode full)")
@@ -218,18 +222,80 @@ def map_specs(lake: Lake, plan: Plan, ruleset: Ruleset, cpus: int) -> list[MapSp
                     ruleset, plan.buckets) for g in groups]
 
 
+def _fault_hook(committed: int) -> None:
+    """Test hook: ``MEDALLION_FAULT_AFTER_COMMITS=N`` kills the driver after N table commits."""
+    limit = os.environ.get("MEDALLION_FAULT_AFTER_COMMITS")
+    if limit is not None and committed >= int(limit):
+        os._exit(99)
+
+
 def execute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
-            progress: Progress | None = None) -> RunResult:
-    """Run ``plan``; write each output table in one Delta commit carrying the replay metadata."""
+            progress: Progress | None = None, reason: str | None = None) -> RunResult:
+    """Run ``plan`` as one atomic, audited replay (see :mod:`engine.audit`).
+
+    Takes the lake's lease, settles interrupted replays, records a ``running``
+    ledger row with every table's version before, computes, commits each table
+    in one Delta commit carrying the replay id, then marks the row ``success``.
+    A failure after some commits restores them before the error propagates.
+    """
     t0 = time.perf_counter()
     if ruleset.fingerprint != plan.ruleset_fingerprint:
         raise UsageError("the plan was built for another ruleset")
-    operator = _operator()
+    operator = operator_name()
     if plan.mode is None:
         return RunResult(plan, {}, {}, None, 0.0, operator)
+    with Lease.for_lake(lake.root, plan.replay_id):
+        audit.recover(lake, operator)
+        for table in plan.tables:
+            lake.ensure(table)
+        before = {t: lake.version(t) for t in plan.tables}
+        prev = lake.commit_metadata(schemas.MINUTE) if lake.exists(schemas.MINUTE) else {}
+        audit.append(lake, {
+            "reprocessing_id": plan.replay_id, "kind": "replay", "start_time": audit.now(),
+            "layer": "silver+gold" if plan.mode == "full" else "gold", "mode": plan.mode,
+            "reason": reason or "", "status": "running", "operator": operator,
+            "ruleset_name": ruleset.name, "ruleset_before": prev.get("ruleset_fingerprint"),
+            "ruleset_after": ruleset.fingerprint, "bronze_version": plan.bronze_version,
+            "tables": json.dumps(list(plan.tables)), "versions_before": json.dumps(before),
+        })
+        try:
+            out = _compute(lake, plan, ruleset, executor, progress)
+        except BaseException as exc:
+            audit.update(lake, plan.replay_id, status="failed", end_time=audit.now(),
+                         details=f"failed before any commit: {type(exc).__name__}: {exc}"[:500])
+            raise
+        try:
+            versions, counts, conservation = _commit(lake, plan, ruleset, out, operator)
+        except BaseException as exc:
+            audit.recover(lake, operator)  # restores whatever this replay had committed
+            audit.update(lake, plan.replay_id,
+                         details=f"failed while committing: {type(exc).__name__}: {exc}"[:500])
+            raise
+        rng = _affected(out)
+        audit.update(lake, plan.replay_id, status="success", end_time=audit.now(),
+                     versions_after=json.dumps(versions), conservation_ok=conservation,
+                     record_count=counts.get(schemas.SILVER, counts.get(schemas.MINUTE)),
+                     affected_start=rng[0], affected_end=rng[1])
+    return RunResult(plan, versions, counts, conservation, time.perf_counter() - t0, operator)
+
+
+def _compute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
+             progress: Progress | None) -> JobOutput:
+    assert plan.mode is not None
     maps = map_specs(lake, plan, ruleset, executor.cpus())
     reduces = [ReduceSpec(b, plan.mode, ruleset) for b in range(plan.buckets)]
-    out = executor.run(maps, reduces, progress)
+    return executor.run(maps, reduces, progress)
+
+
+def _affected(out: JobOutput) -> tuple[Any, Any]:
+    ws = out.minute.column("window_start")
+    if not len(ws):
+        return None, None
+    return pc.min(ws).as_py(), pc.max(out.minute.column("window_end")).as_py()
+
+
+def _commit(lake: Lake, plan: Plan, ruleset: Ruleset, out: JobOutput,
+            operator: str) -> tuple[dict[str, int], dict[str, int], bool | None]:
     meta: dict[str, Any] = {
         "replay_id": plan.replay_id,
         "ruleset_name": ruleset.name,
@@ -250,18 +316,20 @@ def execute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
                             (schemas.DUPLICATES, out.duplicates)):
             versions[table] = lake.write(table, data, mode="overwrite", metadata={**meta, "layer": "silver"})
             counts[table] = data.num_rows
+            _fault_hook(len(versions))
         conservation = out.rows_in == sum(counts[t] for t in schemas.SILVER_TABLES)
         counts[schemas.BRONZE] = out.rows_in
-    silver_v = versions.get(schemas.SILVER, lake.version(schemas.SILVER))
+    silver_meta = lake.commit_metadata(schemas.SILVER)
     for table, data in ((schemas.MINUTE, out.minute), (schemas.HOURLY, out.hourly),
                         (schemas.ALERTS, out.alerts)):
-        versions[table] = lake.write(table, data, mode="overwrite",
-                                     metadata={**meta, "layer": "gold", "silver_version": silver_v})
+        versions[table] = lake.write(table, data, mode="overwrite", metadata={
+            **meta, "layer": "gold", "silver_replay_id": silver_meta.get("replay_id")})
         counts[table] = data.num_rows
-    return RunResult(plan, versions, counts, conservation, time.perf_counter() - t0, operator)
+        _fault_hook(len(versions))
+    return versions, counts, conservation
 
 
-def _operator() -> str:
+def operator_name() -> str:
     try:
         return getpass.getuser()
     except Exception:  # no passwd entry in some containers

@@ -11,20 +11,29 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine import schemas
+from engine import audit, schemas
 from engine.errors import UsageError
 from engine.executor import Executor, LocalExecutor, Progress
 from engine.generator import GeneratorConfig, generate, to_jsonl
 from engine.importers import ImportResult, append_new, import_bronze_parquet, import_jsonl
 from engine.lake import Lake
+from engine.lease import Lease
 from engine.query import query
-from engine.runner import ModeArg, Plan, RunResult, build_plan, execute
+from engine.runner import (
+    ModeArg,
+    Plan,
+    RunResult,
+    build_plan,
+    execute,
+    new_replay_id,
+    operator_name,
+)
 from rules.base import Ruleset
 from rules.rulesets import load_ruleset
 
 __all__ = [
     "Lake", "Ruleset", "load_ruleset", "open_lake", "import_file", "plan", "run", "status", "sql",
-    "generate_history", "make_executor",
+    "generate_history", "make_executor", "recover", "rollback", "history",
 ]
 
 
@@ -63,13 +72,46 @@ def plan(lake: str | Lake, ruleset: str | Path | Ruleset, mode: ModeArg = "auto"
 
 def run(lake: str | Lake, ruleset: str | Path | Ruleset, mode: ModeArg = "auto",
         executor: Executor | None = None, shards: int | None = None,
-        progress: Progress | None = None) -> RunResult:
-    """Plan, then apply: recompute what the ruleset invalidates and commit it."""
+        progress: Progress | None = None, reason: str = "python api") -> RunResult:
+    """Plan, then apply: recompute what the ruleset invalidates and commit it atomically."""
     lk = open_lake(lake)
     rs = load_ruleset(ruleset)
     ex = executor or LocalExecutor()
+    recover_if_needed(lk)  # plan on a consistent lake, not on a half-committed replay
     p = build_plan(lk, rs, mode, executor=ex.name, cpus=ex.cpus(), buckets=shards)
-    return execute(lk, p, rs, ex, progress)
+    return execute(lk, p, rs, ex, progress, reason)
+
+
+def recover_if_needed(lake: str | Lake) -> list[dict[str, Any]]:
+    lk = open_lake(lake)
+    if lk.exists(schemas.AUDIT) and any(r["status"] == "running" for r in audit.rows(lk)):
+        return recover(lk)
+    return []
+
+
+def recover(lake: str | Lake) -> list[dict[str, Any]]:
+    """Settle replays a dead driver left half-committed: every table pre or post, never a mix."""
+    lk = open_lake(lake)
+    if not lk.exists(schemas.AUDIT):
+        return []
+    with Lease.for_lake(lk.root, "recover-" + new_replay_id()):
+        return audit.recover(lk, operator_name())
+
+
+def rollback(lake: str | Lake, replay_id: str, reason: str) -> dict[str, Any]:
+    """Restore every table of ``replay_id`` to its version before, as one audited operation."""
+    lk = open_lake(lake)
+    if not lk.exists(schemas.AUDIT):
+        raise UsageError(f"lake {lk.root} has no ledger yet; nothing to roll back")
+    rid = new_replay_id()
+    with Lease.for_lake(lk.root, rid):
+        audit.recover(lk, operator_name())
+        return audit.rollback(lk, replay_id, reason, operator_name(), rid)
+
+
+def history(lake: str | Lake) -> list[dict[str, Any]]:
+    """The audit ledger, oldest first."""
+    return audit.rows(open_lake(lake))
 
 
 def status(lake: str | Lake) -> list[dict[str, Any]]:

@@ -53,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--shards", type=int, help="number of tenant shards (default: from CPUs)")
         if name == "run":
             p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+            p.add_argument("--reason", help="why this replay runs (required; recorded in the ledger)")
+
+    p = sub.add_parser("recover", help="settle a replay a dead driver left half-committed")
+    _common(p)
+    p = sub.add_parser("rollback", help="restore every table of a replay to its version before")
+    _common(p)
+    p.add_argument("replay_id")
+    p.add_argument("--reason", required=True, help="why (recorded in the ledger)")
+    p = sub.add_parser("history", help="the audit ledger: replays, rollbacks, recoveries")
+    _common(p)
 
     p = sub.add_parser("generate", help="write a deterministic synthetic history")
     _common(p, lake=False)
@@ -172,17 +182,22 @@ def dispatch(args: argparse.Namespace) -> int:
         if args.shards is not None and args.shards < 1:
             raise UsageError("--shards must be at least 1")
         ex = api.make_executor(args.executor, args.address)
+        if args.cmd == "run" and not args.dry_run:
+            for d in api.recover_if_needed(args.lake):
+                print(f"recovered interrupted replay {d['replay_id']}: {d['outcome']}", file=sys.stderr)
         plan = api.plan(args.lake, args.ruleset, args.mode, ex, args.shards)
         if args.cmd == "plan" or args.dry_run:
             _print(plan.to_dict(), True) if args.json else print(_plan_text(plan.to_dict()))
             return 0
+        if not args.reason and not plan.up_to_date:
+            raise UsageError("--reason is required for a replay (it is recorded in the audit ledger)")
         if not args.json:
             print(_plan_text(plan.to_dict()))
         from engine.runner import execute
         from rules.rulesets import load_ruleset
 
         res = execute(api.open_lake(args.lake), plan, load_ruleset(args.ruleset), ex,
-                      None if args.json else _progress())
+                      None if args.json else _progress(), args.reason)
         out = res.to_dict()
         if args.json:
             _print(out, True)
@@ -196,6 +211,26 @@ def dispatch(args: argparse.Namespace) -> int:
                 print(f"  conservation |bronze| = |silver| + |quarantine| + |duplicates|: "
                       f"{'ok' if res.conservation_ok else 'FAILED'}")
         return 0 if res.conservation_ok is not False else 1
+    if args.cmd == "recover":
+        done = api.recover(args.lake)
+        if args.json:
+            _print(done, True)
+        else:
+            print("\n".join(f"{d['replay_id']}: {d['outcome']}" for d in done) or "nothing to recover")
+        return 0
+    if args.cmd == "rollback":
+        _print(api.rollback(args.lake, args.replay_id, args.reason), args.json)
+        return 0
+    if args.cmd == "history":
+        rows = api.history(args.lake)
+        if args.json:
+            _print(rows, True)
+        else:
+            cols = ["reprocessing_id", "kind", "status", "mode", "start_time", "end_time", "ruleset_name",
+                    "record_count", "conservation_ok", "target_id", "reason"]
+            print(_table_out(pa.Table.from_pylist([{c: r[c] for c in cols} for r in rows]), "table")
+                  if rows else "the ledger is empty")
+        return 0
     if args.cmd == "generate":
         from engine.generator import GeneratorConfig
 

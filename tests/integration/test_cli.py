@@ -23,7 +23,7 @@ def test_import_run_status_sql(tmp_path):
     out = json.loads(run("import", "--lake", lk, "--format", "bronze-parquet", str(FIXTURE / "bronze.parquet"),
                          "--json", check_rc=0).stdout)
     assert out["rows_added"] == 3849
-    res = json.loads(run("run", "--lake", lk, "--ruleset", "2026-01", "--json", check_rc=0).stdout)
+    res = json.loads(run("run", "--lake", lk, "--ruleset", "2026-01", "--reason", "test", "--json", check_rc=0).stdout)
     assert res["conservation_ok"] and res["counts"]["silver_api_usage"] == 3841
     dry = run("run", "--lake", lk, "--ruleset", "2026-02", "--dry-run", check_rc=0).stdout
     assert "mode: full" in dry and "dedup" in dry

@@ -1,0 +1,184 @@
+"""The audit ledger (``reprocessing_audit``), recovery of interrupted replays, and rollback.
+
+A replay touches up to six tables and Delta has no multi-table transaction, so
+a replay is made atomic by bookkeeping: before the first commit, the ledger
+holds a ``running`` row with every table's version before; every commit
+carries the replay id; after the last commit the row says ``success`` with the
+versions after. :func:`recover` finds ``running`` rows left by dead drivers and
+settles each: every table committed -> ``success``; a mix -> the committed ones
+are restored to their version before and the row says ``failed``. Rollback
+restores every table of a replay to its version before, as its own entry.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from engine import schemas
+from engine.errors import UsageError
+from engine.lake import Lake
+
+AUDIT_SCHEMA = pa.schema([
+    ("reprocessing_id", pa.string()),
+    ("kind", pa.string()),  # replay | rollback | recovery
+    ("start_time", schemas.TS),
+    ("end_time", schemas.TS),
+    ("layer", pa.string()),
+    ("mode", pa.string()),
+    ("reason", pa.string()),
+    ("affected_start", schemas.TS),
+    ("affected_end", schemas.TS),
+    ("tenants", pa.string()),
+    ("record_count", pa.int64()),
+    ("status", pa.string()),  # running | success | failed | rolled_back
+    ("operator", pa.string()),
+    ("ruleset_name", pa.string()),
+    ("ruleset_before", pa.string()),
+    ("ruleset_after", pa.string()),
+    ("bronze_version", pa.int64()),
+    ("tables", pa.string()),  # JSON list
+    ("versions_before", pa.string()),  # JSON {table: version}
+    ("versions_after", pa.string()),
+    ("conservation_ok", pa.bool_()),
+    ("target_id", pa.string()),  # rollback/recovery: the replay acted on
+    ("details", pa.string()),
+])
+schemas.SCHEMAS[schemas.AUDIT] = AUDIT_SCHEMA
+
+_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,80}$")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def read(lake: Lake) -> pa.Table:
+    if not lake.exists(schemas.AUDIT):
+        return AUDIT_SCHEMA.empty_table()
+    return lake.read(schemas.AUDIT).sort_by("start_time")
+
+
+def rows(lake: Lake) -> list[dict[str, Any]]:
+    return read(lake).to_pylist()
+
+
+def get(lake: Lake, rid: str) -> dict[str, Any] | None:
+    for r in rows(lake):
+        if r["reprocessing_id"] == rid:
+            return r
+    return None
+
+
+def _meta(rid: str, op: str) -> dict[str, Any]:
+    return {"replay_id": rid, "op": op}
+
+
+def append(lake: Lake, row: dict[str, Any]) -> None:
+    full = {f.name: row.get(f.name) for f in AUDIT_SCHEMA}
+    lake.write(schemas.AUDIT, pa.Table.from_pylist([full], schema=AUDIT_SCHEMA), mode="append",
+               metadata=_meta(row["reprocessing_id"], "audit-append"))
+
+
+def update(lake: Lake, rid: str, **changes: Any) -> None:
+    """Rewrite the (small) ledger with one row changed: one commit, no SQL strings."""
+    data = read(lake)
+    hit = pc.equal(data.column("reprocessing_id"), rid)
+    if not pc.any(hit).as_py():
+        raise UsageError(f"no ledger entry {rid}")
+    out = data.to_pylist()
+    for r in out:
+        if r["reprocessing_id"] == rid:
+            r.update(changes)
+    lake.write(schemas.AUDIT, pa.Table.from_pylist(out, schema=AUDIT_SCHEMA), mode="overwrite",
+               metadata=_meta(rid, "audit-update"))
+
+
+def _committed_by(lake: Lake, table: str, rid: str, before: int) -> int | None:
+    """The version of ``table`` that replay ``rid`` committed after ``before``, if any."""
+    for entry in lake.history(table):
+        v = entry.get("version")
+        if v is not None and v > before and entry.get("medallion.replay_id") == rid \
+                and entry.get("operation") != "RESTORE":
+            return int(v)
+    return None
+
+
+def recover(lake: Lake, operator: str) -> list[dict[str, Any]]:
+    """Settle every ``running`` replay or rollback left by a dead driver. Returns what was done."""
+    done = []
+    for r in rows(lake):
+        if r["status"] != "running":
+            continue
+        rid = r["reprocessing_id"]
+        tables = json.loads(r["tables"] or "[]")
+        before = {k: int(v) for k, v in json.loads(r["versions_before"] or "{}").items()}
+        started = now()
+        if r["kind"] == "rollback":
+            restored = [t for t in tables if lake.version(t) != before[t]]
+            for t in restored:
+                lake.restore(t, before[t], rid)
+            update(lake, rid, status="success", end_time=now(),
+                   versions_after=json.dumps({t: lake.version(t) for t in tables}),
+                   details=f"completed by recovery: restored {len(restored)} table(s)")
+            if r["target_id"]:
+                update(lake, r["target_id"], status="rolled_back")
+            outcome = "rollback completed"
+        else:
+            committed = {t: _committed_by(lake, t, rid, before[t]) for t in tables}
+            if tables and all(v is not None for v in committed.values()):
+                update(lake, rid, status="success", end_time=now(),
+                       versions_after=json.dumps(committed),
+                       details="settled by recovery: every table had been committed")
+                outcome = "rolled forward"
+            else:
+                undone = [t for t, v in committed.items() if v is not None]
+                for t in undone:
+                    lake.restore(t, before[t], rid)
+                update(lake, rid, status="failed", end_time=now(),
+                       versions_after=json.dumps({t: lake.version(t) for t in tables}),
+                       details=f"interrupted; recovery restored {len(undone)} committed table(s) "
+                               f"to their version before")
+                outcome = f"rolled back {len(undone)} of {len(tables)} tables"
+        entry = {"reprocessing_id": f"{rid}.recovery", "kind": "recovery", "start_time": started,
+                 "end_time": now(), "status": "success", "operator": operator, "target_id": rid,
+                 "tables": r["tables"], "versions_before": r["versions_before"],
+                 "versions_after": json.dumps({t: lake.version(t) for t in tables}),
+                 "reason": "recover an interrupted replay", "details": outcome}
+        append(lake, entry)
+        done.append({"replay_id": rid, "outcome": outcome})
+    return done
+
+
+def rollback(lake: Lake, rid: str, reason: str, operator: str, new_id: str) -> dict[str, Any]:
+    """Restore every table of replay ``rid`` to its version before, in one audited operation."""
+    if not _ID.match(rid):
+        raise UsageError(f"{rid!r} is not a replay id (see 'replay history')")
+    r = get(lake, rid)
+    if r is None or r["kind"] != "replay":
+        raise UsageError(f"no replay {rid} in the ledger (see 'replay history')")
+    if r["status"] != "success":
+        raise UsageError(f"replay {rid} is {r['status']}; only a successful replay can be rolled back")
+    tables = json.loads(r["tables"] or "[]")
+    before = {k: int(v) for k, v in json.loads(r["versions_before"]).items()}
+    after = {k: int(v) for k, v in json.loads(r["versions_after"]).items()}
+    moved = [t for t in tables if lake.version(t) != after[t]]
+    if moved:
+        raise UsageError(f"cannot roll back {rid}: {', '.join(moved)} changed since (a later replay); "
+                         "roll that one back first")
+    start = now()
+    append(lake, {"reprocessing_id": new_id, "kind": "rollback", "start_time": start,
+                  "status": "running", "operator": operator, "reason": reason, "target_id": rid,
+                  "tables": json.dumps(tables), "versions_before": json.dumps(before),
+                  "layer": r["layer"], "mode": "rollback"})
+    for t in tables:
+        lake.restore(t, before[t], new_id)
+    versions = {t: lake.version(t) for t in tables}
+    update(lake, new_id, status="success", end_time=now(), versions_after=json.dumps(versions))
+    update(lake, rid, status="rolled_back")
+    return {"rollback_id": new_id, "replay_id": rid, "restored": before, "versions": versions}

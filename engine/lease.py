@@ -1,0 +1,116 @@
+"""One replay at a time per lake: a lease file with a heartbeat.
+
+The lease lives at ``<lake>/_medallion/lease.json`` and is created atomically
+(``O_EXCL``). A lease whose heartbeat is older than its TTL, or whose process
+is gone (same host), is expired and may be taken over. Local lakes only; an
+object-store lake would need a conditional put (not provided by this module).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import ReplayError
+
+TTL_SECONDS = 60.0
+HEARTBEAT_SECONDS = 10.0
+
+
+class LeaseHeldError(ReplayError):
+    """Another replay holds the lake; retry once it has finished."""
+
+    retryable = True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class Lease:
+    path: Path
+    owner: str
+    ttl: float = TTL_SECONDS
+    _stop: threading.Event | None = None
+    _thread: threading.Thread | None = None
+
+    @classmethod
+    def for_lake(cls, root: str, owner: str, ttl: float = TTL_SECONDS) -> Lease:
+        if "://" in root:
+            raise ReplayError("leases need a local lake directory; object-store lakes are not supported yet")
+        return cls(Path(root) / "_medallion" / "lease.json", owner, ttl)
+
+    def _body(self) -> dict:
+        return {"owner": self.owner, "pid": os.getpid(), "host": socket.gethostname(),
+                "heartbeat": time.time(), "ttl": self.ttl}
+
+    def read(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def expired(self, info: dict) -> bool:
+        if time.time() - float(info.get("heartbeat", 0)) > float(info.get("ttl", self.ttl)):
+            return True
+        return info.get("host") == socket.gethostname() and not _alive(int(info.get("pid", -1)))
+
+    def acquire(self) -> Lease:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                info = self.read()
+                if info is not None and not self.expired(info):
+                    raise LeaseHeldError(
+                        f"replay {info.get('owner')} is running on this lake (pid {info.get('pid')} on "
+                        f"{info.get('host')}); wait for it to finish", owner=info.get("owner")) from None
+                self.path.unlink(missing_ok=True)  # expired: a dead process left it
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(self._body(), f)
+            self._start_heartbeat()
+            return self
+        raise LeaseHeldError("could not take the lake's lease; another replay is starting")
+
+    def _start_heartbeat(self) -> None:
+        self._stop = threading.Event()
+
+        def beat() -> None:
+            assert self._stop is not None
+            while not self._stop.wait(HEARTBEAT_SECONDS):
+                info = self.read()
+                if info is None or info.get("owner") != self.owner:
+                    return
+                tmp = self.path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(self._body()))
+                os.replace(tmp, self.path)
+
+        self._thread = threading.Thread(target=beat, name="medallion-lease", daemon=True)
+        self._thread.start()
+
+    def release(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+        info = self.read()
+        if info is not None and info.get("owner") == self.owner:
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> Lease:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
