@@ -14,6 +14,8 @@ executors share the :class:`Executor` interface and produce identical tables.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +53,7 @@ class MapResult:
     quarantine: pa.Table
     buckets: tuple[pa.Table, ...]
     seconds: float
+    node: str = ""
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,35 @@ class ReduceResult:
     hourly: pa.Table
     alerts: pa.Table
     seconds: float
+    node: str = ""
+
+
+def where() -> str:
+    """The Ray node id when running in a Ray worker, else the host name."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except Exception:  # ray missing or not in a worker: fall through
+        pass
+    return socket.gethostname()
+
+
+def _fault_kill_once(stage: str) -> None:
+    """Test hook: ``MEDALLION_FAULT_KILL_ONCE=<stage>:<marker file>`` kills this worker process
+    the first time ``stage`` runs (the marker makes the retry succeed)."""
+    spec = os.environ.get("MEDALLION_FAULT_KILL_ONCE")
+    if not spec:
+        return
+    want, _, marker = spec.partition(":")
+    if want == stage and marker:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.close(fd)
+        os._exit(137)
 
 
 def read_files(spec: MapSpec) -> pa.Table:
@@ -92,7 +124,15 @@ def map_shard(spec: MapSpec) -> MapResult:
     else:
         rows, quarantine = data, schemas.empty(schemas.QUARANTINE_SCHEMA)
     buckets = tuple(split_buckets(rows, spec.n_buckets))
-    return MapResult(data.num_rows, quarantine, buckets, time.perf_counter() - t0)
+    _fault_kill_once("map")
+    return MapResult(data.num_rows, quarantine, buckets, time.perf_counter() - t0, where())
+
+
+def map_shard_parts(spec: MapSpec) -> tuple[object, ...]:
+    """:func:`map_shard` as (summary, bucket 0, bucket 1, ...) so each bucket is its own object."""
+    res = map_shard(spec)
+    summary = MapResult(res.rows_in, res.quarantine, (), res.seconds, res.node)
+    return (summary, *res.buckets)
 
 
 def reduce_shard(spec: ReduceSpec, *pieces: pa.Table) -> ReduceResult:
@@ -108,8 +148,9 @@ def reduce_shard(spec: ReduceSpec, *pieces: pa.Table) -> ReduceResult:
     else:
         gold_in = rows if rows is not None else schemas.empty(schemas.SILVER_SCHEMA)
     minute, hourly, alerts = compiled.gold(gold_in)
+    _fault_kill_once("reduce")
     return ReduceResult(spec.bucket, silver, duplicates, minute, hourly, alerts,
-                        time.perf_counter() - t0)
+                        time.perf_counter() - t0, where())
 
 
 @dataclass(frozen=True)
@@ -122,6 +163,7 @@ class JobOutput:
     hourly: pa.Table
     alerts: pa.Table
     task_seconds: dict[str, float] = field(default_factory=dict)
+    nodes: tuple[str, ...] = ()
 
 
 Progress = Callable[[str, int, int], None]
@@ -154,6 +196,7 @@ def combine(maps: list[MapResult], reduces: list[ReduceResult], mode: Mode) -> J
         hourly=cat("hourly", schemas.HOURLY_SCHEMA),
         alerts=cat("alerts", schemas.ALERTS_SCHEMA),
         task_seconds={"map": sum(m.seconds for m in maps), "reduce": sum(r.seconds for r in reduces)},
+        nodes=tuple(sorted({m.node for m in maps} | {r.node for r in reduces})),
     )
 
 
