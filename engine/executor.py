@@ -19,13 +19,15 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from engine import schemas
 from engine.lake import Lake
 from engine.pipeline import Compiled, split_buckets
+from engine.scope import Scope
 from rules.base import Ruleset
 
 Mode = Literal["full", "gold"]
@@ -41,10 +43,13 @@ class MapSpec:
     storage_options: tuple[tuple[str, str], ...]
     table: str
     version: int
-    paths: tuple[str, ...]
+    #: (file path, row group ids) units; every unit is read by exactly one task
+    units: tuple[tuple[str, tuple[int, ...]], ...]
     mode: Mode
     ruleset: Ruleset
     n_buckets: int
+    scope: Scope | None = None
+    threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ class ReduceSpec:
     bucket: int
     mode: Mode
     ruleset: Ruleset
+    threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -106,26 +112,60 @@ def _fault_kill_once(stage: str) -> None:
 def read_files(spec: MapSpec) -> pa.Table:
     lake = Lake(spec.lake_root, dict(spec.storage_options) or None)
     ds = lake.dataset(spec.table, spec.version)
-    wanted = set(spec.paths)
-    frags = [f for f in ds.get_fragments() if f.path in wanted]
+    wanted = dict(spec.units)
     cols = MAP_COLUMNS[spec.mode]
-    if not frags:
+    parts = []
+    for frag in ds.get_fragments():
+        if frag.path in wanted:
+            part = frag.subset(row_group_ids=list(wanted[frag.path]))
+            parts.append(part.to_table(columns=cols, schema=ds.schema))
+    if not parts:
         return ds.schema.empty_table().select(cols)
-    return pa.concat_tables([f.to_table(columns=cols, schema=ds.schema) for f in frags])
+    return pa.concat_tables(parts)
+
+
+def file_units(ds: Any) -> list[tuple[str, tuple[int, ...]]]:
+    """Every (file, row group) of a dataset, in a stable order."""
+    units = []
+    for frag in ds.get_fragments():
+        frag.ensure_complete_metadata()
+        units += [(frag.path, (rg.id,)) for rg in frag.row_groups]
+    return sorted(units)
+
+
+def _threads(n: int) -> None:
+    if n:
+        os.environ["MEDALLION_DUCKDB_THREADS"] = str(n)
 
 
 def map_shard(spec: MapSpec) -> MapResult:
     """Read a group of files; validate them (full mode); split rows into tenant buckets."""
     t0 = time.perf_counter()
+    _threads(spec.threads)
     data = read_files(spec)
     compiled = Compiled.of(spec.ruleset)
     if spec.mode == "full":
         rows, quarantine = compiled.validate(data)
     else:
         rows, quarantine = data, schemas.empty(schemas.QUARANTINE_SCHEMA)
+    rows = _restrict(rows, spec.scope, spec.mode)
     buckets = tuple(split_buckets(rows, spec.n_buckets))
     _fault_kill_once("map")
     return MapResult(data.num_rows, quarantine, buckets, time.perf_counter() - t0, where())
+
+
+def _restrict(rows: pa.Table, scope: Scope | None, mode: Mode) -> pa.Table:
+    """Drop rows a scoped replay cannot need: other tenants; in gold mode, other hours too.
+
+    In full mode the time range is not applied here: dedup must see every copy of a key.
+    """
+    if scope is None:
+        return rows
+    if scope.tenants:
+        rows = rows.filter(pc.is_in(rows.column("tenant_id"), value_set=pa.array(scope.tenants)))
+    if mode == "gold" and (scope.start or scope.end):
+        rows = rows.filter(Scope(scope.start, scope.end).mask(rows, "silver_api_usage"))
+    return rows
 
 
 def map_shard_parts(spec: MapSpec) -> tuple[object, ...]:
@@ -138,6 +178,7 @@ def map_shard_parts(spec: MapSpec) -> tuple[object, ...]:
 def reduce_shard(spec: ReduceSpec, *pieces: pa.Table) -> ReduceResult:
     """All rows of one tenant bucket -> its Silver (full mode) and Gold rows."""
     t0 = time.perf_counter()
+    _threads(spec.threads)
     compiled = Compiled.of(spec.ruleset)
     rows = pa.concat_tables(pieces) if pieces else None
     silver = duplicates = None

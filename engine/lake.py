@@ -10,13 +10,16 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as pds
-from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from engine import schemas
 from engine.errors import CommitConflictError, LakeError, UsageError
 
 META_PREFIX = "medallion."
+#: Row groups of ~128k rows: the unit a replay's map tasks split files into.
+ROW_GROUP_ROWS = 131_072
+WRITER = WriterProperties(max_row_group_size=ROW_GROUP_ROWS, compression="ZSTD")
 
 
 def _is_uri(root: str) -> bool:
@@ -106,6 +109,7 @@ class Lake:
                 partition_by=schemas.PARTITIONS.get(table),
                 storage_options=self._opts,
                 commit_properties=props,
+                writer_properties=WRITER,
             )
         except CommitFailedError as exc:
             raise CommitConflictError(f"concurrent commit on {table}: {exc}", table=table) from None

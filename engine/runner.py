@@ -17,14 +17,16 @@ import pyarrow.compute as pc
 
 from engine import audit, schemas
 from engine.errors import UsageError
-from engine.executor import Executor, JobOutput, MapSpec, Mode, Progress, ReduceSpec
+from engine.executor import Executor, JobOutput, MapSpec, Mode, Progress, ReduceSpec, file_units
 from engine.lake import Lake
 from engine.lease import Lease
 from engine.pipeline import Compiled
+from engine.scope import Scope
 from rules.base import Ruleset, canonical_json
 
 ModeArg = Literal["auto", "full", "gold"]
-TARGET_FILE_BYTES = 256 * 1024 * 1024
+#: A map task reads about this many rows (bounded memory per task, whatever the history length).
+ROWS_PER_MAP_TASK = 1_000_000
 
 
 def silver_fingerprint(ruleset: Ruleset) -> str:
@@ -56,6 +58,7 @@ class Plan:
     map_tasks: int
     buckets: int
     executor: str
+    scope: Scope | None = None
 
     @property
     def up_to_date(self) -> bool:
@@ -64,6 +67,7 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("files")
+        d["scope"] = self.scope.describe() if self.scope else None
         d["files"] = len(self.files)
         d["up_to_date"] = self.up_to_date
         return d
@@ -86,7 +90,7 @@ def _changed_rules(old: list[dict[str, Any]] | None, new: Ruleset, layer: str) -
 
 
 def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor: str = "local",
-               cpus: int = 1, buckets: int | None = None) -> Plan:
+               cpus: int = 1, buckets: int | None = None, scope: Scope | None = None) -> Plan:
     compiled = Compiled.of(ruleset)
     sfp = silver_fingerprint(ruleset)
     if not lake.exists(schemas.BRONZE):
@@ -97,6 +101,9 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
     silver_meta = lake.commit_metadata(schemas.SILVER) if lake.exists(schemas.SILVER) else {}
     if not silver_meta.get("silver_fingerprint"):
         reasons.append("Silver has never been built by a replay")
+        chosen = "full"
+    elif silver_meta.get("mixed_with"):
+        reasons.append(f"Silver mixes rulesets since a scoped replay ({silver_meta.get('scope')})")
         chosen = "full"
     else:
         if silver_meta["silver_fingerprint"] != sfp:
@@ -116,6 +123,9 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
         silver_id = silver_meta.get("replay_id")
         if not gold_meta.get("ruleset_fingerprint"):
             reasons.append("Gold has never been built by a replay")
+            chosen = "gold"
+        elif gold_meta.get("mixed_with"):
+            reasons.append(f"Gold mixes rulesets since a scoped replay ({gold_meta.get('scope')})")
             chosen = "gold"
         else:
             if gold_meta["ruleset_fingerprint"] != ruleset.fingerprint:
@@ -147,8 +157,9 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
             nbytes += int(act.get("size_bytes") or 0)
             rows += int(act.get("num_records") or 0)
     n_buckets = buckets or max(1, cpus * 2 if cpus > 1 else 1)
-    per_task = max(1, TARGET_FILE_BYTES)
-    groups = _group_files(lake, source, source_v, files, per_task, min_groups=n_buckets if cpus > 1 else 1)
+    n_units = len(file_units(lake.dataset(source, source_v))) if chosen is not None else 0
+    wanted = max(-(-rows // ROWS_PER_MAP_TASK), cpus * 2 if cpus > 1 else 1)
+    map_tasks = min(n_units, wanted)
     tables = (
         (*schemas.SILVER_TABLES, *schemas.GOLD_TABLES) if chosen == "full"
         else schemas.GOLD_TABLES if chosen == "gold" else ()
@@ -169,22 +180,11 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
         files=tuple(files),
         rows=rows,
         bytes=nbytes,
-        map_tasks=len(groups),
+        map_tasks=map_tasks,
         buckets=n_buckets,
         executor=executor,
+        scope=scope,
     )
-
-
-def _group_files(lake: Lake, table: str, version: int | None, files: list[str], target: int,
-                 min_groups: int) -> list[tuple[str, ...]]:
-    if not files:
-        return []
-    n = max(min_groups, 1)
-    n = min(n, len(files))
-    groups: list[list[str]] = [[] for _ in range(n)]
-    for i, f in enumerate(files):
-        groups[i % n].append(f)
-    return [tuple(g) for g in groups if g]
 
 
 def new_replay_id() -> str:
@@ -212,14 +212,17 @@ def _abs_paths(lake: Lake, table: str, files: list[str]) -> tuple[str, ...]:
 
 
 def map_specs(lake: Lake, plan: Plan, ruleset: Ruleset, cpus: int) -> list[MapSpec]:
+    """Split the source's row groups into ``plan.map_tasks`` tasks of about equal size."""
     assert plan.mode is not None
-    ds = lake.dataset(plan.source_table, plan.source_version)
-    frag_paths = [f.path for f in ds.get_fragments()]
-    groups = _group_files(lake, plan.source_table, plan.source_version, frag_paths,
-                          TARGET_FILE_BYTES, plan.map_tasks)
+    units = file_units(lake.dataset(plan.source_table, plan.source_version))
+    n = max(1, min(plan.map_tasks, len(units)))
+    groups: list[list[tuple[str, tuple[int, ...]]]] = [[] for _ in range(n)]
+    for i, u in enumerate(units):
+        groups[i % n].append(u)
     opts = tuple(sorted((lake.storage_options or {}).items()))
-    return [MapSpec(lake.root, opts, plan.source_table, plan.source_version or 0, g, plan.mode,
-                    ruleset, plan.buckets) for g in groups]
+    threads = max(1, cpus // n) if cpus > 1 else 0
+    return [MapSpec(lake.root, opts, plan.source_table, plan.source_version or 0, tuple(g), plan.mode,
+                    ruleset, plan.buckets, plan.scope, threads) for g in groups if g]
 
 
 def _fault_hook(committed: int) -> None:
@@ -283,7 +286,9 @@ def _compute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
              progress: Progress | None) -> JobOutput:
     assert plan.mode is not None
     maps = map_specs(lake, plan, ruleset, executor.cpus())
-    reduces = [ReduceSpec(b, plan.mode, ruleset) for b in range(plan.buckets)]
+    cpus = executor.cpus()
+    reduces = [ReduceSpec(b, plan.mode, ruleset, max(1, cpus // plan.buckets) if cpus > 1 else 0)
+               for b in range(plan.buckets)]
     return executor.run(maps, reduces, progress)
 
 
@@ -310,22 +315,34 @@ def _commit(lake: Lake, plan: Plan, ruleset: Ruleset, out: JobOutput,
     versions: dict[str, int] = {}
     counts: dict[str, int] = {}
     conservation: bool | None = None
+    scope = plan.scope
+
+    def write(table: str, data: pa.Table, extra: dict[str, Any]) -> None:
+        m = {**meta, **extra}
+        if scope is not None:
+            prev = lake.commit_metadata(table)
+            mixed = set(prev.get("mixed_with") or []) | {prev.get("ruleset_fingerprint")}
+            mixed.discard(ruleset.fingerprint)
+            mixed.discard(None)
+            m.update(scope=scope.describe(), mixed_with=sorted(mixed))
+            data = scope.merge(lake.read(table), data, table)
+        versions[table] = lake.write(table, data, mode="overwrite", metadata=m)
+        counts[table] = data.num_rows
+        _fault_hook(len(versions))
+
     if plan.mode == "full":
         assert out.silver is not None and out.duplicates is not None
         for table, data in ((schemas.SILVER, out.silver), (schemas.QUARANTINE, out.quarantine),
                             (schemas.DUPLICATES, out.duplicates)):
-            versions[table] = lake.write(table, data, mode="overwrite", metadata={**meta, "layer": "silver"})
-            counts[table] = data.num_rows
-            _fault_hook(len(versions))
-        conservation = out.rows_in == sum(counts[t] for t in schemas.SILVER_TABLES)
-        counts[schemas.BRONZE] = out.rows_in
+            write(table, data, {"layer": "silver"})
+        bronze_rows = out.rows_in if scope is None else lake.read(
+            schemas.BRONZE, plan.bronze_version, columns=["kafka_offset"]).num_rows
+        conservation = bronze_rows == sum(counts[t] for t in schemas.SILVER_TABLES)
+        counts[schemas.BRONZE] = bronze_rows
     silver_meta = lake.commit_metadata(schemas.SILVER)
     for table, data in ((schemas.MINUTE, out.minute), (schemas.HOURLY, out.hourly),
                         (schemas.ALERTS, out.alerts)):
-        versions[table] = lake.write(table, data, mode="overwrite", metadata={
-            **meta, "layer": "gold", "silver_replay_id": silver_meta.get("replay_id")})
-        counts[table] = data.num_rows
-        _fault_hook(len(versions))
+        write(table, data, {"layer": "gold", "silver_replay_id": silver_meta.get("replay_id")})
     return versions, counts, conservation
 
 

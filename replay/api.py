@@ -28,6 +28,7 @@ from engine.runner import (
     new_replay_id,
     operator_name,
 )
+from engine.scope import Scope
 from rules.base import Ruleset
 from rules.rulesets import load_ruleset
 
@@ -64,21 +65,29 @@ def make_executor(kind: str = "local", address: str | None = None, num_cpus: int
 
 
 def plan(lake: str | Lake, ruleset: str | Path | Ruleset, mode: ModeArg = "auto",
-         executor: Executor | None = None, shards: int | None = None) -> Plan:
+         executor: Executor | None = None, shards: int | None = None,
+         start: Any = None, end: Any = None, tenants: list[str] | None = None) -> Plan:
+    """What a replay would recompute and why (changes nothing)."""
     ex = executor or LocalExecutor()
     return build_plan(open_lake(lake), load_ruleset(ruleset), mode, executor=ex.name,
-                      cpus=ex.cpus(), buckets=shards)
+                      cpus=ex.cpus(), buckets=shards, scope=Scope.of(start, end, tenants))
 
 
 def run(lake: str | Lake, ruleset: str | Path | Ruleset, mode: ModeArg = "auto",
         executor: Executor | None = None, shards: int | None = None,
-        progress: Progress | None = None, reason: str = "python api") -> RunResult:
-    """Plan, then apply: recompute what the ruleset invalidates and commit it atomically."""
+        progress: Progress | None = None, reason: str = "python api", start: Any = None,
+        end: Any = None, tenants: list[str] | None = None) -> RunResult:
+    """Plan, then apply: recompute what the ruleset invalidates and commit it atomically.
+
+    ``start``/``end`` (event time, widened to whole hours) and ``tenants`` restrict the
+    replay: rows inside the scope equal a full replay's, rows outside stay as they were.
+    """
     lk = open_lake(lake)
     rs = load_ruleset(ruleset)
     ex = executor or LocalExecutor()
     recover_if_needed(lk)  # plan on a consistent lake, not on a half-committed replay
-    p = build_plan(lk, rs, mode, executor=ex.name, cpus=ex.cpus(), buckets=shards)
+    p = build_plan(lk, rs, mode, executor=ex.name, cpus=ex.cpus(), buckets=shards,
+                   scope=Scope.of(start, end, tenants))
     return execute(lk, p, rs, ex, progress, reason)
 
 

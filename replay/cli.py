@@ -48,9 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         p.add_argument("--ruleset", required=True, help="built-in name (2026-01, 2026-02) or a TOML file")
         p.add_argument("--mode", choices=["auto", "full", "gold"], default="auto")
-        p.add_argument("--executor", choices=["local", "ray"], default="local")
+        p.add_argument("--executor", choices=["local", "ray"], default="ray",
+                       help="ray (default: a local Ray, or --address) or local (in this process)")
         p.add_argument("--address", help="Ray cluster address to join (default: start a local one)")
         p.add_argument("--shards", type=int, help="number of tenant shards (default: from CPUs)")
+        p.add_argument("--start", help="event-time range start (widened to the hour), e.g. 2026-03-02T13:00Z")
+        p.add_argument("--end", help="event-time range end, exclusive (widened to the hour)")
+        p.add_argument("--tenant", action="append", default=[], help="restrict to a tenant (repeatable)")
         if name == "run":
             p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
             p.add_argument("--reason", help="why this replay runs (required; recorded in the ledger)")
@@ -103,14 +107,17 @@ def _print(obj: Any, as_json: bool) -> None:
         print(obj)
 
 
-def _progress(stream=sys.stderr):
+def _progress(rows: int = 0, stream=sys.stderr):
+    """Shards done / total, events/s and ETA: a bar on a terminal, plain lines otherwise."""
     start = time.perf_counter()
     tty = stream.isatty()
 
     def report(stage: str, done: int, total: int) -> None:
         el = time.perf_counter() - start
         eta = el / done * (total - done) if done else 0.0
-        msg = f"{stage}: tasks {done}/{total}  elapsed {el:5.1f}s  eta {eta:5.1f}s"
+        rate = rows * done / total / el if el > 0 and total else 0.0
+        msg = (f"{stage}: tasks {done}/{total}  {rate:,.0f} events/s  elapsed {el:5.1f}s  "
+               f"eta {eta:5.1f}s")
         if tty:
             bar = "#" * int(30 * done / max(total, 1))
             stream.write(f"\r[{bar:<30}] {msg}")
@@ -132,6 +139,8 @@ def _plan_text(p: dict[str, Any]) -> str:
     lines.append(f"mode: {p['mode']}  ({'Bronze -> Silver -> Gold' if p['mode'] == 'full' else 'Silver -> Gold'})")
     lines.append("why:")
     lines += [f"  - {r}" for r in p["reasons"]]
+    if p.get("scope"):
+        lines.append(f"scope: {p['scope']} (rows outside it stay as they are)")
     lines.append(f"tables to replace: {', '.join(p['tables'])}")
     lines.append(f"reads: {p['source_table']} version {p['source_version']}: {p['rows']:,} rows, "
                  f"{p['bytes'] / 1e6:,.1f} MB in {p['files']} files (Bronze version {p['bronze_version']})")
@@ -185,7 +194,8 @@ def dispatch(args: argparse.Namespace) -> int:
         if args.cmd == "run" and not args.dry_run:
             for d in api.recover_if_needed(args.lake):
                 print(f"recovered interrupted replay {d['replay_id']}: {d['outcome']}", file=sys.stderr)
-        plan = api.plan(args.lake, args.ruleset, args.mode, ex, args.shards)
+        plan = api.plan(args.lake, args.ruleset, args.mode, ex, args.shards, args.start, args.end,
+                        args.tenant or None)
         if args.cmd == "plan" or args.dry_run:
             _print(plan.to_dict(), True) if args.json else print(_plan_text(plan.to_dict()))
             return 0
@@ -197,7 +207,7 @@ def dispatch(args: argparse.Namespace) -> int:
         from rules.rulesets import load_ruleset
 
         res = execute(api.open_lake(args.lake), plan, load_ruleset(args.ruleset), ex,
-                      None if args.json else _progress(), args.reason)
+                      None if args.json else _progress(plan.rows), args.reason)
         out = res.to_dict()
         if args.json:
             _print(out, True)

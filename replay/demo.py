@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tenants", type=int, default=2000)
     ap.add_argument("--days", type=float, default=3)
     ap.add_argument("--fresh", action="store_true", help="delete the lake first")
+    ap.add_argument("--executor", choices=["local", "ray"], default="ray")
     args = ap.parse_args(argv)
     lake_dir = Path(args.lake)
     if args.fresh and lake_dir.exists():
@@ -67,17 +68,19 @@ def main(argv: list[str] | None = None) -> int:
         info = api.generate_history(GeneratorConfig(events=args.events, tenants=args.tenants,
                                                     days=args.days), out=archive, fmt="bronze-parquet")
         print(f"1. generated {info['rows']:,} Bronze messages in {time.perf_counter() - t0:.1f}s")
-        res = api.import_file(lake, archive, "bronze-parquet")
+        res = api.import_file(lake, archive, "bronze-parquet")  # noqa: F841
         print(f"2. imported: {res.rows_added:,} added, {res.rows_skipped:,} already in Bronze "
               f"(version {res.bronze_version})")
-    r1 = api.run(lake, "2026-01", progress=_progress())
+    ex = api.make_executor(args.executor)
+    r1 = api.run(lake, "2026-01", executor=ex, progress=_progress(res.rows_added), reason="demo: initial load")
     print(f"3. replay with 2026-01: mode {r1.plan.mode or 'none (up to date)'}; "
           f"{r1.plan.reasons[0]}; {r1.seconds:.1f}s")
     before = {t: lake.version(t) for t in schemas.GOLD_TABLES}
     ruleset = RULESET_DIR / "free-100.toml"
-    plan = api.plan(lake, ruleset)
+    plan = api.plan(lake, ruleset, executor=ex)
     print(f"4. plan for {ruleset.name}: mode {plan.mode}; why: {'; '.join(plan.reasons)}")
-    r2 = api.run(lake, ruleset, progress=_progress())
+    r2 = api.run(lake, ruleset, executor=ex, progress=_progress(plan.rows),
+                 reason="demo: Scenario 1, free plan limit 60 -> 100")
     after = {t: lake.version(t) for t in schemas.GOLD_TABLES}
     print(f"   replayed {', '.join(r2.plan.tables) or 'nothing'} in {r2.seconds:.1f}s")
     print("5. what changed, per plan (DuckDB over Delta versions "

@@ -72,7 +72,7 @@ def test_rollback_refuses_when_a_later_replay_changed_the_tables(loaded):
 def test_driver_killed_mid_replay_is_recovered_consistently(loaded, commits, expect):
     api.run(loaded, "2026-01", reason="baseline")
     before = snapshot(loaded)
-    p = cli("run", "--lake", loaded.root, "--ruleset", "2026-02", "--reason", "killed",
+    p = cli("run", "--executor", "local", "--lake", loaded.root, "--ruleset", "2026-02", "--reason", "killed",
             env={"MEDALLION_FAULT_AFTER_COMMITS": str(commits)})
     assert p.returncode == 99, p.stderr
     running = [r for r in api.history(loaded) if r["status"] == "running"]
@@ -93,7 +93,7 @@ def test_driver_killed_mid_replay_is_recovered_consistently(loaded, commits, exp
 def test_next_replay_recovers_automatically(loaded):
     api.run(loaded, "2026-01", reason="baseline")
     before = snapshot(loaded)
-    p = cli("run", "--lake", loaded.root, "--ruleset", "2026-02", "--reason", "killed",
+    p = cli("run", "--executor", "local", "--lake", loaded.root, "--ruleset", "2026-02", "--reason", "killed",
             env={"MEDALLION_FAULT_AFTER_COMMITS": "1"})
     assert p.returncode == 99
     api.run(loaded, "2026-01", mode="gold", reason="next")
@@ -107,7 +107,7 @@ def test_second_replay_is_refused_while_one_runs(loaded):
     with holder:
         with pytest.raises(LeaseHeldError, match="r-other-replay is running"):
             api.run(loaded, "2026-01", reason="second")
-        p = cli("run", "--lake", loaded.root, "--ruleset", "2026-01", "--reason", "x")
+        p = cli("run", "--executor", "local", "--lake", loaded.root, "--ruleset", "2026-01", "--reason", "x")
         assert p.returncode == 1 and "r-other-replay is running" in p.stderr
     api.run(loaded, "2026-01", reason="after release")
 

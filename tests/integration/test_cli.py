@@ -23,11 +23,11 @@ def test_import_run_status_sql(tmp_path):
     out = json.loads(run("import", "--lake", lk, "--format", "bronze-parquet", str(FIXTURE / "bronze.parquet"),
                          "--json", check_rc=0).stdout)
     assert out["rows_added"] == 3849
-    res = json.loads(run("run", "--lake", lk, "--ruleset", "2026-01", "--reason", "test", "--json", check_rc=0).stdout)
+    res = json.loads(run("run", "--executor", "local", "--lake", lk, "--ruleset", "2026-01", "--reason", "test", "--json", check_rc=0).stdout)
     assert res["conservation_ok"] and res["counts"]["silver_api_usage"] == 3841
-    dry = run("run", "--lake", lk, "--ruleset", "2026-02", "--dry-run", check_rc=0).stdout
+    dry = run("run", "--executor", "local", "--lake", lk, "--ruleset", "2026-02", "--dry-run", check_rc=0).stdout
     assert "mode: full" in dry and "dedup" in dry
-    assert "up to date" in run("plan", "--lake", lk, "--ruleset", "2026-01", check_rc=0).stdout
+    assert "up to date" in run("plan", "--executor", "local", "--lake", lk, "--ruleset", "2026-01", check_rc=0).stdout
     st = json.loads(run("status", "--lake", lk, "--json", check_rc=0).stdout)
     assert {r["table"]: r.get("rows") for r in st}["silver_quarantine"] == 7
     q = run("sql", "--lake", lk, "SELECT count(*) AS n FROM tenant_usage_1min WHERE tenant_id = $t",
@@ -39,8 +39,8 @@ def test_import_run_status_sql(tmp_path):
 
 
 @pytest.mark.parametrize("args,code,needle", [
-    (("run", "--lake", "/nonexistent/x", "--ruleset", "2026-01"), 2, "replay import"),
-    (("run", "--lake", "/tmp", "--ruleset", "nope"), 2, "neither a built-in"),
+    (("run", "--executor", "local", "--lake", "/nonexistent/x", "--ruleset", "2026-01"), 2, "replay import"),
+    (("run", "--executor", "local", "--lake", "/tmp", "--ruleset", "nope"), 2, "neither a built-in"),
     (("import", "--lake", "/tmp/x", "/no/such.jsonl"), 2, "no such file"),
     (("run", "--ruleset"), 2, "expected one argument"),
     (("frobnicate",), 2, "invalid choice"),
@@ -54,7 +54,7 @@ def test_errors_are_one_line_with_exit_codes(args, code, needle):
 
 
 def test_debug_shows_traceback():
-    p = run("--debug", "run", "--lake", "/tmp", "--ruleset", "nope")
+    p = run("--debug", "run", "--executor", "local", "--lake", "/tmp", "--ruleset", "nope")
     assert p.returncode == 2 and "Traceback" in p.stderr
 
 
