@@ -17,6 +17,9 @@ from typing import Any
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 US = 1_000_000
+#: Instants a timestamp column can hold for every consumer: 0001-01-01 .. 9999-12-31 (UTC).
+MIN_TS_US = -62135596800 * US
+MAX_TS_US = 253402300799 * US + 999_999
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,8 @@ def parse_timestamp_us(text: str) -> int | None:
             return None
         offset = (ohi * 3600 + omi * 60) * (1 if sign == "+" else -1)
     us = int((frac or "")[:6].ljust(6, "0"))
-    return (days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + s - offset) * US + us
+    out = (days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + s - offset) * US + us
+    return out if MIN_TS_US <= out <= MAX_TS_US else None
 
 
 class _Malformed(Exception):

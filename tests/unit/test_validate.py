@@ -205,3 +205,15 @@ def test_quarantine_rows_keep_raw_payload_rule_and_reason():
     _, q = compiled().validate(bronze([raw]))
     row = q.to_pylist()[0]
     assert row["raw_payload"] == raw and row["rule"] == "validate@1" and row["reason"] == "malformed_json"
+
+
+@pytest.mark.parametrize("ts", ["0000-01-01T00:00:00Z", "0001-01-01T00:30:00+01:00",
+                                "9999-12-31T23:30:00-01:00"])
+def test_instants_outside_years_1_to_9999_are_invalid(ts):
+    assert one(event(event_timestamp=ts)) == "invalid_timestamp"
+
+
+def test_first_and_last_representable_instants_are_valid():
+    assert one(event(event_timestamp="0001-01-01T00:00:00Z")) is None
+    late = reasons([event(event_timestamp="9999-12-31T23:59:59.999999Z")])
+    assert late == ["future_timestamp"]  # valid grammar and range; merely in the future

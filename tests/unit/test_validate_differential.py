@@ -17,7 +17,10 @@ scalars = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=6),
     st.sampled_from(["free", "gold", "", "2026-03-02T12:00:00Z", "2026-02-30T00:00:00Z",
-                     "2026-03-02T12:30:00.1234567+01:00", "2026-03-02T14:00:00Z"]),
+                     "2026-03-02T12:30:00.1234567+01:00", "2026-03-02T14:00:00Z",
+                     "2026-03-02t12:00:00z", "0000-01-01T00:00:00Z", "2024-02-29T23:59:59.9-23:59",
+                     "2026-03-02T12:00:60Z", "2026-03-02T12:00:00.123456789+00:00",
+                     "2026-03-02T13:00:00.000001Z", "2026-03-02T13:00:00.0000001+01:00"]),
 )
 field_names = st.sampled_from(["event_id", "event_timestamp", "tenant_id", "subscription_plan",
                                "endpoint", "status_code", "method", "latency_ms", "request_bytes",
