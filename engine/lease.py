@@ -2,8 +2,8 @@
 
 The lease lives at ``<lake>/_medallion/lease.json`` and is created atomically
 (``O_EXCL``). A lease whose heartbeat is older than its TTL, or whose process
-is gone (same host), is expired and may be taken over. Local lakes only; an
-object-store lake would need a conditional put (not provided by this module).
+is gone (same host), is expired and may be taken over. Object-store lakes use
+:class:`DeltaLease`, a one-row Delta table, instead (:func:`lease_for`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine.errors import ReplayError
 
@@ -45,12 +46,6 @@ class Lease:
     ttl: float = TTL_SECONDS
     _stop: threading.Event | None = None
     _thread: threading.Thread | None = None
-
-    @classmethod
-    def for_lake(cls, root: str, owner: str, ttl: float = TTL_SECONDS) -> Lease:
-        if "://" in root:
-            raise ReplayError("leases need a local lake directory; object-store lakes are not supported yet")
-        return cls(Path(root) / "_medallion" / "lease.json", owner, ttl)
 
     def _body(self) -> dict:
         return {"owner": self.owner, "pid": os.getpid(), "host": socket.gethostname(),
@@ -114,3 +109,84 @@ class Lease:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class DeltaLease:
+    """The same lease for object-store lakes: a one-row Delta table ``_medallion_lease``.
+
+    Taking or renewing the lease is a Delta commit; two drivers racing for it
+    conflict at commit time (delta-rs needs the store's conditional put or a
+    locking provider for that, configured through the lake's storage options).
+    """
+
+    TABLE = "_medallion_lease"
+
+    def __init__(self, lake: Any, owner: str, ttl: float = TTL_SECONDS) -> None:
+        self.lake, self.owner, self.ttl = lake, owner, ttl
+        self._stop: threading.Event | None = None
+
+    def _uri(self) -> str:
+        return f"{self.lake.root}/{self.TABLE}"
+
+    def read(self) -> dict | None:
+        from deltalake import DeltaTable
+
+        opts = dict(self.lake.storage_options) if self.lake.storage_options else None
+        if not DeltaTable.is_deltatable(self._uri(), storage_options=opts):
+            return None
+        rows = DeltaTable(self._uri(), storage_options=opts).to_pyarrow_table().to_pylist()
+        return json.loads(rows[0]["body"]) if rows and rows[0]["body"] else None
+
+    def _write(self, body: dict | None) -> None:
+        import pyarrow as pa
+        from deltalake import write_deltalake
+        from deltalake.exceptions import CommitFailedError
+
+        opts = dict(self.lake.storage_options) if self.lake.storage_options else None
+        data = pa.table({"body": pa.array([json.dumps(body) if body else None], pa.string())})
+        try:
+            write_deltalake(self._uri(), data, mode="overwrite", storage_options=opts)
+        except CommitFailedError:
+            raise LeaseHeldError("another replay took the lake's lease at the same time") from None
+
+    def acquire(self) -> DeltaLease:
+        info = self.read()
+        if info is not None and info.get("owner") != self.owner and \
+                time.time() - float(info.get("heartbeat", 0)) <= float(info.get("ttl", self.ttl)):
+            raise LeaseHeldError(
+                f"replay {info.get('owner')} is running on this lake (pid {info.get('pid')} on "
+                f"{info.get('host')}); wait for it to finish", owner=info.get("owner"))
+        self._write(self._body())
+        self._stop = threading.Event()
+
+        def beat() -> None:
+            assert self._stop is not None
+            while not self._stop.wait(HEARTBEAT_SECONDS):
+                self._write(self._body())
+
+        threading.Thread(target=beat, name="medallion-lease", daemon=True).start()
+        return self
+
+    def _body(self) -> dict:
+        return {"owner": self.owner, "pid": os.getpid(), "host": socket.gethostname(),
+                "heartbeat": time.time(), "ttl": self.ttl}
+
+    def release(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+        info = self.read()
+        if info is not None and info.get("owner") == self.owner:
+            self._write(None)
+
+    def __enter__(self) -> DeltaLease:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def lease_for(lake: Any, owner: str, ttl: float = TTL_SECONDS) -> Lease | DeltaLease:
+    """A file lease for a local lake, a Delta-table lease for an object-store lake."""
+    if "://" in lake.root:
+        return DeltaLease(lake, owner, ttl)
+    return Lease(Path(lake.root) / "_medallion" / "lease.json", owner, ttl)

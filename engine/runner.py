@@ -19,7 +19,7 @@ from engine import audit, schemas
 from engine.errors import UsageError
 from engine.executor import Executor, JobOutput, MapSpec, Mode, Progress, ReduceSpec, file_units
 from engine.lake import Lake
-from engine.lease import Lease
+from engine.lease import lease_for
 from engine.pipeline import Compiled
 from engine.scope import Scope
 from rules.base import Ruleset, canonical_json
@@ -247,7 +247,7 @@ def execute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
     operator = operator_name()
     if plan.mode is None:
         return RunResult(plan, {}, {}, None, 0.0, operator)
-    with Lease.for_lake(lake.root, plan.replay_id):
+    with lease_for(lake, plan.replay_id):
         audit.recover(lake, operator)
         for table in plan.tables:
             lake.ensure(table)

@@ -17,7 +17,7 @@ from engine.executor import Executor, LocalExecutor, Progress
 from engine.generator import GeneratorConfig, generate, to_jsonl
 from engine.importers import ImportResult, append_new, import_bronze_parquet, import_jsonl
 from engine.lake import Lake
-from engine.lease import Lease
+from engine.lease import lease_for
 from engine.query import query
 from engine.runner import (
     ModeArg,
@@ -103,7 +103,7 @@ def recover(lake: str | Lake) -> list[dict[str, Any]]:
     lk = open_lake(lake)
     if not lk.exists(schemas.AUDIT):
         return []
-    with Lease.for_lake(lk.root, "recover-" + new_replay_id()):
+    with lease_for(lk, "recover-" + new_replay_id()):
         return audit.recover(lk, operator_name())
 
 
@@ -113,7 +113,7 @@ def rollback(lake: str | Lake, replay_id: str, reason: str) -> dict[str, Any]:
     if not lk.exists(schemas.AUDIT):
         raise UsageError(f"lake {lk.root} has no ledger yet; nothing to roll back")
     rid = new_replay_id()
-    with Lease.for_lake(lk.root, rid):
+    with lease_for(lk, rid):
         audit.recover(lk, operator_name())
         return audit.rollback(lk, replay_id, reason, operator_name(), rid)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
@@ -27,6 +28,9 @@ class _Parser(argparse.ArgumentParser):
 def _common(p: argparse.ArgumentParser, lake: bool = True) -> None:
     if lake:
         p.add_argument("--lake", default="./lake", help="lake directory or URI (default ./lake)")
+        p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="delta-rs storage option for an object-store lake (repeatable; also "
+                            "MEDALLION_STORAGE_OPTIONS as a JSON object)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -179,8 +183,27 @@ def _table_out(tbl: pa.Table, fmt: str) -> str:
     return "\n".join(lines)
 
 
+def _storage_options(items: list[str]) -> dict[str, str]:
+    opts: dict[str, str] = {}
+    env = os.environ.get("MEDALLION_STORAGE_OPTIONS")
+    if env:
+        try:
+            opts.update({str(k): str(v) for k, v in json.loads(env).items()})
+        except (ValueError, AttributeError):
+            raise UsageError("MEDALLION_STORAGE_OPTIONS must be a JSON object of strings") from None
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--storage-option {item!r}: expected KEY=VALUE")
+        opts[key] = value
+    return opts
+
+
 def dispatch(args: argparse.Namespace) -> int:
     from replay import api
+
+    if getattr(args, "lake", None) is not None:
+        args.lake = api.open_lake(args.lake, _storage_options(getattr(args, "storage_option", [])))
 
     if args.cmd == "import":
         res = api.import_file(args.lake, args.path, args.format, args.topic)

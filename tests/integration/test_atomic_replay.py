@@ -11,7 +11,7 @@ import pytest
 
 from engine import schemas
 from engine.errors import UsageError
-from engine.lease import Lease, LeaseHeldError
+from engine.lease import LeaseHeldError, lease_for
 from replay import api
 from tests.conftest import FIXTURE, ROOT
 
@@ -103,7 +103,7 @@ def test_next_replay_recovers_automatically(loaded):
 
 
 def test_second_replay_is_refused_while_one_runs(loaded):
-    holder = Lease.for_lake(loaded.root, "r-other-replay")
+    holder = lease_for(loaded, "r-other-replay")
     with holder:
         with pytest.raises(LeaseHeldError, match="r-other-replay is running"):
             api.run(loaded, "2026-01", reason="second")
@@ -116,7 +116,7 @@ def test_lease_left_by_a_dead_process_expires(loaded):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True)
     pid = int(dead.stdout)
-    lease = Lease.for_lake(loaded.root, "r-dead")
+    lease = lease_for(loaded, "r-dead")
     lease.path.parent.mkdir(parents=True, exist_ok=True)
     body = lease._body()
     body["pid"] = pid
