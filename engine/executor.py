@@ -112,12 +112,14 @@ def _fault_kill_once(stage: str) -> None:
 def read_files(spec: MapSpec) -> pa.Table:
     lake = Lake(spec.lake_root, dict(spec.storage_options) or None)
     ds = lake.dataset(spec.table, spec.version)
-    wanted = dict(spec.units)
+    wanted: dict[str, list[int]] = {}
+    for path, groups in spec.units:  # a file's row groups may be spread over several units
+        wanted.setdefault(path, []).extend(groups)
     cols = MAP_COLUMNS[spec.mode]
     parts = []
     for frag in ds.get_fragments():
         if frag.path in wanted:
-            part = frag.subset(row_group_ids=list(wanted[frag.path]))
+            part = frag.subset(row_group_ids=sorted(wanted[frag.path]))
             parts.append(part.to_table(columns=cols, schema=ds.schema))
     if not parts:
         return ds.schema.empty_table().select(cols)

@@ -29,9 +29,8 @@ def test_replay_and_rollback_on_a_uri_lake(uri_lake):
 def test_delta_lease_refuses_a_second_replay(uri_lake):
     holder = lease_for(uri_lake, "r-holder")
     assert isinstance(holder, DeltaLease)
-    with holder:
-        with pytest.raises(LeaseHeldError, match="r-holder is running"):
-            api.run(uri_lake, "2026-01", reason="second")
+    with holder, pytest.raises(LeaseHeldError, match="r-holder is running"):
+        api.run(uri_lake, "2026-01", reason="second")
     assert holder.read() is None  # released
     api.run(uri_lake, "2026-01", reason="now free")
 
