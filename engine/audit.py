@@ -46,6 +46,8 @@ AUDIT_SCHEMA = pa.schema([
     ("versions_before", pa.string()),  # JSON {table: version}
     ("versions_after", pa.string()),
     ("conservation_ok", pa.bool_()),
+    ("checks", pa.string()),  # JSON list of validation-gate results
+    ("allow_failed_checks", pa.bool_()),
     ("target_id", pa.string()),  # rollback/recovery: the replay acted on
     ("details", pa.string()),
 ])

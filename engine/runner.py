@@ -15,7 +15,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine import audit, schemas
+from engine import audit, checks, schemas
 from engine.errors import UsageError
 from engine.executor import Executor, JobOutput, MapSpec, Mode, Progress, ReduceSpec, file_units
 from engine.lake import Lake
@@ -199,11 +199,13 @@ class RunResult:
     conservation_ok: bool | None
     seconds: float
     operator: str
+    checks: tuple[Any, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"replay_id": self.plan.replay_id, "mode": self.plan.mode, "versions": self.versions,
                 "counts": self.counts, "conservation_ok": self.conservation_ok,
-                "seconds": round(self.seconds, 3), "plan": self.plan.to_dict()}
+                "seconds": round(self.seconds, 3), "plan": self.plan.to_dict(),
+                "checks": [c.to_dict() for c in self.checks]}
 
 
 def _abs_paths(lake: Lake, table: str, files: list[str]) -> tuple[str, ...]:
@@ -233,13 +235,16 @@ def _fault_hook(committed: int) -> None:
 
 
 def execute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
-            progress: Progress | None = None, reason: str | None = None) -> RunResult:
+            progress: Progress | None = None, reason: str | None = None,
+            checks_dir: str | None = None, allow_failed_checks: bool = False) -> RunResult:
     """Run ``plan`` as one atomic, audited replay (see :mod:`engine.audit`).
 
     Takes the lake's lease, settles interrupted replays, records a ``running``
     ledger row with every table's version before, computes, commits each table
     in one Delta commit carrying the replay id, then marks the row ``success``.
-    A failure after some commits restores them before the error propagates.
+    A failure after some commits restores them before the error propagates. The
+    validation gate (:mod:`engine.checks`) then runs over the new versions; a failed
+    check rolls the replay back and raises, unless ``allow_failed_checks``.
     """
     t0 = time.perf_counter()
     if ruleset.fingerprint != plan.ruleset_fingerprint:
@@ -247,6 +252,7 @@ def execute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
     operator = operator_name()
     if plan.mode is None:
         return RunResult(plan, {}, {}, None, 0.0, operator)
+    user_checks = checks.load_user_checks(checks_dir)
     with lease_for(lake, plan.replay_id):
         audit.recover(lake, operator)
         for table in plan.tables:
@@ -275,11 +281,27 @@ def execute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
                          details=f"failed while committing: {type(exc).__name__}: {exc}"[:500])
             raise
         rng = _affected(out)
-        audit.update(lake, plan.replay_id, status="success", end_time=audit.now(),
-                     versions_after=json.dumps(versions), conservation_ok=conservation,
-                     record_count=counts.get(schemas.SILVER, counts.get(schemas.MINUTE)),
-                     affected_start=rng[0], affected_end=rng[1])
-    return RunResult(plan, versions, counts, conservation, time.perf_counter() - t0, operator)
+        results = checks.run_checks(lake, versions, plan.bronze_version, plan.mode == "full",
+                                    user_checks, before)
+        failed = [r.name for r in results if not r.passed]
+        record = dict(versions_after=json.dumps(versions), conservation_ok=conservation,
+                      record_count=counts.get(schemas.SILVER, counts.get(schemas.MINUTE)),
+                      affected_start=rng[0], affected_end=rng[1], allow_failed_checks=allow_failed_checks,
+                      checks=json.dumps([r.to_dict() for r in results], default=str))
+        if failed and not allow_failed_checks:
+            for table in plan.tables:
+                lake.restore(table, before[table], plan.replay_id)
+            audit.update(lake, plan.replay_id, status="failed", end_time=audit.now(), **{
+                **record, "versions_after": json.dumps({t: lake.version(t) for t in plan.tables})},
+                details=f"validation gate failed: {', '.join(failed)}; every table restored")
+            raise checks.ChecksFailedError(
+                f"validation gate failed ({', '.join(failed)}); replay {plan.replay_id} rolled back "
+                "(see 'replay history --json'; --allow-failed-checks publishes anyway)",
+                failed=failed, replay_id=plan.replay_id)
+        audit.update(lake, plan.replay_id, status="success", end_time=audit.now(), **record,
+                     details=f"published despite failed checks: {', '.join(failed)}" if failed else None)
+    return RunResult(plan, versions, counts, conservation, time.perf_counter() - t0, operator,
+                     tuple(results))
 
 
 def _compute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,

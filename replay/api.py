@@ -76,7 +76,8 @@ def plan(lake: str | Lake, ruleset: str | Path | Ruleset, mode: ModeArg = "auto"
 def run(lake: str | Lake, ruleset: str | Path | Ruleset, mode: ModeArg = "auto",
         executor: Executor | None = None, shards: int | None = None,
         progress: Progress | None = None, reason: str = "python api", start: Any = None,
-        end: Any = None, tenants: list[str] | None = None) -> RunResult:
+        end: Any = None, tenants: list[str] | None = None, checks: str | None = None,
+        allow_failed_checks: bool = False) -> RunResult:
     """Plan, then apply: recompute what the ruleset invalidates and commit it atomically.
 
     ``start``/``end`` (event time, widened to whole hours) and ``tenants`` restrict the
@@ -88,7 +89,7 @@ def run(lake: str | Lake, ruleset: str | Path | Ruleset, mode: ModeArg = "auto",
     recover_if_needed(lk)  # plan on a consistent lake, not on a half-committed replay
     p = build_plan(lk, rs, mode, executor=ex.name, cpus=ex.cpus(), buckets=shards,
                    scope=Scope.of(start, end, tenants))
-    return execute(lk, p, rs, ex, progress, reason)
+    return execute(lk, p, rs, ex, progress, reason, checks, allow_failed_checks)
 
 
 def recover_if_needed(lake: str | Lake) -> list[dict[str, Any]]:

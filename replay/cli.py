@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
             p.add_argument("--reason", help="why this replay runs (required; recorded in the ledger)")
+            p.add_argument("--checks", help="directory of extra *.sql checks (each returns failing rows)")
+            p.add_argument("--allow-failed-checks", action="store_true",
+                           help="publish even if the validation gate fails (recorded in the ledger)")
 
     p = sub.add_parser("recover", help="settle a replay a dead driver left half-committed")
     _common(p)
@@ -230,7 +233,8 @@ def dispatch(args: argparse.Namespace) -> int:
         from rules.rulesets import load_ruleset
 
         res = execute(api.open_lake(args.lake), plan, load_ruleset(args.ruleset), ex,
-                      None if args.json else _progress(plan.rows), args.reason)
+                      None if args.json else _progress(plan.rows), args.reason, args.checks,
+                      args.allow_failed_checks)
         out = res.to_dict()
         if args.json:
             _print(out, True)
@@ -240,6 +244,9 @@ def dispatch(args: argparse.Namespace) -> int:
             print(f"replay {res.plan.replay_id} done in {res.seconds:.1f}s")
             for t, v in res.versions.items():
                 print(f"  {t}: version {v}, {res.counts[t]:,} rows")
+            bad = [c.name for c in res.checks if not c.passed]
+            print(f"  validation gate: {len(res.checks) - len(bad)} of {len(res.checks)} checks passed"
+                  + (f"; FAILED (published with --allow-failed-checks): {', '.join(bad)}" if bad else ""))
             if res.conservation_ok is not None:
                 print(f"  conservation |bronze| = |silver| + |quarantine| + |duplicates|: "
                       f"{'ok' if res.conservation_ok else 'FAILED'}")

@@ -1,0 +1,138 @@
+"""The validation gate: standard checks in DuckDB over the tables a replay just committed.
+
+Each check is a query that returns failing rows (like a dbt test): none means pass.
+Users add their own as ``*.sql`` files (``--checks DIR``); they see every SPEC table
+under its name at the new versions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from engine import schemas
+from engine.errors import ReplayError, UsageError
+from engine.lake import Lake
+from engine.query import QUERYABLE
+
+SAMPLE = 5
+
+
+class ChecksFailedError(ReplayError):
+    """A replay's output failed the validation gate; it was rolled back."""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    passed: bool
+    failing_rows: int
+    sample: list[dict[str, Any]]
+    info: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _dup_keys(table: str) -> str:
+    keys = ", ".join(schemas.KEYS[table])
+    return f"SELECT {keys}, count(*) AS copies FROM {table} GROUP BY ALL HAVING count(*) > 1"
+
+
+STANDARD: dict[str, str] = {
+    **{f"unique_keys:{t}": _dup_keys(t) for t in (*schemas.SILVER_TABLES, *schemas.GOLD_TABLES)},
+    "minute_totals_equal_silver_counts": """
+        WITH s AS (SELECT tenant_id, date_trunc('minute', event_timestamp) AS window_start,
+                          count(*) AS n, count(*) FILTER (WHERE status_code >= 500) AS e
+                   FROM silver_api_usage GROUP BY ALL)
+        SELECT coalesce(s.tenant_id, m.tenant_id) AS tenant_id,
+               coalesce(s.window_start, m.window_start) AS window_start,
+               s.n AS silver_events, m.total_requests, s.e AS silver_errors, m.error_requests
+        FROM s FULL JOIN tenant_usage_1min m USING (tenant_id, window_start)
+        WHERE s.n IS DISTINCT FROM m.total_requests OR s.e IS DISTINCT FROM m.error_requests""",
+    "hourly_equals_sum_of_minutes": """
+        WITH m AS (SELECT tenant_id, date_trunc('hour', window_start) AS window_start,
+                          sum(total_requests) AS t, sum(error_requests) AS e,
+                          sum(over_limit_count) AS o, count(*) FILTER (WHERE over_limit_count > 0) AS om,
+                          sum(burst_allowance_used) AS b
+                   FROM tenant_usage_1min GROUP BY ALL)
+        SELECT coalesce(m.tenant_id, h.tenant_id) AS tenant_id,
+               coalesce(m.window_start, h.window_start) AS window_start
+        FROM m FULL JOIN tenant_usage_hourly h USING (tenant_id, window_start)
+        WHERE m.t IS DISTINCT FROM h.total_requests OR m.e IS DISTINCT FROM h.error_requests
+           OR m.o IS DISTINCT FROM h.over_limit_count OR m.om IS DISTINCT FROM h.over_limit_minutes
+           OR m.b IS DISTINCT FROM h.burst_allowance_used""",
+    "minute_arithmetic": """
+        SELECT tenant_id, window_start FROM tenant_usage_1min
+        WHERE over_limit_count < 0 OR burst_allowance_used < 0
+           OR over_limit_count + burst_allowance_used <> greatest(0, total_requests - plan_limit)
+           OR window_end <> window_start + INTERVAL 1 MINUTE
+           OR error_requests > total_requests""",
+    "alerts_match_minutes": """
+        SELECT a.tenant_id, a.alert_type, a.window_start FROM enforcement_alerts a
+        LEFT JOIN tenant_usage_1min m USING (tenant_id, window_start)
+        WHERE m.tenant_id IS NULL OR a.total_requests <> m.total_requests
+           OR a.plan_limit <> m.plan_limit OR a.over_limit_count <> m.over_limit_count
+           OR a.subscription_plan <> m.subscription_plan OR a.alert_time <> a.window_start
+           OR (a.alert_type = 'over_limit' AND m.over_limit_count <= 0)
+           OR a.alert_type NOT IN ('over_limit', 'abuse')
+        UNION ALL
+        SELECT m.tenant_id, 'over_limit', m.window_start FROM tenant_usage_1min m
+        LEFT JOIN enforcement_alerts a
+          ON a.tenant_id = m.tenant_id AND a.window_start = m.window_start AND a.alert_type = 'over_limit'
+        WHERE m.over_limit_count > 0 AND a.tenant_id IS NULL""",
+}
+CONSERVATION = """
+    SELECT b.n AS bronze, s.n AS silver, q.n AS quarantine, d.n AS duplicates
+    FROM (SELECT count(*) AS n FROM bronze_api_usage) b, (SELECT count(*) AS n FROM silver_api_usage) s,
+         (SELECT count(*) AS n FROM silver_quarantine) q, (SELECT count(*) AS n FROM silver_duplicates) d
+    WHERE b.n <> s.n + q.n + d.n"""
+
+
+def load_user_checks(directory: str | Path | None) -> dict[str, str]:
+    if directory is None:
+        return {}
+    d = Path(directory)
+    if not d.is_dir():
+        raise UsageError(f"--checks {d}: not a directory of .sql files")
+    return {f"user:{p.stem}": p.read_text() for p in sorted(d.glob("*.sql"))}
+
+
+def run_checks(lake: Lake, versions: dict[str, int], bronze_version: int | None, full: bool,
+               user: dict[str, str] | None = None, previous: dict[str, int] | None = None
+               ) -> list[CheckResult]:
+    """Run the standard (and user) checks over the tables at ``versions``."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    pinned = {**versions}
+    if bronze_version is not None:
+        pinned[schemas.BRONZE] = bronze_version
+    for table in QUERYABLE:
+        if lake.exists(table):
+            con.register(table, lake.dataset(table, pinned.get(table)))
+    queries = dict(STANDARD)
+    if full:
+        queries["conservation"] = CONSERVATION
+    queries.update(user or {})
+    out = []
+    for name, sql in queries.items():
+        try:
+            rel = con.sql(sql)
+            n = rel.aggregate("count(*)").fetchall()[0][0]
+            sample = rel.limit(SAMPLE).to_arrow_table().to_pylist() if n else []
+            out.append(CheckResult(name, n == 0, int(n), sample))
+        except duckdb.Error as exc:
+            out.append(CheckResult(name, False, -1, [], f"query error: {str(exc).splitlines()[0]}"))
+    if previous:
+        for table, v in versions.items():
+            before = previous.get(table)
+            if before is not None and lake.exists(table):
+                n_new = lake.dataset(table, v).count_rows()
+                n_old = lake.dataset(table, before).count_rows()
+                out.append(CheckResult(f"row_count:{table}", True, 0, [],
+                                       f"{n_old} -> {n_new} rows ({n_new - n_old:+d})"))
+    con.close()
+    return out

@@ -1,0 +1,96 @@
+"""The validation gate: standard checks after every replay, user checks, rollback on failure."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from engine import schemas
+from engine.checks import ChecksFailedError
+from replay import api
+from rules._abuse import abuse_alerts
+from rules.base import Rule, RuleParams, default_registry
+from rules.rulesets import load_ruleset
+from tests.conftest import FIXTURE
+
+OUTPUTS = (*schemas.SILVER_TABLES, *schemas.GOLD_TABLES)
+
+
+class CorruptAbuse(Rule):
+    """A buggy plugin: every abuse alert twice, with a wrong count."""
+
+    name, version, layer = "abuse", 99, "gold"
+
+    class Params(RuleParams):
+        multiplier: float = 10
+
+    @staticmethod
+    def apply(params, minutes):
+        a = abuse_alerts(params.multiplier, minutes)
+        bad = a.set_column(a.schema.get_field_index("total_requests"), "total_requests",
+                           pa.array([1] * a.num_rows, pa.int64()))
+        return pa.concat_tables([a, bad])
+
+
+@pytest.fixture
+def loaded(lake):
+    api.import_file(lake, FIXTURE / "bronze.parquet", "bronze-parquet")
+    api.run(lake, "2026-01", reason="baseline")
+    return lake
+
+
+@pytest.fixture
+def corrupt_ruleset():
+    reg = default_registry()
+    if ("abuse", 99) not in reg.versions():
+        reg.register(CorruptAbuse)
+    return load_ruleset("2026-01").with_rule("abuse", 99, new_name="corrupt")
+
+
+def snapshot(lake):
+    return {t: lake.read(t).num_rows for t in OUTPUTS}
+
+
+def test_every_replay_records_passing_checks(loaded):
+    (row,) = api.history(loaded)
+    checks = {c["name"]: c for c in json.loads(row["checks"])}
+    assert {"conservation", "minute_totals_equal_silver_counts", "hourly_equals_sum_of_minutes",
+            "alerts_match_minutes", "unique_keys:tenant_usage_1min"} <= set(checks)
+    assert all(c["passed"] for c in checks.values())
+    assert "row_count:silver_api_usage" not in checks or checks["row_count:silver_api_usage"]["passed"]
+
+
+def test_corrupted_gold_is_caught_and_rolled_back(loaded, corrupt_ruleset):
+    before = snapshot(loaded)
+    before_versions = {t: loaded.version(t) for t in OUTPUTS}
+    with pytest.raises(ChecksFailedError, match="alerts_match_minutes") as err:
+        api.run(loaded, corrupt_ruleset, reason="buggy plugin")
+    assert "unique_keys:enforcement_alerts" in err.value.data["failed"]
+    assert snapshot(loaded) == before
+    assert api.plan(loaded, "2026-01").up_to_date  # the restored tables are 2026-01's again
+    row = api.history(loaded)[-1]
+    assert row["status"] == "failed" and "validation gate failed" in row["details"]
+    failed = [c for c in json.loads(row["checks"]) if not c["passed"]]
+    assert failed and failed[0]["sample"]
+    assert all(loaded.version(t) > before_versions[t] for t in schemas.GOLD_TABLES)  # restore commits
+
+
+def test_allow_failed_checks_publishes_and_records_it(loaded, corrupt_ruleset):
+    res = api.run(loaded, corrupt_ruleset, reason="accepted", allow_failed_checks=True)
+    assert any(not c.passed for c in res.checks)
+    row = api.history(loaded)[-1]
+    assert row["status"] == "success" and row["allow_failed_checks"] and "despite" in row["details"]
+
+
+def test_user_checks_from_sql_files(loaded, tmp_path):
+    d = tmp_path / "checks"
+    d.mkdir()
+    (d / "no_big_minutes.sql").write_text("SELECT * FROM tenant_usage_1min WHERE total_requests > 1000")
+    (d / "fine.sql").write_text("SELECT * FROM tenant_usage_1min WHERE total_requests < 0")
+    with pytest.raises(ChecksFailedError, match="user:no_big_minutes"):
+        api.run(loaded, "2026-02", reason="with checks", checks=str(d))
+    row = api.history(loaded)[-1]
+    names = {c["name"]: c["passed"] for c in json.loads(row["checks"])}
+    assert names["user:fine"] and not names["user:no_big_minutes"]
