@@ -2,18 +2,26 @@
 
 Tables are Arrow datasets from delta-rs, so DuckDB pushes filters and
 projections down (a query on one tenant or day does not read every file).
-No DuckDB extension is needed. Older versions: :func:`register_version`.
+No DuckDB extension is needed.
+
+Older versions, by name in SQL (registered on demand when a query mentions them):
+- ``tenant_usage_1min__v42``: the table at Delta version 42;
+- ``"tenant_usage_1min@42"``: the same;
+- ``"tenant_usage_1min@r20261127T001500-1a2b3c4d"``: as that replay left it;
+- ``"tenant_usage_1min@r20261127T001500-1a2b3c4d:before"``: as it was before that replay.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
 from engine import schemas
-from engine.errors import UsageError
+from engine.errors import LakeError, UsageError
 from engine.lake import Lake
 
 
@@ -36,12 +44,46 @@ def connect(lake: Lake, versions: dict[str, int] | None = None) -> duckdb.DuckDB
 def register_version(con: duckdb.DuckDBPyConnection, lake: Lake, table: str, version: int,
                      alias: str) -> None:
     """Register ``table`` at Delta ``version`` under ``alias`` (e.g. ``tenant_usage_1min_v3``)."""
-    con.register(alias, lake.dataset(table, version))
+    try:
+        con.register(alias, lake.dataset(table, version))
+    except LakeError as exc:
+        raise QueryError(f"{alias}: {exc}") from None
+
+
+_AT = re.compile(r'"(' + "|".join(QUERYABLE) + r')@([A-Za-z0-9_.:-]+)"')
+_V = re.compile(r"\b(" + "|".join(QUERYABLE) + r")__v(\d+)\b")
+
+
+def resolve_version(lake: Lake, table: str, ref: str | int) -> int:
+    """A Delta version from ``42``, ``REPLAY_ID`` (after it) or ``REPLAY_ID:before``."""
+    text = str(ref)
+    if text.isdigit():
+        return int(text)
+    from engine import audit
+
+    rid, _, which = text.partition(":")
+    row = audit.get(lake, rid)
+    if row is None:
+        raise QueryError(f"no replay {rid} in the ledger (see 'replay history')")
+    versions = json.loads(row["versions_before" if which == "before" else "versions_after"] or "{}")
+    if table not in versions:
+        raise QueryError(f"replay {rid} did not write {table}")
+    return int(versions[table])
+
+
+def register_mentioned_versions(con: duckdb.DuckDBPyConnection, lake: Lake, sql: str) -> None:
+    """Register every ``table__vN`` / ``"table@REF"`` the query mentions."""
+    for m in _V.finditer(sql):
+        register_version(con, lake, m.group(1), int(m.group(2)), m.group(0))
+    for m in _AT.finditer(sql):
+        v = resolve_version(lake, m.group(1), m.group(2))
+        register_version(con, lake, m.group(1), v, f"{m.group(1)}@{m.group(2)}")
 
 
 def query(lake: Lake, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
     """Run ``sql`` over the lake; ``params`` are bound (``$name`` in SQL), never formatted in."""
     con = connect(lake)
+    register_mentioned_versions(con, lake, sql)
     try:
         rel = con.sql(sql, params=params) if params else con.sql(sql)
         if rel is None:

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine import audit, schemas
+from engine.diff import TableDiff, diff_table, entitlement_summary, gold_versions
 from engine.errors import UsageError
 from engine.executor import Executor, LocalExecutor, Progress
 from engine.generator import GeneratorConfig, generate, to_jsonl
@@ -34,7 +35,7 @@ from rules.rulesets import load_ruleset
 
 __all__ = [
     "Lake", "Ruleset", "load_ruleset", "open_lake", "import_file", "plan", "run", "status", "sql",
-    "generate_history", "make_executor", "recover", "rollback", "history",
+    "generate_history", "make_executor", "recover", "rollback", "history", "diff", "summary",
 ]
 
 
@@ -172,3 +173,16 @@ def generate_history(cfg: GeneratorConfig, *, out: str | Path | None = None,
         raise UsageError(f"unknown output format {fmt!r}; use jsonl or bronze-parquet")
     info["out"] = str(path)
     return info
+
+
+def diff(lake: str | Lake, table: str, from_ref: str | int, to_ref: str | int | None = None,
+         sample: int = 10) -> TableDiff:
+    """Row and schema diff of one table between two versions (numbers or replay ids)."""
+    return diff_table(open_lake(lake), table, from_ref, to_ref, sample)
+
+
+def summary(lake: str | Lake, from_ref: str, to_ref: str | None = None, top: int = 10
+            ) -> dict[str, pa.Table]:
+    """Entitlement-level before/after: per plan, tenant flips, top changed tenants."""
+    lk = open_lake(lake)
+    return entitlement_summary(lk, gold_versions(lk, from_ref), gold_versions(lk, to_ref), top)

@@ -99,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="bind $NAME in the query to VALUE (repeatable)")
 
+    p = sub.add_parser("diff", help="compare a table (or Gold's entitlements) between two versions")
+    _common(p)
+    p.add_argument("--table", help="the table to diff (row diff on its key)")
+    p.add_argument("--summary", action="store_true",
+                   help="entitlement summary of Gold: per plan, tenant flips, top tenants")
+    p.add_argument("--from", dest="from_ref", required=True,
+                   help="a Delta version, a replay id, or REPLAY_ID:before")
+    p.add_argument("--to", dest="to_ref", help="as --from (default: the current version)")
+    p.add_argument("--sample", type=int, default=10, help="rows of each kind to show")
+
     p = sub.add_parser("rules", help="list rule versions and built-in rulesets")
     _common(p, lake=False)
     return ap
@@ -301,6 +311,33 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "sql":
         tbl = api.sql(args.lake, args.query, _parse_params(args.param))
         print(_table_out(tbl, "json" if args.json else args.format))
+        return 0
+    if args.cmd == "diff":
+        if bool(args.table) == bool(args.summary):
+            raise UsageError("give --table T for a row diff or --summary for the entitlement summary")
+        if args.summary:
+            res = api.summary(args.lake, args.from_ref, args.to_ref, args.sample)
+            if args.json:
+                _print({k: v.to_pylist() for k, v in res.items() if k != "tenant_changes"}, True)
+            else:
+                for name in ("plans", "flips", "top_tenants"):
+                    print(f"== {name}")
+                    print(_table_out(res[name], "table"))
+            return 0
+        d = api.diff(args.lake, args.table, args.from_ref, args.to_ref, args.sample)
+        if args.json:
+            _print(d.to_dict(), True)
+        else:
+            print(f"{d.table}: version {d.from_version} -> {d.to_version}")
+            print(f"schema: {d.schema}")
+            print("rows: " + ", ".join(f"{k} {v:,}" for k, v in d.counts.items()))
+            for col, info in d.columns.items():
+                if info["changed_rows"]:
+                    print(f"  {col}: {info}")
+            for kind, rows in d.samples.items():
+                if rows:
+                    print(f"== sample {kind}")
+                    print(_table_out(pa.Table.from_pylist(rows), "table"))
         return 0
     if args.cmd == "rules":
         from rules.base import default_registry

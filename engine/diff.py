@@ -1,0 +1,175 @@
+"""A/B comparison in DuckDB: table diffs between versions and the entitlement summary.
+
+Versions are given as a Delta version number, a replay id (the table as that replay
+left it) or ``REPLAY_ID:before``. Rows are matched on each table's key (SPEC tables).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from engine import schemas
+from engine.errors import UsageError
+from engine.lake import Lake
+from engine.query import resolve_version
+
+NUMERIC = (pa.types.is_integer, pa.types.is_floating)
+
+
+@dataclass(frozen=True)
+class TableDiff:
+    table: str
+    from_version: int
+    to_version: int
+    schema: dict[str, Any]
+    counts: dict[str, int]
+    columns: dict[str, dict[str, Any]]
+    samples: dict[str, list[dict[str, Any]]] = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"table": self.table, "from_version": self.from_version, "to_version": self.to_version,
+                "schema": self.schema, "counts": self.counts, "columns": self.columns,
+                "samples": self.samples}
+
+
+def _con() -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def diff_table(lake: Lake, table: str, from_ref: str | int, to_ref: str | int | None = None,
+               sample: int = 10) -> TableDiff:
+    """Schema diff and row diff (only-before, only-after, changed with per-column deltas)."""
+    if table not in schemas.KEYS or table == schemas.BRONZE:
+        choices = ", ".join(t for t in schemas.KEYS if t != schemas.BRONZE)
+        raise UsageError(f"--table {table!r}: choose one of {choices}")
+    v0 = resolve_version(lake, table, from_ref)
+    v1 = lake.version(table) if to_ref is None else resolve_version(lake, table, to_ref)
+    a, b = lake.dataset(table, v0), lake.dataset(table, v1)
+    sa, sb = {f.name: f.type for f in a.schema}, {f.name: f.type for f in b.schema}
+    schema = {
+        "added": sorted(set(sb) - set(sa)), "removed": sorted(set(sa) - set(sb)),
+        "type_changed": {c: [str(sa[c]), str(sb[c])] for c in sorted(set(sa) & set(sb)) if sa[c] != sb[c]},
+    }
+    keys = list(schemas.KEYS[table])
+    values = [c for c in sa if c in sb and c not in keys and c not in schema["type_changed"]
+              and not pa.types.is_binary(sa[c])]
+    con = _con()
+    con.register("a", a)
+    con.register("b", b)
+    on = " AND ".join(f"a.{_q(k)} = b.{_q(k)}" for k in keys)
+    differs = " OR ".join(f"a.{_q(c)} IS DISTINCT FROM b.{_q(c)}" for c in values) or "false"
+    con.execute(f"CREATE TEMP TABLE only_before AS SELECT a.* FROM a ANTI JOIN b ON {on}")
+    con.execute(f"CREATE TEMP TABLE only_after AS SELECT b.* FROM b ANTI JOIN a ON {on}")
+    pairs = ", ".join([f"a.{_q(k)}" for k in keys]
+                      + [f"a.{_q(c)} AS {_q('before_' + c)}, b.{_q(c)} AS {_q('after_' + c)}" for c in values])
+    con.execute(f"CREATE TEMP TABLE changed AS SELECT {pairs} FROM a JOIN b ON {on} WHERE {differs}")
+    counts = {name: con.sql(f"SELECT count(*) FROM {name}").fetchall()[0][0]
+              for name in ("only_before", "only_after", "changed")}
+    counts["before"], counts["after"] = a.count_rows(), b.count_rows()
+    columns: dict[str, dict[str, Any]] = {}
+    for c in values:
+        bc, ac = _q("before_" + c), _q("after_" + c)
+        row: dict[str, Any] = {"changed_rows": con.sql(
+            f"SELECT count(*) FROM changed WHERE {bc} IS DISTINCT FROM {ac}").fetchall()[0][0]}
+        if any(t(sa[c]) for t in NUMERIC):
+            row["sum_delta"] = con.sql(f"SELECT coalesce(sum({ac} - {bc}), 0) FROM changed").fetchall()[0][0]
+            row["sum_before"] = con.sql(f"SELECT coalesce(sum({_q(c)}), 0) FROM a").fetchall()[0][0]
+            row["sum_after"] = con.sql(f"SELECT coalesce(sum({_q(c)}), 0) FROM b").fetchall()[0][0]
+        columns[c] = row
+    samples = {name: con.sql(f"SELECT * FROM {name} LIMIT {int(sample)}").to_arrow_table().to_pylist()
+               for name in ("only_before", "only_after", "changed")}
+    con.close()
+    return TableDiff(table, v0, v1, schema, counts, columns, samples)
+
+
+def gold_versions(lake: Lake, ref: str | int | None) -> dict[str, int]:
+    """The Gold tables' versions at a reference (a replay id, ``ID:before``, or None = now)."""
+    if ref is None:
+        return {t: lake.version(t) for t in (schemas.MINUTE, schemas.ALERTS)}
+    if str(ref).isdigit():
+        raise UsageError("--summary compares replays: give replay ids (see 'replay history'), "
+                         "not version numbers")
+    return {t: resolve_version(lake, t, ref) for t in (schemas.MINUTE, schemas.ALERTS)}
+
+
+PLAN_SQL = """
+WITH m AS (
+  SELECT 'before' AS side, * FROM minute_before UNION ALL BY NAME SELECT 'after' AS side, * FROM minute_after
+), a AS (
+  SELECT 'before' AS side, * FROM alerts_before UNION ALL BY NAME SELECT 'after' AS side, * FROM alerts_after
+), pm AS (
+  SELECT subscription_plan AS plan,
+    count(*) FILTER (WHERE side = 'before' AND over_limit_count > 0) AS over_limit_minutes_before,
+    count(*) FILTER (WHERE side = 'after' AND over_limit_count > 0) AS over_limit_minutes_after,
+    coalesce(sum(over_limit_count) FILTER (WHERE side = 'before'), 0) AS overage_before,
+    coalesce(sum(over_limit_count) FILTER (WHERE side = 'after'), 0) AS overage_after,
+    coalesce(sum(burst_allowance_used) FILTER (WHERE side = 'before'), 0) AS burst_used_before,
+    coalesce(sum(burst_allowance_used) FILTER (WHERE side = 'after'), 0) AS burst_used_after
+  FROM m GROUP BY 1
+), pa AS (
+  SELECT subscription_plan AS plan,
+    count(*) FILTER (WHERE side = 'before' AND alert_type = 'over_limit') AS over_limit_alerts_before,
+    count(*) FILTER (WHERE side = 'after' AND alert_type = 'over_limit') AS over_limit_alerts_after,
+    count(*) FILTER (WHERE side = 'before' AND alert_type = 'abuse') AS abuse_alerts_before,
+    count(*) FILTER (WHERE side = 'after' AND alert_type = 'abuse') AS abuse_alerts_after
+  FROM a GROUP BY 1
+)
+SELECT plan, over_limit_minutes_before, over_limit_minutes_after, overage_before, overage_after,
+  coalesce(over_limit_alerts_before, 0) AS over_limit_alerts_before,
+  coalesce(over_limit_alerts_after, 0) AS over_limit_alerts_after,
+  coalesce(abuse_alerts_before, 0) AS abuse_alerts_before,
+  coalesce(abuse_alerts_after, 0) AS abuse_alerts_after, burst_used_before, burst_used_after
+FROM pm LEFT JOIN pa USING (plan) ORDER BY plan
+"""
+
+TENANT_SQL = """
+WITH t AS (
+  SELECT coalesce(b.tenant_id, a.tenant_id) AS tenant_id,
+    coalesce(b.overage, 0) AS overage_before, coalesce(a.overage, 0) AS overage_after,
+    coalesce(b.minutes, 0) AS over_minutes_before, coalesce(a.minutes, 0) AS over_minutes_after,
+    coalesce(a.plan, b.plan) AS plan
+  FROM (SELECT tenant_id, sum(over_limit_count) AS overage, count(*) FILTER (WHERE over_limit_count > 0) AS minutes,
+               arg_max(subscription_plan, window_start) AS plan FROM minute_before GROUP BY 1) b
+  FULL JOIN (SELECT tenant_id, sum(over_limit_count) AS overage,
+                    count(*) FILTER (WHERE over_limit_count > 0) AS minutes,
+                    arg_max(subscription_plan, window_start) AS plan FROM minute_after GROUP BY 1) a
+  USING (tenant_id)
+)
+SELECT *, overage_after - overage_before AS overage_delta,
+  CASE WHEN over_minutes_before > 0 AND over_minutes_after = 0 THEN 'over_limit -> compliant'
+       WHEN over_minutes_before = 0 AND over_minutes_after > 0 THEN 'compliant -> over_limit'
+       ELSE 'unchanged' END AS flip
+FROM t
+"""
+
+
+def entitlement_summary(lake: Lake, before: dict[str, int], after: dict[str, int],
+                        top: int = 10) -> dict[str, pa.Table]:
+    """Per plan before vs after; tenants that flip; top tenants by change in overage."""
+    con = _con()
+    for side, versions in (("before", before), ("after", after)):
+        con.register(f"minute_{side}", lake.dataset(schemas.MINUTE, versions[schemas.MINUTE]))
+        con.register(f"alerts_{side}", lake.dataset(schemas.ALERTS, versions[schemas.ALERTS]))
+    tenants = con.sql(TENANT_SQL).to_arrow_table()
+    con.register("tenants", tenants)
+    out = {
+        "plans": con.sql(PLAN_SQL).to_arrow_table(),
+        "flips": con.sql("SELECT flip, plan, count(*) AS tenants FROM tenants WHERE flip <> 'unchanged' "
+                         "GROUP BY ALL ORDER BY 1, 2").to_arrow_table(),
+        "top_tenants": con.sql("SELECT * FROM tenants WHERE overage_delta <> 0 "
+                               "ORDER BY abs(overage_delta) DESC, tenant_id LIMIT $n",
+                               params={"n": top}).to_arrow_table(),
+        "tenant_changes": tenants,
+    }
+    con.close()
+    return out
