@@ -54,7 +54,11 @@ def diff_table(lake: Lake, table: str, from_ref: str | int, to_ref: str | int | 
         raise UsageError(f"--table {table!r}: choose one of {choices}")
     v0 = resolve_version(lake, table, from_ref)
     v1 = lake.version(table) if to_ref is None else resolve_version(lake, table, to_ref)
-    a, b = lake.dataset(table, v0), lake.dataset(table, v1)
+    return diff_data(table, lake.dataset(table, v0), lake.dataset(table, v1), v0, v1, sample)
+
+
+def diff_data(table: str, a: Any, b: Any, v0: int = -1, v1: int = -1, sample: int = 10) -> TableDiff:
+    """Diff two versions of ``table`` given as Arrow datasets or tables (may come from two lakes)."""
     sa, sb = {f.name: f.type for f in a.schema}, {f.name: f.type for f in b.schema}
     schema = {
         "added": sorted(set(sb) - set(sa)), "removed": sorted(set(sa) - set(sb)),
@@ -75,7 +79,8 @@ def diff_table(lake: Lake, table: str, from_ref: str | int, to_ref: str | int | 
     con.execute(f"CREATE TEMP TABLE changed AS SELECT {pairs} FROM a JOIN b ON {on} WHERE {differs}")
     counts = {name: con.sql(f"SELECT count(*) FROM {name}").fetchall()[0][0]
               for name in ("only_before", "only_after", "changed")}
-    counts["before"], counts["after"] = a.count_rows(), b.count_rows()
+    counts["before"] = con.sql("SELECT count(*) FROM a").fetchall()[0][0]
+    counts["after"] = con.sql("SELECT count(*) FROM b").fetchall()[0][0]
     columns: dict[str, dict[str, Any]] = {}
     for c in values:
         bc, ac = _q("before_" + c), _q("after_" + c)
@@ -111,10 +116,10 @@ WITH m AS (
   SELECT subscription_plan AS plan,
     count(*) FILTER (WHERE side = 'before' AND over_limit_count > 0) AS over_limit_minutes_before,
     count(*) FILTER (WHERE side = 'after' AND over_limit_count > 0) AS over_limit_minutes_after,
-    coalesce(sum(over_limit_count) FILTER (WHERE side = 'before'), 0) AS overage_before,
-    coalesce(sum(over_limit_count) FILTER (WHERE side = 'after'), 0) AS overage_after,
-    coalesce(sum(burst_allowance_used) FILTER (WHERE side = 'before'), 0) AS burst_used_before,
-    coalesce(sum(burst_allowance_used) FILTER (WHERE side = 'after'), 0) AS burst_used_after
+    coalesce(sum(over_limit_count) FILTER (WHERE side = 'before'), 0)::BIGINT AS overage_before,
+    coalesce(sum(over_limit_count) FILTER (WHERE side = 'after'), 0)::BIGINT AS overage_after,
+    coalesce(sum(burst_allowance_used) FILTER (WHERE side = 'before'), 0)::BIGINT AS burst_used_before,
+    coalesce(sum(burst_allowance_used) FILTER (WHERE side = 'after'), 0)::BIGINT AS burst_used_after
   FROM m GROUP BY 1
 ), pa AS (
   SELECT subscription_plan AS plan,
@@ -132,15 +137,37 @@ SELECT plan, over_limit_minutes_before, over_limit_minutes_after, overage_before
 FROM pm LEFT JOIN pa USING (plan) ORDER BY plan
 """
 
+DAILY_SQL = """
+WITH m AS (
+  SELECT 'before' AS side, subscription_plan, window_start, over_limit_count FROM minute_before
+  UNION ALL SELECT 'after', subscription_plan, window_start, over_limit_count FROM minute_after
+), a AS (
+  SELECT 'before' AS side, subscription_plan, window_start FROM alerts_before
+  UNION ALL SELECT 'after', subscription_plan, window_start FROM alerts_after
+), md AS (
+  SELECT CAST(window_start AS DATE) AS day, subscription_plan AS plan,
+    count(*) FILTER (WHERE side = 'before' AND over_limit_count > 0) AS over_limit_minutes_before,
+    count(*) FILTER (WHERE side = 'after' AND over_limit_count > 0) AS over_limit_minutes_after
+  FROM m GROUP BY ALL
+), ad AS (
+  SELECT CAST(window_start AS DATE) AS day, subscription_plan AS plan,
+    count(*) FILTER (WHERE side = 'before') AS alerts_before, count(*) FILTER (WHERE side = 'after') AS alerts_after
+  FROM a GROUP BY ALL
+)
+SELECT day, plan, over_limit_minutes_before, over_limit_minutes_after,
+  coalesce(alerts_before, 0) AS alerts_before, coalesce(alerts_after, 0) AS alerts_after
+FROM md LEFT JOIN ad USING (day, plan) ORDER BY day, plan
+"""
+
 TENANT_SQL = """
 WITH t AS (
   SELECT coalesce(b.tenant_id, a.tenant_id) AS tenant_id,
     coalesce(b.overage, 0) AS overage_before, coalesce(a.overage, 0) AS overage_after,
     coalesce(b.minutes, 0) AS over_minutes_before, coalesce(a.minutes, 0) AS over_minutes_after,
     coalesce(a.plan, b.plan) AS plan
-  FROM (SELECT tenant_id, sum(over_limit_count) AS overage, count(*) FILTER (WHERE over_limit_count > 0) AS minutes,
+  FROM (SELECT tenant_id, sum(over_limit_count)::BIGINT AS overage, count(*) FILTER (WHERE over_limit_count > 0) AS minutes,
                arg_max(subscription_plan, window_start) AS plan FROM minute_before GROUP BY 1) b
-  FULL JOIN (SELECT tenant_id, sum(over_limit_count) AS overage,
+  FULL JOIN (SELECT tenant_id, sum(over_limit_count)::BIGINT AS overage,
                     count(*) FILTER (WHERE over_limit_count > 0) AS minutes,
                     arg_max(subscription_plan, window_start) AS plan FROM minute_after GROUP BY 1) a
   USING (tenant_id)
@@ -156,10 +183,17 @@ FROM t
 def entitlement_summary(lake: Lake, before: dict[str, int], after: dict[str, int],
                         top: int = 10) -> dict[str, pa.Table]:
     """Per plan before vs after; tenants that flip; top tenants by change in overage."""
+    return summarize({"minute_before": lake.dataset(schemas.MINUTE, before[schemas.MINUTE]),
+                      "alerts_before": lake.dataset(schemas.ALERTS, before[schemas.ALERTS]),
+                      "minute_after": lake.dataset(schemas.MINUTE, after[schemas.MINUTE]),
+                      "alerts_after": lake.dataset(schemas.ALERTS, after[schemas.ALERTS])}, top)
+
+
+def summarize(data: dict[str, Any], top: int = 10) -> dict[str, pa.Table]:
+    """The entitlement summary over minute/alerts data before and after (datasets or tables)."""
     con = _con()
-    for side, versions in (("before", before), ("after", after)):
-        con.register(f"minute_{side}", lake.dataset(schemas.MINUTE, versions[schemas.MINUTE]))
-        con.register(f"alerts_{side}", lake.dataset(schemas.ALERTS, versions[schemas.ALERTS]))
+    for name, rel in data.items():
+        con.register(name, rel)
     tenants = con.sql(TENANT_SQL).to_arrow_table()
     con.register("tenants", tenants)
     out = {
@@ -170,6 +204,7 @@ def entitlement_summary(lake: Lake, before: dict[str, int], after: dict[str, int
                                "ORDER BY abs(overage_delta) DESC, tenant_id LIMIT $n",
                                params={"n": top}).to_arrow_table(),
         "tenant_changes": tenants,
+        "daily": con.sql(DAILY_SQL).to_arrow_table(),
     }
     con.close()
     return out

@@ -50,6 +50,7 @@ class MapSpec:
     n_buckets: int
     scope: Scope | None = None
     threads: int = 0
+    bronze_root: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def _fault_kill_once(stage: str) -> None:
 
 
 def read_files(spec: MapSpec) -> pa.Table:
-    lake = Lake(spec.lake_root, dict(spec.storage_options) or None)
+    lake = Lake(spec.lake_root, dict(spec.storage_options) or None, spec.bronze_root)
     ds = lake.dataset(spec.table, spec.version)
     wanted: dict[str, list[int]] = {}
     for path, groups in spec.units:  # a file's row groups may be spread over several units

@@ -32,6 +32,8 @@ class Lake:
 
     root: str
     storage_options: Mapping[str, str] | None = None
+    #: A scratch lake (an experiment) reads Bronze from its production lake and never writes it.
+    bronze_root: str | None = None
 
     @classmethod
     def at(cls, root: str | os.PathLike[str], storage_options: Mapping[str, str] | None = None) -> Lake:
@@ -47,7 +49,13 @@ class Lake:
         return dict(self.storage_options) if self.storage_options else None
 
     def uri(self, table: str) -> str:
+        if table == schemas.BRONZE and self.bronze_root:
+            return f"{self.bronze_root}/{table}"
         return f"{self.root}/{table}"
+
+    def scratch(self, name: str) -> Lake:
+        """The experiment area ``<lake>/_experiments/<name>``: own tables, this lake's Bronze."""
+        return Lake(f"{self.root}/_experiments/{name}", self.storage_options, self.bronze_root or self.root)
 
     def exists(self, table: str) -> bool:
         return DeltaTable.is_deltatable(self.uri(table), storage_options=self._opts)
@@ -97,6 +105,8 @@ class Lake:
     def write(self, table: str, data: pa.Table, *, mode: str, metadata: Mapping[str, Any],
               app_transactions: list[Any] | None = None) -> int:
         """Write ``data`` in one Delta commit (``overwrite`` or ``append``); returns the new version."""
+        if table == schemas.BRONZE and self.bronze_root:
+            raise LakeError("an experiment never writes Bronze; import into the production lake")
         self.ensure(table)
         data = schemas.conform(data, schemas.SCHEMAS[table])
         props = CommitProperties(custom_metadata=encode_metadata(metadata),

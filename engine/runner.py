@@ -59,6 +59,8 @@ class Plan:
     buckets: int
     executor: str
     scope: Scope | None = None
+    #: an experiment whose output this replay publishes instead of recomputing it
+    reuse: str | None = None
 
     @property
     def up_to_date(self) -> bool:
@@ -224,7 +226,7 @@ def map_specs(lake: Lake, plan: Plan, ruleset: Ruleset, cpus: int) -> list[MapSp
     opts = tuple(sorted((lake.storage_options or {}).items()))
     threads = max(1, cpus // n) if cpus > 1 else 0
     return [MapSpec(lake.root, opts, plan.source_table, plan.source_version or 0, tuple(g), plan.mode,
-                    ruleset, plan.buckets, plan.scope, threads) for g in groups if g]
+                    ruleset, plan.buckets, plan.scope, threads, lake.bronze_root) for g in groups if g]
 
 
 def _fault_hook(committed: int) -> None:
@@ -281,7 +283,8 @@ def execute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
                          details=f"failed while committing: {type(exc).__name__}: {exc}"[:500])
             raise
         rng = _affected(out)
-        results = checks.run_checks(lake, versions, plan.bronze_version, plan.mode == "full",
+        whole = plan.scope is None or lake.bronze_root is None  # a scoped experiment holds a part
+        results = checks.run_checks(lake, versions, plan.bronze_version, plan.mode == "full" and whole,
                                     user_checks, before)
         failed = [r.name for r in results if not r.passed]
         record = dict(versions_after=json.dumps(versions), conservation_ok=conservation,
@@ -307,6 +310,10 @@ def execute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
 def _compute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
              progress: Progress | None) -> JobOutput:
     assert plan.mode is not None
+    if plan.reuse:
+        from engine.experiment import load_output
+
+        return load_output(lake.scratch(plan.reuse))
     maps = map_specs(lake, plan, ruleset, executor.cpus())
     cpus = executor.cpus()
     reduces = [ReduceSpec(b, plan.mode, ruleset, max(1, cpus // plan.buckets) if cpus > 1 else 0)
@@ -360,6 +367,8 @@ def _commit(lake: Lake, plan: Plan, ruleset: Ruleset, out: JobOutput,
         # count Bronze itself, not what the tasks read: a lost file or row group must show
         bronze_rows = lake.dataset(schemas.BRONZE, plan.bronze_version).count_rows()
         conservation = bronze_rows == out.rows_in == sum(counts[t] for t in schemas.SILVER_TABLES)
+        if scope is not None and lake.bronze_root:
+            conservation = None  # a scoped experiment holds only its scope
         counts[schemas.BRONZE] = bronze_rows
     silver_meta = lake.commit_metadata(schemas.SILVER)
     for table, data in ((schemas.MINUTE, out.minute), (schemas.HOURLY, out.hourly),

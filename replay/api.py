@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +15,13 @@ from engine import audit, schemas
 from engine.diff import TableDiff, diff_table, entitlement_summary, gold_versions
 from engine.errors import UsageError
 from engine.executor import Executor, LocalExecutor, Progress
+from engine.experiment import (
+    ExperimentResult,
+    drop_experiment,
+    list_experiments,
+    reusable,
+    run_experiment,
+)
 from engine.generator import GeneratorConfig, generate, to_jsonl
 from engine.importers import ImportResult, append_new, import_bronze_parquet, import_jsonl
 from engine.lake import Lake
@@ -36,6 +43,7 @@ from rules.rulesets import load_ruleset
 __all__ = [
     "Lake", "Ruleset", "load_ruleset", "open_lake", "import_file", "plan", "run", "status", "sql",
     "generate_history", "make_executor", "recover", "rollback", "history", "diff", "summary",
+    "Experiment", "experiments", "drop",
 ]
 
 
@@ -90,7 +98,51 @@ def run(lake: str | Lake, ruleset: str | Path | Ruleset, mode: ModeArg = "auto",
     recover_if_needed(lk)  # plan on a consistent lake, not on a half-committed replay
     p = build_plan(lk, rs, mode, executor=ex.name, cpus=ex.cpus(), buckets=shards,
                    scope=Scope.of(start, end, tenants))
+    p = with_reuse(lk, rs, p)
     return execute(lk, p, rs, ex, progress, reason, checks, allow_failed_checks)
+
+
+def with_reuse(lake: Lake, ruleset: Ruleset, p: Plan) -> Plan:
+    """Publish a finished experiment of this ruleset instead of recomputing (Bronze unchanged)."""
+    if p.mode is None or p.scope is not None or lake.bronze_root:
+        return p
+    scratch = reusable(lake, ruleset)
+    if scratch is None:
+        return p
+    name = scratch.root.rsplit("/", 1)[-1]
+    return replace(p, reuse=name, mode="full", tables=(*schemas.SILVER_TABLES, *schemas.GOLD_TABLES),
+                   reasons=(*p.reasons, f"reusing experiment {name}: same ruleset, Bronze unchanged since"))
+
+
+class Experiment:
+    """A candidate ruleset replayed into a scratch area and compared with a baseline.
+
+    ``baseline`` defaults to the production tables; ``start``/``end``/``tenants`` restrict
+    the experiment. Production tables are never written.
+    """
+
+    def __init__(self, lake: str | Lake, candidate: str | Path | Ruleset,
+                 baseline: str | Path | Ruleset | None = None, start: Any = None, end: Any = None,
+                 tenants: list[str] | None = None, name: str | None = None,
+                 executor: Executor | None = None) -> None:
+        self.lake = open_lake(lake)
+        self.candidate = load_ruleset(candidate)
+        self.baseline = load_ruleset(baseline) if baseline is not None else None
+        self.scope = Scope.of(start, end, tenants)
+        self.name = name
+        self.executor = executor or LocalExecutor()
+
+    def run(self) -> ExperimentResult:
+        return run_experiment(self.lake, self.candidate, self.baseline, self.scope, self.name,
+                              self.executor, run)
+
+
+def experiments(lake: str | Lake) -> list[dict[str, Any]]:
+    return list_experiments(open_lake(lake))
+
+
+def drop(lake: str | Lake, name: str) -> None:
+    drop_experiment(open_lake(lake), name)
 
 
 def recover_if_needed(lake: str | Lake) -> list[dict[str, Any]]:

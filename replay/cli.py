@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from engine import schemas
 from engine.errors import ReplayError, UsageError
 
 
@@ -108,6 +109,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a Delta version, a replay id, or REPLAY_ID:before")
     p.add_argument("--to", dest="to_ref", help="as --from (default: the current version)")
     p.add_argument("--sample", type=int, default=10, help="rows of each kind to show")
+
+    p = sub.add_parser("experiment", help="replay a candidate ruleset into a scratch area and compare")
+    _common(p)
+    p.add_argument("--candidate", help="built-in ruleset name or TOML file")
+    p.add_argument("--baseline", help="ruleset to compare with (default: the production tables)")
+    p.add_argument("--name", help="scratch area name (default: from the candidate)")
+    p.add_argument("--start")
+    p.add_argument("--end")
+    p.add_argument("--tenant", action="append", default=[])
+    p.add_argument("--executor", choices=["local", "ray"], default="ray")
+    p.add_argument("--address")
+    p.add_argument("--report", help="also write a self-contained HTML report to this file")
+    p.add_argument("--list", action="store_true", help="list scratch areas")
+    p.add_argument("--drop", metavar="NAME", help="delete a scratch area")
+
+    p = sub.add_parser("report", help="write an HTML report of a replay's changes (or an experiment's)")
+    _common(p)
+    p.add_argument("--from", dest="from_ref", required=True, help="replay id, or REPLAY_ID:before")
+    p.add_argument("--to", dest="to_ref", help="replay id (default: the current tables)")
+    p.add_argument("--out", required=True, help="HTML file to write")
 
     p = sub.add_parser("rules", help="list rule versions and built-in rulesets")
     _common(p, lake=False)
@@ -338,6 +359,51 @@ def dispatch(args: argparse.Namespace) -> int:
                 if rows:
                     print(f"== sample {kind}")
                     print(_table_out(pa.Table.from_pylist(rows), "table"))
+        return 0
+    if args.cmd == "experiment":
+        if args.list:
+            rows = api.experiments(args.lake)
+            _print(rows, True) if args.json else print(
+                _table_out(pa.Table.from_pylist(rows), "table") if rows else "no experiments")
+            return 0
+        if args.drop:
+            api.drop(args.lake, args.drop)
+            print(f"dropped experiment {args.drop}")
+            return 0
+        if not args.candidate:
+            raise UsageError("--candidate is required (or --list / --drop NAME)")
+        exp = api.Experiment(args.lake, args.candidate, args.baseline, args.start, args.end,
+                             args.tenant or None, args.name, api.make_executor(args.executor, args.address))
+        res = exp.run()
+        summ = res.summary()
+        diffs = {t: res.diff(t, 3).counts for t in (*schemas.SILVER_TABLES, *schemas.GOLD_TABLES)}
+        if args.report:
+            from replay.report import write_report
+
+            write_report(args.report, f"Experiment {res.name}: {res.candidate.name} vs {res.baseline}",
+                         summ, diffs)
+        if args.json:
+            _print({"name": res.name, "scratch": res.scratch.root, "baseline": res.baseline,
+                    "candidate": res.candidate.fingerprint, "row_diffs": diffs,
+                    **{k: v.to_pylist() for k, v in summ.items() if k != "tenant_changes"}}, True)
+        else:
+            print(f"experiment {res.name}: {res.candidate.name} ({res.candidate.fingerprint}) "
+                  f"vs {res.baseline}; scratch {res.scratch.root}")
+            for t, c in diffs.items():
+                print(f"  {t}: " + ", ".join(f"{k} {v:,}" for k, v in c.items()))
+            for name in ("plans", "flips", "top_tenants"):
+                print(f"== {name}")
+                print(_table_out(summ[name], "table"))
+            if args.report:
+                print(f"report: {args.report}")
+        return 0
+    if args.cmd == "report":
+        from replay.report import write_report
+
+        summ = api.summary(args.lake, args.from_ref, args.to_ref)
+        diffs = {t: api.diff(args.lake, t, args.from_ref, args.to_ref, 3).counts for t in schemas.GOLD_TABLES}
+        write_report(args.out, f"Replay report: {args.from_ref} -> {args.to_ref or 'current'}", summ, diffs)
+        print(f"report: {args.out}")
         return 0
     if args.cmd == "rules":
         from rules.base import default_registry

@@ -1,0 +1,176 @@
+"""Experiments: a candidate ruleset replayed into a scratch area, compared with a baseline.
+
+The scratch area ``<lake>/_experiments/<name>`` has its own Silver, Gold and ledger and
+reads the production Bronze; production tables are never written. A later ``replay run``
+with the same ruleset reuses the experiment's output when Bronze has not changed since.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pfs
+
+from engine import audit, schemas
+from engine.diff import TableDiff, diff_data, summarize
+from engine.errors import UsageError
+from engine.executor import Executor, JobOutput
+from engine.lake import Lake
+from engine.scope import Scope
+from rules.base import Ruleset
+
+OUTPUTS = (*schemas.SILVER_TABLES, *schemas.GOLD_TABLES)
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise UsageError(f"experiment name {name!r}: use letters, digits, '.', '_' or '-' (max 64)")
+    return name
+
+
+def default_name(ruleset: Ruleset) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", ruleset.name)[:40] + "-" + ruleset.fingerprint[:8]
+
+
+def _fs(root: str) -> tuple[pfs.FileSystem, str]:
+    if "://" not in root:
+        return pfs.LocalFileSystem(), root
+    return pfs.FileSystem.from_uri(root)
+
+
+def list_experiments(lake: Lake) -> list[dict[str, Any]]:
+    fs, base = _fs(f"{lake.root}/_experiments")
+    try:
+        infos = fs.get_file_info(pfs.FileSelector(base, allow_not_found=True))
+    except FileNotFoundError:
+        return []
+    out = []
+    for info in sorted(infos, key=lambda i: i.base_name):
+        if info.type != pfs.FileType.Directory:
+            continue
+        scratch = lake.scratch(info.base_name)
+        meta = scratch.commit_metadata(schemas.SILVER) if scratch.exists(schemas.SILVER) else {}
+        out.append({"name": info.base_name, "uri": scratch.root, "ruleset": meta.get("ruleset_name"),
+                    "ruleset_fingerprint": meta.get("ruleset_fingerprint"),
+                    "bronze_version": meta.get("bronze_version"), "scope": meta.get("scope"),
+                    "replay_id": meta.get("replay_id")})
+    return out
+
+
+def drop_experiment(lake: Lake, name: str) -> None:
+    check_name(name)
+    fs, path = _fs(f"{lake.root}/_experiments/{name}")
+    if fs.get_file_info(path).type != pfs.FileType.Directory:
+        raise UsageError(f"no experiment {name!r} (see 'replay experiment --list')")
+    if isinstance(fs, pfs.LocalFileSystem):
+        shutil.rmtree(path)
+    else:
+        fs.delete_dir(path)
+
+
+def reusable(lake: Lake, ruleset: Ruleset) -> Lake | None:
+    """A finished, unscoped experiment of exactly this ruleset on the current Bronze."""
+    bronze_v = lake.version(schemas.BRONZE)
+    for exp in list_experiments(lake):
+        scratch = lake.scratch(exp["name"])
+        if exp["ruleset_fingerprint"] != ruleset.fingerprint or exp["bronze_version"] != bronze_v \
+                or exp["scope"] or not all(scratch.exists(t) for t in OUTPUTS):
+            continue
+        gold = scratch.commit_metadata(schemas.MINUTE)
+        if gold.get("ruleset_fingerprint") == ruleset.fingerprint and not gold.get("scope") \
+                and gold.get("silver_replay_id") == exp["replay_id"]:
+            return scratch
+    return None
+
+
+def load_output(scratch: Lake) -> JobOutput:
+    """An experiment's tables as a replay's output (for promotion without recomputing)."""
+    return JobOutput(
+        rows_in=scratch.dataset(schemas.BRONZE).count_rows(),
+        quarantine=scratch.read(schemas.QUARANTINE), silver=scratch.read(schemas.SILVER),
+        duplicates=scratch.read(schemas.DUPLICATES), minute=scratch.read(schemas.MINUTE),
+        hourly=scratch.read(schemas.HOURLY), alerts=scratch.read(schemas.ALERTS))
+
+
+@dataclass
+class ExperimentResult:
+    name: str
+    scratch: Lake
+    candidate: Ruleset
+    baseline: str
+    scope: Scope | None
+    base_data: dict[str, Any] = field(repr=False)
+    cand_data: dict[str, Any] = field(repr=False)
+
+    def diff(self, table: str, sample: int = 10) -> TableDiff:
+        return diff_data(table, self.base_data[table], self.cand_data[table], sample=sample)
+
+    def summary(self, top: int = 10) -> dict[str, pa.Table]:
+        return summarize({"minute_before": self.base_data[schemas.MINUTE],
+                          "alerts_before": self.base_data[schemas.ALERTS],
+                          "minute_after": self.cand_data[schemas.MINUTE],
+                          "alerts_after": self.cand_data[schemas.ALERTS]}, top)
+
+    def connect(self) -> Any:
+        """DuckDB with ``baseline_<table>`` and ``candidate_<table>`` registered."""
+        import duckdb
+
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        for t in OUTPUTS:
+            con.register(f"baseline_{t}", self.base_data[t])
+            con.register(f"candidate_{t}", self.cand_data[t])
+        return con
+
+
+def _restricted(lake: Lake, scope: Scope | None) -> dict[str, Any]:
+    if scope is None:
+        return {t: lake.dataset(t) for t in OUTPUTS}
+    out = {}
+    for t in OUTPUTS:
+        data = lake.read(t)
+        out[t] = data.filter(scope.mask(data, t))
+    return out
+
+
+def run_experiment(lake: Lake, candidate: Ruleset, baseline: Ruleset | None, scope: Scope | None,
+                   name: str | None, executor: Executor, run: Any) -> ExperimentResult:
+    """Replay ``candidate`` into a scratch area; baseline = production (or ``baseline`` replayed)."""
+    if lake.bronze_root:
+        raise UsageError("an experiment runs on a production lake, not inside another experiment")
+    name = check_name(name or default_name(candidate))
+    scratch = lake.scratch(name)
+    existing = scratch.commit_metadata(schemas.SILVER) if scratch.exists(schemas.SILVER) else {}
+    fresh = (existing.get("ruleset_fingerprint") == candidate.fingerprint
+             and existing.get("bronze_version") == lake.version(schemas.BRONZE)
+             and existing.get("scope") == (scope.describe() if scope else None))
+    if not fresh:
+        if scratch.exists(schemas.SILVER):
+            drop_experiment(lake, name)
+            scratch = lake.scratch(name)
+        kw = {"start": scope.start, "end": scope.end, "tenants": list(scope.tenants)} if scope else {}
+        run(scratch, candidate, mode="full", executor=executor, reason=f"experiment {name}", **kw)
+    prod_fp = lake.commit_metadata(schemas.MINUTE).get("ruleset_fingerprint") \
+        if lake.exists(schemas.MINUTE) else None
+    if baseline is None or baseline.fingerprint == prod_fp:
+        if prod_fp is None:
+            raise UsageError("the lake has no Gold yet: run a replay first or give --baseline")
+        base_lake, label = lake, f"production ({prod_fp})"
+    else:
+        base_name = check_name(f"{name}.baseline")
+        base_lake = lake.scratch(base_name)
+        meta = base_lake.commit_metadata(schemas.SILVER) if base_lake.exists(schemas.SILVER) else {}
+        if meta.get("ruleset_fingerprint") != baseline.fingerprint \
+                or meta.get("bronze_version") != lake.version(schemas.BRONZE):
+            kw = {"start": scope.start, "end": scope.end, "tenants": list(scope.tenants)} if scope else {}
+            run(base_lake, baseline, mode="full", executor=executor, reason=f"experiment {name} baseline", **kw)
+        label = f"{baseline.name} ({baseline.fingerprint})"
+    audit_rows = audit.rows(scratch)
+    assert audit_rows, "the experiment's replay left no ledger row"
+    return ExperimentResult(name, scratch, candidate, label, scope,
+                            _restricted(base_lake, scope), _restricted(scratch, None))
