@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast bench lint clean kafka-up kafka-down
+.PHONY: venv demo test bench lint clean browser
 
 venv: $(STAMP)
 
@@ -17,7 +17,13 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(PY) -m replay.demo --lake ./lake --fresh
 
-test: venv
+# Debian's chromium renders the HTML report in a test (installed once, as root).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the report rendering test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: venv browser
 	$(PY) -m ruff check engine rules replay tests bench
 	$(PY) -m pytest -q
 

@@ -40,13 +40,13 @@ def bar_chart(chart_id: str, title: str, categories: list[str], series: dict[str
     plot_w, plot_h = width - left - pad, height - bottom - pad
     group_w = plot_w / max(len(categories), 1)
     bar_w = max(2.0, (group_w - 6) / max(len(series), 1))
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+    parts = [f'<svg width="{width}" height="{height}" '
              f'data-chart="{_esc(chart_id)}" role="img" aria-label="{_esc(title)}">']
     for k in range(5):
         y = pad + plot_h * k / 4
         parts.append(f'<line x1="{left}" x2="{width - pad}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e4e7eb"/>'
                      f'<text x="{left - 4}" y="{y + 4:.1f}" font-size="10" text-anchor="end">'
-                     f'{top * (4 - k) / 4:,.0f}</text>')
+                     f'{_tick(top * (4 - k) / 4)}</text>')
     for i, cat in enumerate(categories):
         x0 = left + i * group_w + 3
         for j, (name, vals) in enumerate(series.items()):
@@ -59,6 +59,10 @@ def bar_chart(chart_id: str, title: str, categories: list[str], series: dict[str
                      f'text-anchor="middle">{_esc(cat)}</text>')
     parts.append("</svg>")
     return f"<figure><figcaption>{_esc(title)}</figcaption>{''.join(parts)}</figure>"
+
+
+def _tick(v: float) -> str:
+    return f"{v:,.0f}" if v >= 10 or v == int(v) else f"{v:.2g}"
 
 
 def histogram(values: list[int], bins: int = 12) -> tuple[list[str], list[float]]:
