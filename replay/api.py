@@ -78,8 +78,10 @@ def plan(lake: str | Lake, ruleset: str | Path | Ruleset, mode: ModeArg = "auto"
          start: Any = None, end: Any = None, tenants: list[str] | None = None) -> Plan:
     """What a replay would recompute and why (changes nothing)."""
     ex = executor or LocalExecutor()
-    return build_plan(open_lake(lake), load_ruleset(ruleset), mode, executor=ex.name,
-                      cpus=ex.cpus(), buckets=shards, scope=Scope.of(start, end, tenants))
+    lk, rs = open_lake(lake), load_ruleset(ruleset)
+    p = build_plan(lk, rs, mode, executor=ex.name, cpus=ex.cpus(), buckets=shards,
+                   scope=Scope.of(start, end, tenants))
+    return with_reuse(lk, rs, p)
 
 
 def run(lake: str | Lake, ruleset: str | Path | Ruleset, mode: ModeArg = "auto",
@@ -96,9 +98,7 @@ def run(lake: str | Lake, ruleset: str | Path | Ruleset, mode: ModeArg = "auto",
     rs = load_ruleset(ruleset)
     ex = executor or LocalExecutor()
     recover_if_needed(lk)  # plan on a consistent lake, not on a half-committed replay
-    p = build_plan(lk, rs, mode, executor=ex.name, cpus=ex.cpus(), buckets=shards,
-                   scope=Scope.of(start, end, tenants))
-    p = with_reuse(lk, rs, p)
+    p = plan(lk, rs, mode, ex, shards, start, end, tenants)
     return execute(lk, p, rs, ex, progress, reason, checks, allow_failed_checks)
 
 

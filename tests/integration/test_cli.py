@@ -66,3 +66,31 @@ def test_generate_jsonl_then_import(tmp_path):
     assert out["rows_added"] == out["rows_read"] >= 2000
     p = run("generate", "--events", "10", "--dup-rate", "2")
     assert p.returncode == 2 and "between 0 and 1" in p.stderr
+
+
+def test_experiment_diff_and_report_commands(tmp_path):
+    lk = str(tmp_path / "lake")
+    run("import", "--lake", lk, "--format", "bronze-parquet", str(FIXTURE / "bronze.parquet"), check_rc=0)
+    run("run", "--executor", "local", "--lake", lk, "--ruleset", "2026-01", "--reason", "a", check_rc=0)
+    report = tmp_path / "exp.html"
+    out = json.loads(run("experiment", "--lake", lk, "--candidate", "2026-02", "--executor", "local",
+                         "--report", str(report), "--json", check_rc=0).stdout)
+    assert out["row_diffs"]["silver_api_usage"]["only_before"] == 2 and report.exists()
+    assert {p["plan"] for p in out["plans"]} >= {"free", "starter"}
+    listed = json.loads(run("experiment", "--lake", lk, "--list", "--json", check_rc=0).stdout)
+    assert [e["name"] for e in listed] == [out["name"]]
+    res = json.loads(run("run", "--executor", "local", "--lake", lk, "--ruleset", "2026-02",
+                         "--reason", "promote", "--json", check_rc=0).stdout)
+    rid = res["replay_id"]
+    assert res["plan"]["reuse"] == out["name"]
+    d = json.loads(run("diff", "--lake", lk, "--table", "silver_duplicates", "--from", f"{rid}:before",
+                       "--to", rid, "--json", check_rc=0).stdout)
+    assert d["counts"]["after"] == 3
+    s = run("diff", "--lake", lk, "--summary", "--from", f"{rid}:before", check_rc=0).stdout
+    assert "over_limit -> compliant" in s
+    page = tmp_path / "r.html"
+    run("report", "--lake", lk, "--from", f"{rid}:before", "--to", rid, "--out", str(page), check_rc=0)
+    assert "<svg" in page.read_text()
+    assert run("experiment", "--lake", lk, "--drop", out["name"], check_rc=0).returncode == 0
+    bad = run("diff", "--lake", lk, "--from", "1")
+    assert bad.returncode == 2 and "--table" in bad.stderr
