@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench lint clean browser
+.PHONY: venv demo test bench lint clean browser kafka-up kafka-down
 
 venv: $(STAMP)
 
@@ -35,3 +35,10 @@ lint: venv
 
 clean:
 	rm -rf lake .pytest_cache .ruff_cache
+
+# A real Apache Kafka (KRaft, single node) on localhost:9092, fetched from Maven Central.
+kafka-up: venv
+	$(PY) -m engine.broker up
+
+kafka-down: venv
+	$(PY) -m engine.broker down

@@ -60,8 +60,54 @@ def timed_run(lake: api.Lake, mode: str, executor) -> float:
     return time.perf_counter() - t0
 
 
+def kafka_bench(messages: int) -> None:
+    """Ingest into Bronze vs the raw consume rate of the same client (the ceiling)."""
+    import pyarrow as pa
+    from confluent_kafka import Consumer
+
+    from engine.broker import Broker
+    from engine.kafka_ingest import IngestConfig, Ingester, produce
+
+    tmp = Path(tempfile.mkdtemp(prefix="mr-kbench-"))
+    b = Broker(port=19592, controller_port=19593, data=tmp / "kafka")
+    try:
+        b.start()
+        payload = b'{"event_id": "e", "event_timestamp": "2026-03-01T00:00:00Z", "tenant_id": "t1", ' \
+                  b'"subscription_plan": "free", "endpoint": "/v1/items/1234567890", "method": "GET", ' \
+                  b'"status_code": 200, "latency_ms": 12, "request_bytes": 512, "response_bytes": 2048, ' \
+                  b'"user_id": "user-0000001", "data_residency_region": "eu-west-1", "pad": "xxxxxxxxxx"}'
+        rows = pa.table({"raw_payload": pa.array([payload] * messages, pa.binary()),
+                         "tenant_id": pa.array([f"t{i % 50}" for i in range(messages)])})
+        produce(rows, b.bootstrap, "bench")
+        c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": "raw", "auto.offset.reset": "earliest",
+                      "enable.auto.commit": False, "log_level": 0})
+        c.subscribe(["bench"])
+        n, t0 = 0, None
+        while n < messages:
+            got = c.consume(50_000, 1.0)
+            if got and t0 is None:
+                t0 = time.perf_counter()
+            n += sum(1 for m in got if m.error() is None)
+        raw_s = time.perf_counter() - t0
+        c.close()
+        lake = api.open_lake(tmp / "lake")
+        ing = Ingester(lake, IngestConfig(b.bootstrap, "bench", "ingest", max_batch_messages=100_000,
+                                          max_batch_seconds=10, max_messages=messages))
+        t0 = time.perf_counter()
+        stats = ing.run()
+        ing_s = time.perf_counter() - t0
+        assert stats.messages == messages and lake.read(schemas.BRONZE).num_rows == messages
+        print(f"kafka raw consume (ceiling):  {messages / raw_s:12,.0f} messages/s  ({len(payload)} B each)")
+        print(f"kafka ingest into Bronze:     {messages / ing_s:12,.0f} messages/s  "
+              f"({ing_s / raw_s:.2f}x the raw consume time)")
+    finally:
+        b.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--kafka-messages", type=int, default=1_000_000)
     ap.add_argument("--events", type=int, default=5_000_000)
     ap.add_argument("--tenants", type=int, default=2000)
     ap.add_argument("--days", type=float, default=3)
@@ -104,6 +150,8 @@ def main() -> None:
             ray.shutdown()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if args.kafka_messages:
+        kafka_bench(args.kafka_messages)
 
 
 if __name__ == "__main__":

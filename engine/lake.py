@@ -133,6 +133,27 @@ class Lake:
             custom_metadata=encode_metadata(meta)))
         return self.table(table).version()
 
+    def append_fenced(self, dt: DeltaTable, table: str, data: pa.Table, metadata: Mapping[str, Any],
+                      app_transactions: list[Any]) -> int:
+        """Append in one commit on top of exactly the snapshot ``dt``: no rebase, no retry.
+
+        A commit by anyone else since ``dt`` was read fails this one (CommitConflictError),
+        so what the caller checked against ``dt`` (its offsets) still holds when it lands.
+        """
+        data = schemas.conform(data, schemas.SCHEMAS[table])
+        props = CommitProperties(custom_metadata=encode_metadata(metadata),
+                                 app_transactions=app_transactions, max_commit_retries=0)
+        try:
+            write_deltalake(dt, data, mode="append", partition_by=schemas.PARTITIONS.get(table),
+                            commit_properties=props, writer_properties=WRITER)
+        except CommitFailedError as exc:
+            raise CommitConflictError(f"concurrent commit on {table}: {exc}", table=table) from None
+        except Exception as exc:  # delta-rs reports a lost race as a generic transaction error too
+            if "version" in str(exc).lower() and "exist" in str(exc).lower():
+                raise CommitConflictError(f"concurrent commit on {table}: {exc}", table=table) from None
+            raise
+        return dt.version()
+
     def commit_metadata(self, table: str, version: int | None = None) -> dict[str, Any]:
         """The medallion metadata of the commit that produced ``version`` (default: latest)."""
         dt = self.table(table)

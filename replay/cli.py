@@ -89,6 +89,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--invalid-rate", type=float, default=0.01)
     p.add_argument("--late-rate", type=float, default=0.01)
     p.add_argument("--start", default="2026-03-01T00:00:00Z", help="first event time (RFC 3339)")
+    p.add_argument("--to-kafka", action="store_true", help="produce the events to Kafka instead")
+    p.add_argument("--bootstrap-servers", default="localhost:9092")
+    p.add_argument("--topic", default="api-usage-events")
+    p.add_argument("--kafka-config", help="librdkafka settings file (key=value)")
+
+    p = sub.add_parser("ingest", help="consume Kafka into Bronze, exactly once")
+    _common(p)
+    p.add_argument("--bootstrap-servers", default="localhost:9092")
+    p.add_argument("--topic", default="api-usage-events")
+    p.add_argument("--group-id", default="medallion-replay-ingest")
+    p.add_argument("--max-batch-messages", type=int, default=50_000)
+    p.add_argument("--max-batch-seconds", type=float, default=5.0)
+    p.add_argument("--until-idle", type=float, metavar="SECONDS", help="stop after this long without messages")
+    p.add_argument("--max-messages", type=int, help="stop after this many messages")
+    p.add_argument("--kafka-config", help="librdkafka settings file (key=value; SASL/SSL, ...)")
 
     p = sub.add_parser("status", help="tables, versions, row counts and rulesets of a lake")
     _common(p)
@@ -318,9 +333,31 @@ def dispatch(args: argparse.Namespace) -> int:
                               dup_rate=args.dup_rate, invalid_rate=args.invalid_rate,
                               late_rate=args.late_rate, start=start)
         t0 = time.perf_counter()
+        if args.to_kafka:
+            from engine.generator import generate
+            from engine.kafka_ingest import produce, read_kafka_config
+
+            n = produce(generate(cfg), args.bootstrap_servers, args.topic, read_kafka_config(args.kafka_config))
+            _print({"produced": n, "topic": args.topic, "seconds": round(time.perf_counter() - t0, 3)},
+                   args.json)
+            return 0
         info = api.generate_history(cfg, out=args.out, fmt=args.format, lake=args.lake)
         info["seconds"] = round(time.perf_counter() - t0, 3)
         _print(info, args.json)
+        return 0
+    if args.cmd == "ingest":
+        from engine.kafka_ingest import IngestConfig, _print_progress, ingest, read_kafka_config
+
+        for name in ("max_batch_messages", "max_messages"):
+            v = getattr(args, name)
+            if v is not None and v < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+        cfg = IngestConfig(args.bootstrap_servers, args.topic, args.group_id, args.max_batch_messages,
+                           args.max_batch_seconds, args.until_idle, args.max_messages,
+                           read_kafka_config(args.kafka_config))
+        stats = ingest(args.lake, cfg, None if args.json else _print_progress)
+        _print({"messages": stats.messages, "batches": stats.batches,
+                "dropped_batches": stats.dropped_batches, "lag": stats.lag}, args.json)
         return 0
     if args.cmd == "status":
         rows = api.status(args.lake)

@@ -1,0 +1,305 @@
+"""Kafka -> Bronze, exactly once.
+
+Every batch is one Delta commit that carries its rows *and* the next offset of each
+topic-partition as a Delta application transaction (``medallion-ingest/<topic>/<p>``),
+as kafka-delta-ingest does. On start and after every rebalance the consumer seeks to
+the offsets recorded in Delta, not only the group's. Before a commit the ingester
+checks that Delta still expects exactly the offsets its batch starts at: an ingester
+that lost its partitions (a zombie) finds them moved on and drops its batch. Group
+offsets are committed after each Delta commit, so lag shows in standard Kafka tools.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
+from deltalake import Transaction
+
+from engine import schemas
+from engine.errors import CommitConflictError, UsageError
+from engine.importers import bronze_rows
+from engine.lake import Lake
+
+SECRET_WORDS = ("password", "secret", "key", "token", "credential")
+
+
+def app_id(topic: str, partition: int) -> str:
+    return f"medallion-ingest/{topic}/{partition}"
+
+
+def read_kafka_config(path: str | Path | None) -> dict[str, str]:
+    """librdkafka settings from a ``key=value`` file (SASL/SSL, ...); ``#`` starts a comment."""
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--kafka-config {p}: no such file")
+    out = {}
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise UsageError(f"--kafka-config {p}:{n}: expected key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def redact(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: ("***" if any(w in k.lower() for w in SECRET_WORDS) else v) for k, v in config.items()}
+
+
+@dataclass
+class IngestStats:
+    messages: int = 0
+    batches: int = 0
+    dropped_batches: int = 0
+    started: float = field(default_factory=time.monotonic)
+    lag: dict[str, int] = field(default_factory=dict)
+
+    def rate(self) -> float:
+        el = time.monotonic() - self.started
+        return self.messages / el if el > 0 else 0.0
+
+
+@dataclass
+class IngestConfig:
+    bootstrap_servers: str = "localhost:9092"
+    topic: str = "api-usage-events"
+    group_id: str = "medallion-replay-ingest"
+    max_batch_messages: int = 50_000
+    max_batch_seconds: float = 5.0
+    until_idle: float | None = None
+    max_messages: int | None = None
+    kafka_config: dict[str, str] = field(default_factory=dict)
+
+
+class Ingester:
+    """One consumer in a group; appends batches to Bronze with their offsets, exactly once."""
+
+    def __init__(self, lake: Lake, cfg: IngestConfig,
+                 report: Callable[[IngestStats], None] | None = None) -> None:
+        if lake.bronze_root:
+            raise UsageError("ingest into a production lake, not an experiment")
+        self.lake, self.cfg, self.report = lake, cfg, report
+        self.stats = IngestStats()
+        self._stop = False
+        self._owned: set[int] = set()
+        self._assigned_at: float | None = None
+        conf = {
+            "bootstrap.servers": cfg.bootstrap_servers,
+            "group.id": cfg.group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "fetch.message.max.bytes": 8 * 1024 * 1024,
+            "max.partition.fetch.bytes": 8 * 1024 * 1024,
+            # librdkafka logs every failed reconnect while a broker is down; the loop reports
+            # progress itself, so only critical client logs reach stderr (override: --kafka-config)
+            "log_level": 2,
+            # a crashed ingester's partitions move to the others after 10 s, not 45 s
+            "session.timeout.ms": 10000,
+            "heartbeat.interval.ms": 2000,
+            **cfg.kafka_config,
+        }
+        self.consumer = Consumer(conf)
+        self.lake.ensure(schemas.BRONZE)
+
+    # --- offsets recorded in Delta -------------------------------------------------------
+    def delta_offset(self, partition: int, dt: Any = None) -> int | None:
+        dt = dt or self.lake.table(schemas.BRONZE)
+        return dt.transaction_version(app_id(self.cfg.topic, partition))
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            recorded = self.delta_offset(tp.partition)
+            if recorded is not None:
+                tp.offset = recorded  # Delta is the source of truth, not the group's offsets
+            self._owned.add(tp.partition)
+        consumer.assign(partitions)
+        if self._assigned_at is None:
+            self._assigned_at = time.monotonic()
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._owned.discard(tp.partition)
+        self._pending = [m for m in self._pending if m.partition() in self._owned]
+
+    # --- the loop --------------------------------------------------------------------------
+    def stop(self, *_: Any) -> None:
+        self._stop = True
+
+    def run(self) -> IngestStats:
+        self._pending: list[Any] = []
+        self.consumer.subscribe([self.cfg.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        batch_started = time.monotonic()
+        last_message = time.monotonic()
+        try:
+            while not self._stop:
+                want = self.cfg.max_batch_messages - len(self._pending)
+                if self.cfg.max_messages is not None:
+                    want = min(want, self.cfg.max_messages - self.stats.messages - len(self._pending))
+                msgs = self.consumer.consume(num_messages=max(1, want), timeout=0.5) if want > 0 else []
+                for m in msgs:
+                    err = m.error()
+                    if err is None:
+                        self._pending.append(m)
+                    elif err.code() != KafkaError._PARTITION_EOF and not err.retriable() and err.fatal():
+                        raise KafkaException(err)
+                if msgs or (self._assigned_at is not None and last_message < self._assigned_at):
+                    last_message = time.monotonic()  # idle time counts from the first assignment
+                full = len(self._pending) >= self.cfg.max_batch_messages
+                due = time.monotonic() - batch_started >= self.cfg.max_batch_seconds
+                capped = self.cfg.max_messages is not None and \
+                    self.stats.messages + len(self._pending) >= self.cfg.max_messages
+                if self._pending and (full or due or capped):
+                    self.flush()
+                    batch_started = time.monotonic()
+                if capped:
+                    break
+                if self.cfg.until_idle is not None:
+                    # before any assignment, allow the group join a grace period on top
+                    grace = 0.0 if self._assigned_at is not None else 60.0
+                    if time.monotonic() - last_message >= self.cfg.until_idle + grace:
+                        break
+            self.flush()
+        finally:
+            self.consumer.close()
+        return self.stats
+
+    def flush(self) -> None:
+        """Commit the pending batch to Bronze (rows + offsets in one Delta commit)."""
+        if not self._pending:
+            return
+        msgs, self._pending = self._pending, []
+        by_part: dict[int, list[Any]] = {}
+        for m in msgs:
+            by_part.setdefault(m.partition(), []).append(m)
+        keep: list[Any] = []
+        txns = []
+        snapshot = self.lake.table(schemas.BRONZE)  # the offsets are checked against this version
+        for part, ms in sorted(by_part.items()):
+            ms.sort(key=lambda m: m.offset())
+            expected = self.delta_offset(part, snapshot)
+            first = ms[0].offset()
+            if expected is not None and first != expected:
+                # Delta moved on (another ingester) or lags (we read ahead of it): re-seek there.
+                self.stats.dropped_batches += 1
+                if part in self._owned:
+                    self.consumer.seek(TopicPartition(self.cfg.topic, part,
+                                                      expected if expected is not None else OFFSET_INVALID))
+                continue
+            keep.extend(ms)
+            txns.append(Transaction(app_id(self.cfg.topic, part), ms[-1].offset() + 1))
+        if not keep:
+            return
+        rows = self._rows(keep)
+        try:
+            self.lake.append_fenced(snapshot, schemas.BRONZE, rows, {
+                "op": "ingest", "topic": self.cfg.topic,
+                "offsets": {t.app_id: t.version for t in txns}}, txns)
+        except CommitConflictError:
+            # a concurrent commit (another ingester) won: re-read Delta's offsets and go on
+            for t in txns:
+                part = int(t.app_id.rsplit("/", 1)[1])
+                expected = self.delta_offset(part)
+                if part in self._owned and expected is not None:
+                    self.consumer.seek(TopicPartition(self.cfg.topic, part, expected))
+            self.stats.dropped_batches += 1
+            return
+        self.stats.messages += len(keep)
+        self.stats.batches += 1
+        with contextlib.suppress(KafkaException):  # group offsets are for lag tools; Delta holds the truth
+            self.consumer.commit(offsets=[TopicPartition(self.cfg.topic, int(t.app_id.rsplit("/", 1)[1]),
+                                                         t.version) for t in txns], asynchronous=False)
+        self._update_lag()
+        if self.report:
+            self.report(self.stats)
+
+    def _rows(self, msgs: list[Any]) -> pa.Table:
+        now = datetime.now(UTC)
+        parts: list[pa.Table] = []
+        by_part: dict[int, list[Any]] = {}
+        for m in msgs:
+            by_part.setdefault(m.partition(), []).append(m)
+        for part, ms in by_part.items():
+            raw = pa.array([m.value() for m in ms], pa.binary())
+            ts = pa.array([m.timestamp()[1] * 1000 if m.timestamp()[0] else None for m in ms],
+                          pa.int64()).cast(schemas.TS)
+            keys = pa.array([m.key() for m in ms], pa.binary())
+            offsets = pa.array([m.offset() for m in ms], pa.int64())
+            parts.append(bronze_rows(raw, self.cfg.topic, part, offsets, now, ts, keys))
+        return pa.concat_tables(parts)
+
+    def _update_lag(self) -> None:
+        for part in sorted(self._owned):
+            try:
+                _, high = self.consumer.get_watermark_offsets(TopicPartition(self.cfg.topic, part),
+                                                              cached=True)
+                pos = self.delta_offset(part) or 0
+                self.stats.lag[str(part)] = max(0, high - pos)
+            except KafkaException:
+                pass
+
+
+def ingest(lake: Lake, cfg: IngestConfig, report: Callable[[IngestStats], None] | None = None
+           ) -> IngestStats:
+    """Run an ingester until stopped (SIGINT/SIGTERM flush, commit and return)."""
+    ing = Ingester(lake, cfg, report)
+    prev = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in prev:
+        signal.signal(s, ing.stop)
+    try:
+        return ing.run()
+    finally:
+        for s, h in prev.items():
+            signal.signal(s, h)
+
+
+def produce(rows: pa.Table, bootstrap_servers: str, topic: str,
+            kafka_config: dict[str, str] | None = None) -> int:
+    """Send Bronze-shaped rows' payloads with an idempotent producer, key = tenant_id."""
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap_servers, "enable.idempotence": True,
+                  "linger.ms": 20, "batch.num.messages": 10000, "compression.type": "lz4",
+                  "message.max.bytes": 4 * 1024 * 1024, "log_level": 3, **(kafka_config or {})})
+    errors: list[str] = []
+
+    def done(err: Any, _msg: Any) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    values = rows.column("raw_payload").to_pylist()
+    keys = rows.column("tenant_id").to_pylist() if "tenant_id" in rows.column_names else [None] * len(values)
+    for v, k in zip(values, keys, strict=True):
+        while True:
+            try:
+                p.produce(topic, value=v, key=k.encode() if k else None, on_delivery=done)
+                break
+            except BufferError:
+                p.poll(0.1)
+        p.poll(0)
+    p.flush(120)
+    if errors:
+        raise RuntimeError(f"{len(errors)} messages were not delivered: {errors[0]}")
+    return len(values)
+
+
+def _print_progress(stats: IngestStats, stream: Any = sys.stderr) -> None:
+    lag = ", ".join(f"p{p}={n}" for p, n in sorted(stats.lag.items())) or "-"
+    stream.write(f"ingest: {stats.messages:,} messages, {stats.rate():,.0f}/s, {stats.batches} batches "
+                 f"committed, lag {lag}\n")
+    stream.flush()
