@@ -66,6 +66,7 @@ class IngestStats:
     batches: int = 0
     dropped_batches: int = 0
     started: float = field(default_factory=time.monotonic)
+    first_message_at: float | None = None  # after the group join: when data started flowing
     lag: dict[str, int] = field(default_factory=dict)
 
     def rate(self) -> float:
@@ -158,6 +159,8 @@ class Ingester:
                         self._pending.append(m)
                     elif err.code() != KafkaError._PARTITION_EOF and not err.retriable() and err.fatal():
                         raise KafkaException(err)
+                if msgs and self.stats.first_message_at is None:
+                    self.stats.first_message_at = time.monotonic()
                 if msgs or (self._assigned_at is not None and last_message < self._assigned_at):
                     last_message = time.monotonic()  # idle time counts from the first assignment
                 full = len(self._pending) >= self.cfg.max_batch_messages

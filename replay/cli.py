@@ -346,7 +346,13 @@ def dispatch(args: argparse.Namespace) -> int:
         _print(info, args.json)
         return 0
     if args.cmd == "ingest":
-        from engine.kafka_ingest import IngestConfig, _print_progress, ingest, read_kafka_config
+        from engine.kafka_ingest import (
+            IngestConfig,
+            _print_progress,
+            ingest,
+            read_kafka_config,
+            redact,
+        )
 
         for name in ("max_batch_messages", "max_messages"):
             v = getattr(args, name)
@@ -355,6 +361,10 @@ def dispatch(args: argparse.Namespace) -> int:
         cfg = IngestConfig(args.bootstrap_servers, args.topic, args.group_id, args.max_batch_messages,
                            args.max_batch_seconds, args.until_idle, args.max_messages,
                            read_kafka_config(args.kafka_config))
+        if not args.json:
+            shown = redact({"bootstrap.servers": cfg.bootstrap_servers, "group.id": cfg.group_id,
+                            **cfg.kafka_config})
+            print(f"ingest {cfg.topic} -> {args.lake.root} with {shown}", file=sys.stderr)
         stats = ingest(args.lake, cfg, None if args.json else _print_progress)
         _print({"messages": stats.messages, "batches": stats.batches,
                 "dropped_batches": stats.dropped_batches, "lag": stats.lag}, args.json)
