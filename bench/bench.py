@@ -114,8 +114,10 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="mr-bench-"))
     try:
+        cfg = GeneratorConfig(events=args.events, tenants=args.tenants, days=args.days)
+        generate(GeneratorConfig(events=max(1, args.events // 10), tenants=args.tenants))  # warm-up
         t0 = time.perf_counter()
-        bronze = generate(GeneratorConfig(events=args.events, tenants=args.tenants, days=args.days))
+        bronze = generate(cfg)
         gen_s = time.perf_counter() - t0
         n = bronze.num_rows
         lake = api.open_lake(tmp / "lake")
