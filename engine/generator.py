@@ -15,7 +15,7 @@ What a history holds, for a seed:
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -95,9 +95,60 @@ def _fmt_ts(ts_us: np.ndarray, offset_min: np.ndarray) -> pa.Array:
     return pc.binary_join_element_wise(body, suffix, "")
 
 
+#: Events generated per chunk: bounded working set, so the rate holds for long histories.
+CHUNK_EVENTS = 1_000_000
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    sources: pa.Array  # payloads: base events, then invalid messages
+    event_id: pa.Array  # aligned with sources (NULL for invalid messages)
+    event_ts: np.ndarray  # aligned with sources (-1 for invalid messages)
+    tenant: np.ndarray  # aligned with sources
+    row_src: np.ndarray  # one per output row: index into sources (re-deliveries repeat one)
+    row_ing: np.ndarray  # one per output row: ingestion time (us)
+
+
 def generate(cfg: GeneratorConfig) -> pa.Table:
-    """A Bronze table (SPEC section 2) in ingestion order."""
-    rng = np.random.default_rng(cfg.seed)
+    """A Bronze table (SPEC section 2) in ingestion order, built in chunks of events."""
+    trng = np.random.default_rng([cfg.seed, 0])  # tenants' plans: the same for every chunk
+    T = max(1, cfg.tenants)
+    start_us = int(cfg.start.timestamp()) * US
+    span_us = int(cfg.days * 86400 * US)
+    plan0 = trng.choice(len(PLANS), size=T, p=PLAN_WEIGHTS)
+    plan1 = np.where(trng.random(T) < cfg.plan_change_rate, trng.integers(0, len(PLANS), T), plan0)
+    change_at = start_us + (trng.random(T) * span_us).astype(np.int64)
+    tenant_names = pa.array([f"tenant-{i:05d}" for i in range(T)])  # T is small next to events
+    n_chunks = max(1, -(-cfg.events // CHUNK_EVENTS))
+    chunks, offset = [], 0
+    for i in range(n_chunks):
+        events = cfg.events // n_chunks + (1 if i < cfg.events % n_chunks else 0)
+        sub = replace(cfg, events=events)
+        chunk = _chunk(sub, np.random.default_rng([cfg.seed, i + 1]), tenant_names, plan0, plan1,
+                       change_at, offset)
+        offset += len(chunk.sources)
+        chunks.append(chunk)
+    base = np.cumsum([0] + [len(c.sources) for c in chunks[:-1]])
+    row_src = np.concatenate([c.row_src + b for c, b in zip(chunks, base, strict=True)])
+    row_ing = np.concatenate([c.row_ing for c in chunks])
+    order = np.argsort(row_ing, kind="stable")
+    src = row_src[order]
+    take = pa.array(src)
+    tenant = np.concatenate([c.tenant for c in chunks])[src]
+    ts = np.concatenate([c.event_ts for c in chunks])[src]
+    ok = pa.array(ts != -1)
+    known = pa.table({
+        "event_id": pa.concat_arrays([c.event_id for c in chunks]).take(take),
+        "tenant_id": pc.if_else(ok, tenant_names.take(pa.array(tenant)), pa.scalar(None, pa.string())),
+        "event_timestamp": pc.if_else(ok, pa.array(ts, pa.int64()).cast(schemas.TS),
+                                      pa.scalar(None, schemas.TS)),
+    })
+    payload = pa.concat_arrays([c.sources for c in chunks]).take(take)
+    return _assemble(payload, tenant_names, tenant, row_ing[order], known)
+
+
+def _chunk(cfg: GeneratorConfig, rng: np.random.Generator, tenant_names: pa.Array, plan0: np.ndarray,
+           plan1: np.ndarray, change_at: np.ndarray, id_offset: int) -> _Chunk:
     n_inv = int(round(cfg.events * cfg.invalid_rate))
     n_valid = max(0, cfg.events - n_inv)
     n_dup = int(round(n_valid * cfg.dup_rate))
@@ -106,10 +157,6 @@ def generate(cfg: GeneratorConfig) -> pa.Table:
     span_us = int(cfg.days * 86400 * US)
     T = max(1, cfg.tenants)
 
-    tenant_names = pa.array([f"tenant-{i:05d}" for i in range(T)])  # T is small next to events
-    plan0 = rng.choice(len(PLANS), size=T, p=PLAN_WEIGHTS)
-    plan1 = np.where(rng.random(T) < cfg.plan_change_rate, rng.integers(0, len(PLANS), T), plan0)
-    change_at = start_us + (rng.random(T) * span_us).astype(np.int64)
     weights = 1.0 / np.power(np.arange(1, T + 1), 1.1)
     weights /= weights.sum()
 
@@ -150,7 +197,7 @@ def generate(cfg: GeneratorConfig) -> pa.Table:
                         p=[0.7, 0.05, 0.03, 0.05, 0.05, 0.04, 0.05, 0.03])
     v2 = ts >= start_us + span_us // 2
 
-    ev = _ids("evt-", np.arange(n_base), 10)
+    ev = _ids("evt-", id_offset + np.arange(n_base), 10)
     parts = [
         '{"event_id": "', ev,
         '", "event_timestamp": "', _fmt_ts(ts, offset_min),
@@ -184,30 +231,22 @@ def generate(cfg: GeneratorConfig) -> pa.Table:
     row_src = np.concatenate([np.arange(n_base), dup_idx])
     row_ing = np.concatenate([ing, dup_ing])
     sources = [payload.cast(pa.binary())]
+    event_ids = [ev.cast(pa.string())]
+    event_ts = [ts]
     if n_inv:
-        inv_payload, inv_tenant, inv_ing = _invalid(rng, n_inv, tenant_names, start_us, span_us)
+        inv_payload, inv_tenant, inv_ing = _invalid(rng, n_inv, tenant_names, start_us, span_us, id_offset)
         sources.append(inv_payload)
+        event_ids.append(pa.nulls(n_inv, pa.string()))
+        event_ts.append(np.full(n_inv, -1, dtype=np.int64))
         row_src = np.concatenate([row_src, n_base + np.arange(n_inv)])
         row_ing = np.concatenate([row_ing, inv_ing])
         tenant = np.concatenate([tenant, inv_tenant])
-    order = np.argsort(row_ing, kind="stable")
-    src = row_src[order]
-    ok = src < n_base
-    # best-effort Bronze columns, known without parsing for generated valid events
-    ev_ts = pa.array(ts, pa.int64()).cast(schemas.TS)
-    take = pa.array(np.where(ok, src, 0))
-    mask = pa.array(~ok)
-    known = pa.table({
-        "event_id": pc.if_else(mask, pa.scalar(None, pa.string()), ev.take(take).cast(pa.string())),
-        "tenant_id": pc.if_else(mask, pa.scalar(None, pa.string()),
-                                tenant_names.take(pa.array(tenant[src]))),
-        "event_timestamp": pc.if_else(mask, pa.scalar(None, schemas.TS), ev_ts.take(take)),
-    })
-    all_payload = pa.concat_arrays(sources).take(pa.array(src))
-    return _assemble(all_payload, tenant_names, tenant[src], row_ing[order], known)
+    return _Chunk(pa.concat_arrays(sources), pa.concat_arrays(event_ids), np.concatenate(event_ts),
+                  tenant, row_src.astype(np.int64), row_ing)
 
 
-def _invalid(rng: np.random.Generator, n: int, tenant_names: pa.Array, start_us: int, span_us: int):
+def _invalid(rng: np.random.Generator, n: int, tenant_names: pa.Array, start_us: int, span_us: int,
+             id_offset: int = 0):
     tmpl = np.arange(n) % len(INVALID_TEMPLATES)
     rng.shuffle(tmpl)
     tenant = rng.integers(0, len(tenant_names), n)
@@ -216,7 +255,7 @@ def _invalid(rng: np.random.Generator, n: int, tenant_names: pa.Array, start_us:
     out = []
     for i in range(n):  # n = invalid_rate x events: small next to the vectorized bulk
         t = INVALID_TEMPLATES[tmpl[i]]
-        t = t.replace(b"{id}", f"bad-{i:08d}".encode()).replace(b"{ts}", ts_text[i].encode())
+        t = t.replace(b"{id}", f"bad-{id_offset + i:010d}".encode()).replace(b"{ts}", ts_text[i].encode())
         out.append(t.replace(b"{t}", tenant_names[int(tenant[i])].as_py().encode()))
     return pa.array(out, pa.binary()), tenant, ts + rng.integers(50_000, 2 * US, n)
 
