@@ -210,11 +210,6 @@ class RunResult:
                 "checks": [c.to_dict() for c in self.checks]}
 
 
-def _abs_paths(lake: Lake, table: str, files: list[str]) -> tuple[str, ...]:
-    base = lake.uri(table)
-    return tuple(f if "://" in f or f.startswith("/") else f"{base}/{f}" for f in files)
-
-
 def map_specs(lake: Lake, plan: Plan, ruleset: Ruleset, cpus: int) -> list[MapSpec]:
     """Split the source's row groups into ``plan.map_tasks`` tasks of about equal size."""
     assert plan.mode is not None
