@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
@@ -122,8 +122,10 @@ def generate(cfg: GeneratorConfig) -> pa.Table:
     n_chunks = max(1, -(-cfg.events // CHUNK_EVENTS))
     chunks, offset = [], 0
     for i in range(n_chunks):
+        # chunk i covers the i-th slice of the time span, so chunks come out nearly in order
         events = cfg.events // n_chunks + (1 if i < cfg.events % n_chunks else 0)
-        sub = replace(cfg, events=events)
+        sub = replace(cfg, events=events, days=cfg.days / n_chunks,
+                      start=cfg.start + timedelta(days=cfg.days * i / n_chunks))
         chunk = _chunk(sub, np.random.default_rng([cfg.seed, i + 1]), tenant_names, plan0, plan1,
                        change_at, offset)
         offset += len(chunk.sources)
@@ -241,8 +243,13 @@ def _chunk(cfg: GeneratorConfig, rng: np.random.Generator, tenant_names: pa.Arra
         row_src = np.concatenate([row_src, n_base + np.arange(n_inv)])
         row_ing = np.concatenate([row_ing, inv_ing])
         tenant = np.concatenate([tenant, inv_tenant])
-    return _Chunk(pa.concat_arrays(sources), pa.concat_arrays(event_ids), np.concatenate(event_ts),
-                  tenant, row_src.astype(np.int64), row_ing)
+    # rows in local ingestion order (a gather within the chunk): the global merge stays local
+    order = np.argsort(row_ing, kind="stable")
+    src = row_src[order]
+    take = pa.array(src)
+    return _Chunk(pa.concat_arrays(sources).take(take), pa.concat_arrays(event_ids).take(take),
+                  np.concatenate(event_ts)[src], tenant[src], np.arange(len(src), dtype=np.int64),
+                  row_ing[order])
 
 
 def _invalid(rng: np.random.Generator, n: int, tenant_names: pa.Array, start_us: int, span_us: int,
