@@ -191,6 +191,7 @@ class Ingester:
         for m in msgs:
             by_part.setdefault(m.partition(), []).append(m)
         keep: list[Any] = []
+        kept: set[int] = set()
         txns = []
         snapshot = self.lake.table(schemas.BRONZE)  # the offsets are checked against this version
         for part, ms in sorted(by_part.items()):
@@ -205,10 +206,11 @@ class Ingester:
                                                       expected if expected is not None else OFFSET_INVALID))
                 continue
             keep.extend(ms)
+            kept.add(part)
             txns.append(Transaction(app_id(self.cfg.topic, part), ms[-1].offset() + 1))
         if not keep:
             return
-        rows = self._rows(keep)
+        rows = self._rows({p: ms for p, ms in by_part.items() if p in kept})
         try:
             self.lake.append_fenced(snapshot, schemas.BRONZE, rows, {
                 "op": "ingest", "topic": self.cfg.topic,
@@ -231,12 +233,10 @@ class Ingester:
         if self.report:
             self.report(self.stats)
 
-    def _rows(self, msgs: list[Any]) -> pa.Table:
+    def _rows(self, by_part: dict[int, list[Any]]) -> pa.Table:
+        """Bronze rows of the batch's messages, grouped by partition."""
         now = datetime.now(UTC)
         parts: list[pa.Table] = []
-        by_part: dict[int, list[Any]] = {}
-        for m in msgs:
-            by_part.setdefault(m.partition(), []).append(m)
         for part, ms in by_part.items():
             raw = pa.array([m.value() for m in ms], pa.binary())
             ts = pa.array([m.timestamp()[1] * 1000 if m.timestamp()[0] else None for m in ms],

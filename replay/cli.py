@@ -201,6 +201,18 @@ def _plan_text(p: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _rows_out(rows: list[dict[str, Any]], as_json: bool, empty: str,
+              columns: list[str] | None = None) -> None:
+    """A list of records as JSON, or as a text table (optionally only ``columns``)."""
+    if as_json:
+        _print(rows, True)
+    elif not rows:
+        print(empty)
+    else:
+        shown = [{c: r[c] for c in columns} for r in rows] if columns else rows
+        print(_table_out(pa.Table.from_pylist(shown), "table"))
+
+
 def _parse_params(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items:
@@ -308,14 +320,9 @@ def dispatch(args: argparse.Namespace) -> int:
         _print(api.rollback(args.lake, args.replay_id, args.reason), args.json)
         return 0
     if args.cmd == "history":
-        rows = api.history(args.lake)
-        if args.json:
-            _print(rows, True)
-        else:
-            cols = ["reprocessing_id", "kind", "status", "mode", "start_time", "end_time", "ruleset_name",
-                    "record_count", "conservation_ok", "target_id", "reason"]
-            print(_table_out(pa.Table.from_pylist([{c: r[c] for c in cols} for r in rows]), "table")
-                  if rows else "the ledger is empty")
+        _rows_out(api.history(args.lake), args.json, "the ledger is empty",
+                  ["reprocessing_id", "kind", "status", "mode", "start_time", "end_time", "ruleset_name",
+                   "record_count", "conservation_ok", "target_id", "reason"])
         return 0
     if args.cmd == "generate":
         from engine.generator import GeneratorConfig
@@ -370,11 +377,7 @@ def dispatch(args: argparse.Namespace) -> int:
                 "dropped_batches": stats.dropped_batches, "lag": stats.lag}, args.json)
         return 0
     if args.cmd == "status":
-        rows = api.status(args.lake)
-        if args.json:
-            _print(rows, True)
-        else:
-            print(_table_out(pa.Table.from_pylist(rows), "table"))
+        _rows_out(api.status(args.lake), args.json, "no tables")
         return 0
     if args.cmd == "sql":
         tbl = api.sql(args.lake, args.query, _parse_params(args.param))
@@ -409,9 +412,7 @@ def dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.cmd == "experiment":
         if args.list:
-            rows = api.experiments(args.lake)
-            _print(rows, True) if args.json else print(
-                _table_out(pa.Table.from_pylist(rows), "table") if rows else "no experiments")
+            _rows_out(api.experiments(args.lake), args.json, "no experiments")
             return 0
         if args.drop:
             api.drop(args.lake, args.drop)

@@ -75,3 +75,9 @@ def test_duplicates_table_carries_rule_and_lineage():
     row = out["duplicates"].to_pylist()[0]
     assert row["rule"] == "dedup@2" and row["kept_ingestion_timestamp"] == T0
     assert row["event_id"] == "e1" and row["tenant_id"] == "acme"
+
+
+def test_silver_event_date_is_the_utc_date_of_event_timestamp():
+    e = event(event_timestamp="2026-03-02T00:30:00+01:00")  # 2026-03-01 23:30 UTC
+    row = fold([e], "2026-02", ingestion=[T0])["silver"].to_pylist()[0]
+    assert str(row["event_date"]) == "2026-03-01"
