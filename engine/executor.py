@@ -8,6 +8,16 @@ A replay is a map/reduce over tenant buckets:
   the bucket. Every event of a tenant meets in one reduce task, so dedup and
   windows are exact.
 
+A reduce task whose input exceeds its memory budget folds it in ingestion-time
+chunks: the dedup rule carries its per-key state from chunk to chunk (see
+:mod:`rules._dedup`), and each chunk adds partial 1-minute counts that merge
+exactly (counts add, the latest event wins), so late events that fall into an
+earlier chunk's minute are counted in it. Plan limits, burst windows, hourly
+rows and alerts run once over the merged minutes. A chunk's Silver and
+duplicates leave the task as soon as they are computed: when the spec names a
+lake, workers write their rows as uncommitted Parquet files of the target tables
+(:mod:`engine.staging`) and return only small handles, which the driver commits.
+
 Workers are top-level functions over picklable frozen specs; the local and Ray
 executors share the :class:`Executor` interface and produce identical tables.
 """
@@ -21,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -28,9 +39,14 @@ from engine import schemas
 from engine.lake import Lake
 from engine.pipeline import Compiled, split_buckets
 from engine.scope import Scope
+from engine.staging import Staged
 from rules.base import Ruleset
 
 Mode = Literal["full", "gold"]
+#: A table a task hands back: rows in memory, or files it staged in the lake.
+Out = pa.Table | Staged
+#: A chunk's working set (DuckDB windows, sorts, copies) relative to its Arrow input.
+WORK_FACTOR = 4
 MAP_COLUMNS: dict[str, list[str]] = {
     "full": ["raw_payload", "kafka_topic", "kafka_partition", "kafka_offset", "ingestion_timestamp"],
     "gold": schemas.SILVER_SCHEMA.names,
@@ -51,15 +67,31 @@ class MapSpec:
     scope: Scope | None = None
     threads: int = 0
     bronze_root: str | None = None
+    #: set: stage output files in the lake under this replay id instead of returning rows
+    replay_id: str | None = None
 
 
 @dataclass(frozen=True)
 class MapResult:
     rows_in: int
-    quarantine: pa.Table
+    quarantine: Out
     buckets: tuple[pa.Table, ...]
     seconds: float
     node: str = ""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a task stages its output: a lake, the replay id, and the replay's scope."""
+
+    lake_root: str
+    storage_options: tuple[tuple[str, str], ...]
+    bronze_root: str | None
+    replay_id: str
+    scope: Scope | None = None
+
+    def lake(self) -> Lake:
+        return Lake(self.lake_root, dict(self.storage_options) or None, self.bronze_root)
 
 
 @dataclass(frozen=True)
@@ -68,18 +100,22 @@ class ReduceSpec:
     mode: Mode
     ruleset: Ruleset
     threads: int = 0
+    #: bytes a task may use for one chunk's working set; 0: no limit (one chunk)
+    memory_budget: int = 0
+    target: Target | None = None
 
 
 @dataclass(frozen=True)
 class ReduceResult:
     bucket: int
-    silver: pa.Table | None
-    duplicates: pa.Table | None
-    minute: pa.Table
-    hourly: pa.Table
-    alerts: pa.Table
+    silver: Out | None
+    duplicates: Out | None
+    minute: Out
+    hourly: Out
+    alerts: Out
     seconds: float
     node: str = ""
+    chunks: int = 1
 
 
 def where() -> str:
@@ -153,8 +189,18 @@ def map_shard(spec: MapSpec) -> MapResult:
         rows, quarantine = data, schemas.empty(schemas.QUARANTINE_SCHEMA)
     rows = _restrict(rows, spec.scope, spec.mode)
     buckets = tuple(split_buckets(rows, spec.n_buckets))
+    out_q: Out = quarantine
+    if spec.replay_id is not None and spec.mode == "full":
+        target = Target(spec.lake_root, spec.storage_options, spec.bronze_root, spec.replay_id, spec.scope)
+        out_q = _stage(target, schemas.QUARANTINE, quarantine, "q")
     _fault_kill_once("map")
-    return MapResult(data.num_rows, quarantine, buckets, time.perf_counter() - t0, where())
+    return MapResult(data.num_rows, out_q, buckets, time.perf_counter() - t0, where())
+
+
+def _stage(target: Target, table: str, data: pa.Table, tag: str) -> Staged:
+    if target.scope is not None:
+        data = data.filter(target.scope.mask(data, table))
+    return target.lake().stage(table, data, f"{target.replay_id}-{tag}")
 
 
 def _restrict(rows: pa.Table, scope: Scope | None, mode: Mode) -> pa.Table:
@@ -178,36 +224,121 @@ def map_shard_parts(spec: MapSpec) -> tuple[object, ...]:
     return (summary, *res.buckets)
 
 
+def time_chunks(pieces: tuple[pa.Table, ...], budget: int) -> list[tuple[Any, Any]]:
+    """Ingestion-time bounds [lo, hi) splitting ``pieces`` into chunks that fit ``budget``.
+
+    Bounds are ingestion_timestamp values (None: unbounded), so rows of one instant
+    stay in one chunk and chunks follow the total ingestion order of SPEC 2.
+    """
+    nbytes = sum(p.nbytes for p in pieces)
+    n = -(-nbytes * WORK_FACTOR // budget) if budget > 0 else 1
+    if n <= 1:
+        return [(None, None)]
+    ts = pa.chunked_array([c for p in pieces for c in p.column("ingestion_timestamp").chunks],
+                          schemas.TS)
+    ints = np.sort(pc.cast(ts, pa.int64()).to_numpy())
+    picks = ints[[i * len(ints) // n for i in range(1, n)]] if len(ints) else []
+    cuts = sorted({int(q) for q in picks if q != ints[0]})
+    bounds = [pa.scalar(c, pa.int64()).cast(schemas.TS) for c in cuts]
+    edges: list[Any] = [None, *bounds, None]
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def _chunk(pieces: tuple[pa.Table, ...], lo: Any, hi: Any) -> pa.Table:
+    if lo is None and hi is None:
+        return pa.concat_tables(pieces)
+    parts = []
+    for p in pieces:
+        ts = p.column("ingestion_timestamp")
+        m = None
+        if lo is not None:
+            m = pc.greater_equal(ts, lo)
+        if hi is not None:
+            m2 = pc.less(ts, hi)
+            m = m2 if m is None else pc.and_(m, m2)
+        parts.append(p.filter(m))
+    return pa.concat_tables(parts)
+
+
+class _Sink:
+    """Collects a table's rows from chunk after chunk: staged as files, or kept in memory."""
+
+    def __init__(self, target: Target | None, table: str, tag: str) -> None:
+        self.target, self.table, self.tag = target, table, tag
+        self.parts: list[pa.Table] = []
+        self.staged: list[Staged] = []
+
+    def add(self, data: pa.Table) -> None:
+        if self.target is None:
+            self.parts.append(data)
+        elif data.num_rows:
+            self.staged.append(_stage(self.target, self.table, data, f"{self.tag}c{len(self.staged)}"))
+
+    def result(self) -> Out:
+        if self.target is not None:
+            return Staged.merge(self.table, self.staged)
+        if not self.parts:
+            return schemas.empty(schemas.SCHEMAS[self.table])
+        return pa.concat_tables(self.parts) if len(self.parts) > 1 else self.parts[0]
+
+
 def reduce_shard(spec: ReduceSpec, *pieces: pa.Table) -> ReduceResult:
-    """All rows of one tenant bucket -> its Silver (full mode) and Gold rows."""
+    """All rows of one tenant bucket -> its Silver (full mode) and Gold rows.
+
+    Folds the rows in ingestion-time chunks when they exceed ``spec.memory_budget``
+    (full mode needs a dedup rule with ``apply_chunk``; otherwise one chunk).
+    """
     t0 = time.perf_counter()
     _threads(spec.threads)
     compiled = Compiled.of(spec.ruleset)
-    rows = pa.concat_tables(pieces) if pieces else None
-    silver = duplicates = None
-    if spec.mode == "full":
-        valid = rows if rows is not None else schemas.empty(schemas.VALID_SCHEMA)
-        silver, duplicates = compiled.dedup(schemas.conform(valid, schemas.VALID_SCHEMA))
-        gold_in = silver
-    else:
-        gold_in = rows if rows is not None else schemas.empty(schemas.SILVER_SCHEMA)
-    minute, hourly, alerts = compiled.gold(gold_in)
+    full = spec.mode == "full"
+    schema = schemas.VALID_SCHEMA if full else schemas.SILVER_SCHEMA
+    pieces = tuple(p for p in pieces if p.num_rows) or (schemas.empty(schema),)
+    chunkable = not full or compiled.can_chunk
+    bounds = time_chunks(pieces, spec.memory_budget) if chunkable else [(None, None)]
+    tag = f"b{spec.bucket}"
+    silver_sink = _Sink(spec.target, schemas.SILVER, tag)
+    dup_sink = _Sink(spec.target, schemas.DUPLICATES, tag)
+    minutes: list[pa.Table] = []
+    state = None
+    for i, (lo, hi) in enumerate(bounds):
+        rows = _chunk(pieces, lo, hi)
+        if full:
+            valid = schemas.conform(rows, schemas.VALID_SCHEMA)
+            if len(bounds) == 1:
+                silver, duplicates = compiled.dedup(valid)
+            else:
+                last = i == len(bounds) - 1
+                silver, duplicates, state = compiled.dedup_chunk(valid, state, None if last else hi)
+            silver_sink.add(silver)
+            dup_sink.add(duplicates)
+            rows = silver
+        minutes.append(compiled.minutes(rows))
+    minute, hourly, alerts = compiled.gold_from_minutes(compiled.merge_minutes(minutes))
     _fault_kill_once("reduce")
-    return ReduceResult(spec.bucket, silver, duplicates, minute, hourly, alerts,
-                        time.perf_counter() - t0, where())
+    outs: dict[str, Out] = {}
+    for table, data in ((schemas.MINUTE, minute), (schemas.HOURLY, hourly), (schemas.ALERTS, alerts)):
+        sink = _Sink(spec.target, table, tag)
+        sink.add(data)
+        outs[table] = sink.result()
+    return ReduceResult(spec.bucket, silver_sink.result() if full else None,
+                        dup_sink.result() if full else None, outs[schemas.MINUTE],
+                        outs[schemas.HOURLY], outs[schemas.ALERTS], time.perf_counter() - t0,
+                        where(), len(bounds))
 
 
 @dataclass(frozen=True)
 class JobOutput:
     rows_in: int
-    quarantine: pa.Table
-    silver: pa.Table | None
-    duplicates: pa.Table | None
-    minute: pa.Table
-    hourly: pa.Table
-    alerts: pa.Table
+    quarantine: Out
+    silver: Out | None
+    duplicates: Out | None
+    minute: Out
+    hourly: Out
+    alerts: Out
     task_seconds: dict[str, float] = field(default_factory=dict)
     nodes: tuple[str, ...] = ()
+    chunks: int = 0
 
 
 Progress = Callable[[str, int, int], None]
@@ -222,25 +353,33 @@ class Executor(Protocol):
             progress: Progress | None = None) -> JobOutput: ...
 
 
+def _gather(table: str, parts: list[Out]) -> Out:
+    if parts and all(isinstance(p, Staged) for p in parts):
+        return Staged.merge(table, [p for p in parts if isinstance(p, Staged)])
+    tables = [p for p in parts if isinstance(p, pa.Table)]
+    if len(tables) != len(parts):
+        raise TypeError(f"{table}: tasks returned both rows and staged files")
+    return pa.concat_tables(tables) if tables else schemas.empty(schemas.SCHEMAS[table])
+
+
 def combine(maps: list[MapResult], reduces: list[ReduceResult], mode: Mode) -> JobOutput:
     reduces = sorted(reduces, key=lambda r: r.bucket)
 
-    def cat(name: str, schema: pa.Schema) -> pa.Table:
-        parts = [getattr(r, name) for r in reduces if getattr(r, name) is not None]
-        return pa.concat_tables(parts) if parts else schemas.empty(schema)
+    def cat(name: str, table: str) -> Out:
+        return _gather(table, [getattr(r, name) for r in reduces if getattr(r, name) is not None])
 
     full = mode == "full"
     return JobOutput(
         rows_in=sum(m.rows_in for m in maps),
-        quarantine=pa.concat_tables([m.quarantine for m in maps])
-        if maps else schemas.empty(schemas.QUARANTINE_SCHEMA),
-        silver=cat("silver", schemas.SILVER_SCHEMA) if full else None,
-        duplicates=cat("duplicates", schemas.DUPLICATES_SCHEMA) if full else None,
-        minute=cat("minute", schemas.MINUTE_SCHEMA),
-        hourly=cat("hourly", schemas.HOURLY_SCHEMA),
-        alerts=cat("alerts", schemas.ALERTS_SCHEMA),
+        quarantine=_gather(schemas.QUARANTINE, [m.quarantine for m in maps]),
+        silver=cat("silver", schemas.SILVER) if full else None,
+        duplicates=cat("duplicates", schemas.DUPLICATES) if full else None,
+        minute=cat("minute", schemas.MINUTE),
+        hourly=cat("hourly", schemas.HOURLY),
+        alerts=cat("alerts", schemas.ALERTS),
         task_seconds={"map": sum(m.seconds for m in maps), "reduce": sum(r.seconds for r in reduces)},
         nodes=tuple(sorted({m.node for m in maps} | {r.node for r in reduces})),
+        chunks=sum(r.chunks for r in reduces),
     )
 
 

@@ -10,11 +10,13 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as pds
+import pyarrow.fs as pafs
 from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from engine import schemas
 from engine.errors import CommitConflictError, LakeError, UsageError
+from engine.staging import PREFIX, Staged, add_actions, filesystem, stage
 
 META_PREFIX = "medallion."
 #: Row groups of ~128k rows: the unit a replay's map tasks split files into.
@@ -124,6 +126,61 @@ class Lake:
         except CommitFailedError as exc:
             raise CommitConflictError(f"concurrent commit on {table}: {exc}", table=table) from None
         return self.table(table).version()
+
+    def commit_staged(self, table: str, staged: Staged, *, metadata: Mapping[str, Any]) -> int:
+        """Replace ``table`` with the staged files in one Delta commit; returns the new version."""
+        if table == schemas.BRONZE:
+            raise LakeError("Bronze is append-only; staged files never replace it")
+        dt = self.ensure(table)
+        try:
+            dt.create_write_transaction(
+                add_actions(staged), mode="overwrite", schema=schemas.SCHEMAS[table],
+                partition_by=schemas.PARTITIONS.get(table),
+                commit_properties=CommitProperties(custom_metadata=encode_metadata(metadata)))
+        except CommitFailedError as exc:
+            raise CommitConflictError(f"concurrent commit on {table}: {exc}", table=table) from None
+        return self.table(table).version()
+
+    def stage(self, table: str, data: pa.Table, tag: str) -> Staged:
+        """Write ``data`` as uncommitted files of ``table`` (see :mod:`engine.staging`)."""
+        return stage(self.uri(table), self._opts, table, data, tag, ROW_GROUP_ROWS)
+
+    def files(self, table: str, version: int | None = None) -> set[str]:
+        """Paths (relative to the table root) of the data files of a version."""
+        adds = self.table(table, version).get_add_actions(flatten=True)
+        return {str(p) for p in pa.table(adds).column("path").to_pylist()}
+
+    def sweep(self, table: str, replay_id: str) -> int:
+        """Delete files staged by ``replay_id`` that no version of ``table`` references.
+
+        Tasks killed and retried, or a replay that failed before committing, leave such
+        files; readers never see them. Only the latest snapshot counts as referencing, so
+        call it right after the replay committed the table (or before any commit).
+        Returns how many were removed (best effort).
+        """
+        if not self.exists(table):
+            return 0
+        fs, base = filesystem(self.uri(table), self._opts)
+        referenced = self.files(table)
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(base or "", recursive=True))
+        except Exception:
+            return 0
+        removed = 0
+        mark = f"{PREFIX}{replay_id}-"
+        for info in infos:
+            name = info.path.rsplit("/", 1)[-1]
+            if not name.startswith(mark) or info.type != pafs.FileType.File:
+                continue
+            rel = info.path[len(base):].lstrip("/") if base else info.path
+            if rel in referenced or info.path in referenced:
+                continue
+            try:
+                fs.delete_file(info.path)
+                removed += 1
+            except Exception:
+                continue
+        return removed
 
     def restore(self, table: str, version: int, by: str) -> int:
         """Restore ``table`` to ``version``; the commit carries that version's metadata."""

@@ -7,6 +7,7 @@ a shard must hold every event of its tenants (dedup and windows are per tenant).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -41,6 +42,15 @@ SELECT tenant_id, date_trunc('hour', window_start) AS window_start,
   count(*) FILTER (WHERE over_limit_count > 0)::BIGINT AS over_limit_minutes,
   sum(burst_allowance_used)::BIGINT AS burst_allowance_used
 FROM minutes
+GROUP BY ALL
+"""
+
+#: Partial 1-minute aggregates of several chunks -> one row per minute (all are mergeable).
+MERGE_MINUTES_SQL = """
+SELECT tenant_id, window_start, any_value(window_end) AS window_end,
+  arg_max(subscription_plan, latest) AS subscription_plan, max(latest) AS latest,
+  sum(total_requests)::BIGINT AS total_requests, sum(error_requests)::BIGINT AS error_requests
+FROM parts
 GROUP BY ALL
 """
 
@@ -84,9 +94,36 @@ class Compiled:
         rule, params = self._slot("dedup")
         return rule.apply(params, valid)
 
+    @property
+    def can_chunk(self) -> bool:
+        """Whether the dedup rule can run over ingestion-time chunks with carried state."""
+        rule, _ = self._slot("dedup")
+        return hasattr(rule, "apply_chunk")
+
+    def dedup_chunk(self, valid: pa.Table, prior: pa.Table | None,
+                    until: Any) -> tuple[pa.Table, pa.Table, pa.Table | None]:
+        rule, params = self._slot("dedup")
+        if isinstance(until, pa.Scalar):
+            until = until.as_py()
+        return rule.apply_chunk(params, valid, prior, until)
+
+    @staticmethod
+    def minutes(silver: pa.Table) -> pa.Table:
+        """Silver rows -> 1-minute counts and latest event (mergeable across chunks)."""
+        return run_sql(MINUTES_SQL, {"silver": silver})
+
+    @staticmethod
+    def merge_minutes(parts: list[pa.Table]) -> pa.Table:
+        if len(parts) == 1:
+            return parts[0]
+        return run_sql(MERGE_MINUTES_SQL, {"parts": pa.concat_tables(parts)})
+
     def gold(self, silver: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table]:
         """Silver rows (all events of their tenants) -> (1-minute, hourly, alerts)."""
-        minutes = run_sql(MINUTES_SQL, {"silver": silver})
+        return self.gold_from_minutes(self.minutes(silver))
+
+    def gold_from_minutes(self, minutes: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table]:
+        """Merged 1-minute counts of every event of their tenants -> (1-minute, hourly, alerts)."""
         rule, params = self._slot("plan_limits")
         try:
             minutes = rule.apply(params, minutes)

@@ -16,17 +16,30 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine import audit, checks, schemas
+from engine.config import ReplayConfig
 from engine.errors import UsageError
-from engine.executor import Executor, JobOutput, MapSpec, Mode, Progress, ReduceSpec, file_units
+from engine.executor import (
+    WORK_FACTOR,
+    Executor,
+    JobOutput,
+    MapSpec,
+    Mode,
+    Out,
+    Progress,
+    ReduceSpec,
+    Target,
+    file_units,
+)
 from engine.lake import Lake
 from engine.lease import lease_for
 from engine.pipeline import Compiled
 from engine.scope import Scope
+from engine.staging import Staged
 from rules.base import Ruleset, canonical_json
 
 ModeArg = Literal["auto", "full", "gold"]
-#: A map task reads about this many rows (bounded memory per task, whatever the history length).
-ROWS_PER_MAP_TASK = 1_000_000
+#: Rough in-memory size of a validated event (Arrow), for the plan's chunk estimate.
+ROW_BYTES = 300
 
 
 def silver_fingerprint(ruleset: Ruleset) -> str:
@@ -58,6 +71,9 @@ class Plan:
     map_tasks: int
     buckets: int
     executor: str
+    #: bytes a reduce task may use per chunk, and how many time chunks a shard is expected to need
+    task_memory: int = ReplayConfig().task_memory
+    chunks_per_shard: int = 1
     scope: Scope | None = None
     #: an experiment whose output this replay publishes instead of recomputing it
     reuse: str | None = None
@@ -92,7 +108,11 @@ def _changed_rules(old: list[dict[str, Any]] | None, new: Ruleset, layer: str) -
 
 
 def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor: str = "local",
-               cpus: int = 1, buckets: int | None = None, scope: Scope | None = None) -> Plan:
+               cpus: int = 1, buckets: int | None = None, scope: Scope | None = None,
+               config: ReplayConfig | None = None) -> Plan:
+    """What a replay must recompute and why. ``buckets`` overrides ``config.shards``."""
+    cfg = config or ReplayConfig()
+    buckets = buckets or cfg.shards
     compiled = Compiled.of(ruleset)
     sfp = silver_fingerprint(ruleset)
     if not lake.exists(schemas.BRONZE):
@@ -160,8 +180,12 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
             rows += int(act.get("num_records") or 0)
     n_buckets = buckets or max(1, cpus * 2 if cpus > 1 else 1)
     n_units = len(file_units(lake.dataset(source, source_v))) if chosen is not None else 0
-    wanted = max(-(-rows // ROWS_PER_MAP_TASK), cpus * 2 if cpus > 1 else 1)
+    wanted = max(-(-rows // cfg.rows_per_map_task), cpus * 2 if cpus > 1 else 1)
     map_tasks = min(n_units, wanted)
+    shard_bytes = rows * ROW_BYTES // max(1, n_buckets)
+    chunks = max(1, -(-shard_bytes * WORK_FACTOR // cfg.task_memory))
+    if chosen == "full" and not compiled.can_chunk:
+        chunks = 1
     tables = (
         (*schemas.SILVER_TABLES, *schemas.GOLD_TABLES) if chosen == "full"
         else schemas.GOLD_TABLES if chosen == "gold" else ()
@@ -186,6 +210,8 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
         buckets=n_buckets,
         executor=executor,
         scope=scope,
+        task_memory=cfg.task_memory,
+        chunks_per_shard=chunks if chosen is not None else 0,
     )
 
 
@@ -202,11 +228,13 @@ class RunResult:
     seconds: float
     operator: str
     checks: tuple[Any, ...] = ()
+    #: time chunks the reduce tasks folded (= shards when every shard fit its memory budget)
+    chunks: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"replay_id": self.plan.replay_id, "mode": self.plan.mode, "versions": self.versions,
                 "counts": self.counts, "conservation_ok": self.conservation_ok,
-                "seconds": round(self.seconds, 3), "plan": self.plan.to_dict(),
+                "seconds": round(self.seconds, 3), "chunks": self.chunks, "plan": self.plan.to_dict(),
                 "checks": [c.to_dict() for c in self.checks]}
 
 
@@ -221,7 +249,8 @@ def map_specs(lake: Lake, plan: Plan, ruleset: Ruleset, cpus: int) -> list[MapSp
     opts = tuple(sorted((lake.storage_options or {}).items()))
     threads = max(1, cpus // n) if cpus > 1 else 0
     return [MapSpec(lake.root, opts, plan.source_table, plan.source_version or 0, tuple(g), plan.mode,
-                    ruleset, plan.buckets, plan.scope, threads, lake.bronze_root) for g in groups if g]
+                    ruleset, plan.buckets, plan.scope, threads, lake.bronze_root, plan.replay_id)
+            for g in groups if g]
 
 
 def _fault_hook(committed: int) -> None:
@@ -269,6 +298,8 @@ def execute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
         except BaseException as exc:
             audit.update(lake, plan.replay_id, status="failed", end_time=audit.now(),
                          details=f"failed before any commit: {type(exc).__name__}: {exc}"[:500])
+            for table in plan.tables:
+                lake.sweep(table, plan.replay_id)  # nothing was committed: drop staged files
             raise
         try:
             versions, counts, conservation = _commit(lake, plan, ruleset, out, operator)
@@ -277,7 +308,9 @@ def execute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
             audit.update(lake, plan.replay_id,
                          details=f"failed while committing: {type(exc).__name__}: {exc}"[:500])
             raise
-        rng = _affected(out)
+        for table in plan.tables:
+            lake.sweep(table, plan.replay_id)  # files of killed and retried task attempts
+        rng = _affected(lake, plan, out)
         whole = plan.scope is None or lake.bronze_root is None  # a scoped experiment holds a part
         results = checks.run_checks(lake, versions, plan.bronze_version, plan.mode == "full" and whole,
                                     user_checks, before)
@@ -299,7 +332,7 @@ def execute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
         audit.update(lake, plan.replay_id, status="success", end_time=audit.now(), **record,
                      details=f"published despite failed checks: {', '.join(failed)}" if failed else None)
     return RunResult(plan, versions, counts, conservation, time.perf_counter() - t0, operator,
-                     tuple(results))
+                     tuple(results), out.chunks)
 
 
 def _compute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
@@ -311,16 +344,29 @@ def _compute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
         return load_output(lake.scratch(plan.reuse))
     maps = map_specs(lake, plan, ruleset, executor.cpus())
     cpus = executor.cpus()
-    reduces = [ReduceSpec(b, plan.mode, ruleset, max(1, cpus // plan.buckets) if cpus > 1 else 0)
+    target = Target(lake.root, tuple(sorted((lake.storage_options or {}).items())), lake.bronze_root,
+                    plan.replay_id, plan.scope)
+    reduces = [ReduceSpec(b, plan.mode, ruleset, max(1, cpus // plan.buckets) if cpus > 1 else 0,
+                          plan.task_memory, target)
                for b in range(plan.buckets)]
     return executor.run(maps, reduces, progress)
 
 
-def _affected(out: JobOutput) -> tuple[Any, Any]:
-    ws = out.minute.column("window_start")
-    if not len(ws):
+def _affected(lake: Lake, plan: Plan, out: JobOutput) -> tuple[Any, Any]:
+    """The window range of the Gold minutes this replay computed."""
+    if isinstance(out.minute, pa.Table):
+        minute = out.minute
+    else:
+        version = lake.version(schemas.MINUTE)
+        paths = {f.path for f in out.minute.files}
+        ds = lake.dataset(schemas.MINUTE, version)
+        frags = [f for f in ds.get_fragments() if any(f.path.endswith(p) for p in paths)]
+        if not frags:
+            return None, None
+        minute = pa.concat_tables([f.to_table(columns=["window_start", "window_end"]) for f in frags])
+    if not minute.num_rows:
         return None, None
-    return pc.min(ws).as_py(), pc.max(out.minute.column("window_end")).as_py()
+    return pc.min(minute.column("window_start")).as_py(), pc.max(minute.column("window_end")).as_py()
 
 
 def _commit(lake: Lake, plan: Plan, ruleset: Ruleset, out: JobOutput,
@@ -341,7 +387,7 @@ def _commit(lake: Lake, plan: Plan, ruleset: Ruleset, out: JobOutput,
     conservation: bool | None = None
     scope = plan.scope
 
-    def write(table: str, data: pa.Table, extra: dict[str, Any]) -> None:
+    def write(table: str, data: Out, extra: dict[str, Any]) -> None:
         m = {**meta, **extra}
         if scope is not None:
             prev = lake.commit_metadata(table)
@@ -349,8 +395,17 @@ def _commit(lake: Lake, plan: Plan, ruleset: Ruleset, out: JobOutput,
             mixed.discard(ruleset.fingerprint)
             mixed.discard(None)
             m.update(scope=scope.describe(), mixed_with=sorted(mixed))
-            data = scope.merge(lake.read(table), data, table)
-        versions[table] = lake.write(table, data, mode="overwrite", metadata=m)
+            if isinstance(data, pa.Table):
+                data = scope.merge(lake.read(table), data, table)
+            else:  # the tasks staged only rows inside the scope; keep the old rows outside it
+                old = lake.read(table)
+                keep = lake.stage(table, old.filter(pc.invert(scope.mask(old, table))),
+                                  f"{plan.replay_id}-keep")
+                data = Staged.merge(table, [data, keep])
+        if isinstance(data, pa.Table):
+            versions[table] = lake.write(table, data, mode="overwrite", metadata=m)
+        else:
+            versions[table] = lake.commit_staged(table, data, metadata=m)
         counts[table] = data.num_rows
         _fault_hook(len(versions))
 

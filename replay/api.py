@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine import audit, schemas
+from engine.config import ReplayConfig, parse_size
 from engine.diff import TableDiff, diff_table, entitlement_summary, gold_versions
 from engine.errors import UsageError
 from engine.executor import Executor, LocalExecutor, Progress
@@ -73,14 +74,32 @@ def make_executor(kind: str = "local", address: str | None = None, num_cpus: int
     raise UsageError(f"unknown executor {kind!r}; use local or ray")
 
 
+def replay_config(shards: int | None = None, task_memory: int | str | None = None,
+                  config: ReplayConfig | None = None) -> ReplayConfig:
+    """``config`` with the shorthand overrides applied."""
+    cfg = config or ReplayConfig()
+    updates: dict[str, Any] = {}
+    if shards is not None:
+        updates["shards"] = shards
+    if task_memory is not None:
+        updates["task_memory"] = parse_size(task_memory)
+    return ReplayConfig.model_validate({**cfg.model_dump(), **updates}) if updates else cfg
+
+
 def plan(lake: str | Lake, ruleset: str | Path | Ruleset, mode: ModeArg = "auto",
          executor: Executor | None = None, shards: int | None = None,
-         start: Any = None, end: Any = None, tenants: list[str] | None = None) -> Plan:
-    """What a replay would recompute and why (changes nothing)."""
+         start: Any = None, end: Any = None, tenants: list[str] | None = None,
+         task_memory: int | str | None = None, config: ReplayConfig | None = None) -> Plan:
+    """What a replay would recompute and why (changes nothing).
+
+    ``task_memory`` (bytes or ``"512MiB"``) bounds one reduce task's working set: a
+    larger shard is folded in ingestion-time chunks.
+    """
     ex = executor or LocalExecutor()
     lk, rs = open_lake(lake), load_ruleset(ruleset)
-    p = build_plan(lk, rs, mode, executor=ex.name, cpus=ex.cpus(), buckets=shards,
-                   scope=Scope.of(start, end, tenants))
+    p = build_plan(lk, rs, mode, executor=ex.name, cpus=ex.cpus(),
+                   scope=Scope.of(start, end, tenants),
+                   config=replay_config(shards, task_memory, config))
     return with_reuse(lk, rs, p)
 
 
@@ -88,7 +107,8 @@ def run(lake: str | Lake, ruleset: str | Path | Ruleset, mode: ModeArg = "auto",
         executor: Executor | None = None, shards: int | None = None,
         progress: Progress | None = None, reason: str = "python api", start: Any = None,
         end: Any = None, tenants: list[str] | None = None, checks: str | None = None,
-        allow_failed_checks: bool = False) -> RunResult:
+        allow_failed_checks: bool = False, task_memory: int | str | None = None,
+        config: ReplayConfig | None = None) -> RunResult:
     """Plan, then apply: recompute what the ruleset invalidates and commit it atomically.
 
     ``start``/``end`` (event time, widened to whole hours) and ``tenants`` restrict the
@@ -98,7 +118,7 @@ def run(lake: str | Lake, ruleset: str | Path | Ruleset, mode: ModeArg = "auto",
     rs = load_ruleset(ruleset)
     ex = executor or LocalExecutor()
     recover_if_needed(lk)  # plan on a consistent lake, not on a half-committed replay
-    p = plan(lk, rs, mode, ex, shards, start, end, tenants)
+    p = plan(lk, rs, mode, ex, shards, start, end, tenants, task_memory, config)
     return execute(lk, p, rs, ex, progress, reason, checks, allow_failed_checks)
 
 

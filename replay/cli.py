@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ray (default: a local Ray, or --address) or local (in this process)")
         p.add_argument("--address", help="Ray cluster address to join (default: start a local one)")
         p.add_argument("--shards", type=int, help="number of tenant shards (default: from CPUs)")
+        p.add_argument("--task-memory", help="memory budget of one shard task, e.g. 512MiB (default 2GiB); "
+                                             "a bigger shard is folded in ingestion-time chunks")
         p.add_argument("--start", help="event-time range start (widened to the hour), e.g. 2026-03-02T13:00Z")
         p.add_argument("--end", help="event-time range end, exclusive (widened to the hour)")
         p.add_argument("--tenant", action="append", default=[], help="restrict to a tenant (repeatable)")
@@ -198,6 +200,8 @@ def _plan_text(p: dict[str, Any]) -> str:
     lines.append(f"reads: {p['source_table']} version {p['source_version']}: {p['rows']:,} rows, "
                  f"{p['bytes'] / 1e6:,.1f} MB in {p['files']} files (Bronze version {p['bronze_version']})")
     lines.append(f"tasks: {p['map_tasks']} map + {p['buckets']} tenant shards on the {p['executor']} executor")
+    lines.append(f"memory budget per shard task: {p['task_memory'] / 2**20:,.0f} MiB; "
+                 f"about {p['chunks_per_shard']} ingestion-time chunk(s) per shard")
     return "\n".join(lines)
 
 
@@ -279,7 +283,7 @@ def dispatch(args: argparse.Namespace) -> int:
             for d in api.recover_if_needed(args.lake):
                 print(f"recovered interrupted replay {d['replay_id']}: {d['outcome']}", file=sys.stderr)
         plan = api.plan(args.lake, args.ruleset, args.mode, ex, args.shards, args.start, args.end,
-                        args.tenant or None)
+                        args.tenant or None, args.task_memory)
         if args.cmd == "plan" or args.dry_run:
             _print(plan.to_dict(), True) if args.json else print(_plan_text(plan.to_dict()))
             return 0
@@ -299,7 +303,8 @@ def dispatch(args: argparse.Namespace) -> int:
         elif plan.up_to_date:
             pass
         else:
-            print(f"replay {res.plan.replay_id} done in {res.seconds:.1f}s")
+            print(f"replay {res.plan.replay_id} done in {res.seconds:.1f}s "
+                  f"({res.chunks} chunk(s) over {plan.buckets} shard(s))")
             for t, v in res.versions.items():
                 print(f"  {t}: version {v}, {res.counts[t]:,} rows")
             bad = [c.name for c in res.checks if not c.passed]

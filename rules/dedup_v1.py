@@ -8,10 +8,15 @@ duplicates of the first, however long the chain.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pyarrow as pa
 
 from rules._dedup import KEY, ORDER, split_duplicates
 from rules.base import Rule, RuleParams
+
+_IS_DUP = (f"coalesce(ingestion_timestamp - lag(ingestion_timestamp) OVER "
+           f"(PARTITION BY {KEY} ORDER BY {ORDER}) <= to_microseconds($horizon_us), false)")
 
 
 class Dedup(Rule):
@@ -25,8 +30,18 @@ class Dedup(Rule):
 
     @staticmethod
     def apply(params: Dedup.Params, valid: pa.Table) -> tuple[pa.Table, pa.Table]:
-        expr = (
-            f"coalesce(ingestion_timestamp - lag(ingestion_timestamp) OVER "
-            f"(PARTITION BY {KEY} ORDER BY {ORDER}) <= to_microseconds($horizon_us), false)"
-        )
-        return split_duplicates(valid, expr, "dedup@1", {"horizon_us": params.horizon_seconds * 1_000_000})
+        silver, dups, _ = Dedup.apply_chunk(params, valid, None, None)
+        return silver, dups
+
+    @staticmethod
+    def apply_chunk(params: Dedup.Params, valid: pa.Table, prior: pa.Table | None,
+                    until: datetime | None) -> tuple[pa.Table, pa.Table, pa.Table | None]:
+        """One ingestion-time chunk, after the ``prior`` state; returns the state to carry.
+
+        A key can be forgotten once its last copy is more than the horizon before
+        ``until``: any later copy is then kept whatever came before it.
+        """
+        return split_duplicates(
+            valid, _IS_DUP, "dedup@1", {"horizon_us": params.horizon_seconds * 1_000_000},
+            prior=prior, until=until,
+            retain_sql="r.ingestion_timestamp >= $until - to_microseconds($horizon_us)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pyarrow as pa
 
 from rules._dedup import KEY, ORDER, split_duplicates
@@ -19,5 +21,16 @@ class Dedup(Rule):
 
     @staticmethod
     def apply(params: Dedup.Params, valid: pa.Table) -> tuple[pa.Table, pa.Table]:
+        silver, dups, _ = Dedup.apply_chunk(params, valid, None, None)
+        return silver, dups
+
+    @staticmethod
+    def apply_chunk(params: Dedup.Params, valid: pa.Table, prior: pa.Table | None,
+                    until: datetime | None) -> tuple[pa.Table, pa.Table, pa.Table | None]:
+        """One ingestion-time chunk, after the ``prior`` state; returns the state to carry.
+
+        Global dedup never forgets a key: its state is one small row per key ever kept
+        (key and lineage, no payload), the only part of a chunked shard that grows with history.
+        """
         expr = f"row_number() OVER (PARTITION BY {KEY} ORDER BY {ORDER}) > 1"
-        return split_duplicates(valid, expr, "dedup@2")
+        return split_duplicates(valid, expr, "dedup@2", prior=prior, until=until)

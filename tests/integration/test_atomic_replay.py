@@ -123,3 +123,48 @@ def test_lease_left_by_a_dead_process_expires(loaded):
     lease.path.write_text(json.dumps(body))
     api.run(loaded, "2026-01", reason="takes over")
     assert not lease.path.exists()
+
+
+def test_a_shard_over_its_memory_budget_folds_in_chunks_with_the_same_tables(tmp_path):
+    from engine.generator import GeneratorConfig
+    from tests.ray.conftest import assert_same_tables, staged_orphans
+
+    lakes = []
+    for name in ("whole", "chunked"):
+        lk = api.open_lake(tmp_path / name)
+        api.generate_history(GeneratorConfig(events=20_000, tenants=8, days=0.5, seed=5,
+                                             dup_rate=0.1, late_rate=0.05), lake=lk)
+        lakes.append(lk)
+    whole, chunked = lakes
+    for rs in ("2026-01", "2026-02"):
+        a = api.run(whole, rs, shards=2, mode="full")
+        plan = api.plan(chunked, rs, shards=2, task_memory="1MiB", mode="full")
+        assert plan.chunks_per_shard > 1 and plan.task_memory == 1 << 20
+        b = api.run(chunked, rs, shards=2, task_memory="1MiB", mode="full")
+        assert a.chunks == 2 and b.chunks > 4 and b.conservation_ok
+        assert_same_tables(whole, chunked)
+        assert staged_orphans(chunked, b.plan.replay_id) == []
+
+
+def test_task_memory_flag_is_checked(loaded):
+    r = cli("plan", "--lake", loaded.root, "--ruleset", "2026-01", "--executor", "local",
+            "--task-memory", "lots")
+    assert r.returncode == 2 and "--task-memory 'lots'" in r.stderr and "Traceback" not in r.stderr
+    r = cli("plan", "--lake", loaded.root, "--ruleset", "2026-01", "--executor", "local",
+            "--task-memory", "256MiB")
+    assert r.returncode == 0 and "memory budget per shard task: 256 MiB" in r.stdout
+
+
+def test_sweep_removes_only_uncommitted_files_of_the_replay(loaded):
+    res = api.run(loaded, "2026-01", reason="load")
+    rid = res.plan.replay_id
+    rows = loaded.read(schemas.SILVER)
+    live = loaded.files(schemas.SILVER)
+    assert any(p.split("/")[-1].startswith(f"part-mr-{rid}-") for p in live)
+    orphan = loaded.stage(schemas.SILVER, rows, f"{rid}-retried")
+    other = loaded.stage(schemas.SILVER, rows, "r-other-replay")
+    assert loaded.sweep(schemas.SILVER, rid) == len(orphan.files)
+    assert loaded.files(schemas.SILVER) == live and loaded.read(schemas.SILVER).num_rows == rows.num_rows
+    root = loaded.root
+    assert not any(os.path.exists(os.path.join(root, schemas.SILVER, f.path)) for f in orphan.files)
+    assert all(os.path.exists(os.path.join(root, schemas.SILVER, f.path)) for f in other.files)

@@ -22,6 +22,24 @@ def assert_same_tables(a, b):
         assert ta.equals(tb), t
 
 
+def staged_orphans(lake, replay_id):
+    """Files a replay staged that no table's latest snapshot references (should be swept)."""
+    import os
+
+    from engine.staging import PREFIX
+
+    out = []
+    for t in OUTPUTS:
+        root = os.path.join(lake.root.removeprefix("file://"), t)
+        live = lake.files(t) if lake.exists(t) else set()
+        for d, _, files in os.walk(root):
+            for f in files:
+                rel = os.path.relpath(os.path.join(d, f), root)
+                if f.startswith(f"{PREFIX}{replay_id}-") and rel not in live:
+                    out.append(rel)
+    return out
+
+
 @pytest.fixture(scope="module")
 def history_parts():
     """A generated history split into 3 Bronze appends (several files: several map tasks)."""

@@ -9,7 +9,7 @@ ray = pytest.importorskip("ray")
 from engine.executor import LocalExecutor  # noqa: E402
 from engine.ray_executor import RayExecutor  # noqa: E402
 from replay import api  # noqa: E402
-from tests.ray.conftest import assert_same_tables, make_lake  # noqa: E402
+from tests.ray.conftest import assert_same_tables, make_lake, staged_orphans  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -45,3 +45,15 @@ def test_worker_killed_mid_task_is_retried_without_double_counting(tmp_path, his
     assert marker.exists(), "the fault was never injected"
     assert res.conservation_ok
     assert_same_tables(local, dist)
+    assert staged_orphans(dist, res.plan.replay_id) == []  # the killed attempt's files are swept
+
+
+def test_shards_over_their_memory_budget_fold_in_chunks_on_ray(tmp_path, history_parts, ray_ex):
+    local = make_lake(tmp_path / "local", history_parts)
+    dist = make_lake(tmp_path / "ray", history_parts)
+    for rs in ("2026-01", "2026-02"):
+        api.run(local, rs, executor=LocalExecutor(), mode="full")
+        res = api.run(dist, rs, executor=ray_ex, shards=2, task_memory="1MiB", mode="full")
+        assert res.plan.chunks_per_shard > 1 and res.chunks > 2 * 2, res.chunks
+        assert res.conservation_ok
+        assert_same_tables(local, dist)

@@ -1,0 +1,168 @@
+"""Staged files: Parquet written by shard workers into a table's directory, committed later.
+
+A worker writes its share of a table as Parquet files under the table's root
+(invisible to readers: Delta only sees files a commit adds) and returns a small
+:class:`Staged` handle. The driver commits every worker's files of a table in one
+Delta version (``create_write_transaction``), so neither a worker nor the driver
+ever holds a whole table, and a killed or retried worker leaves only uncommitted
+files behind, which :meth:`engine.lake.Lake.sweep` removes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from engine import schemas
+
+#: File names of staged files start with this, then the replay id.
+PREFIX = "part-mr-"
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    path: str  # relative to the table root
+    size: int
+    partition_values: tuple[tuple[str, str | None], ...]
+    num_records: int
+    stats: str
+
+
+@dataclass(frozen=True)
+class Staged:
+    """Files of one table written by workers and not yet committed."""
+
+    table: str
+    files: tuple[StagedFile, ...] = ()
+
+    @property
+    def num_rows(self) -> int:
+        return sum(f.num_records for f in self.files)
+
+    @staticmethod
+    def merge(table: str, parts: list[Staged]) -> Staged:
+        return Staged(table, tuple(f for p in parts for f in p.files))
+
+
+def filesystem(table_uri: str, storage_options: dict[str, str] | None) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and base path for a table root (local path or any delta-rs URI)."""
+    if "://" not in table_uri:
+        return pafs.LocalFileSystem(), table_uri
+    if table_uri.startswith("file://"):
+        return pafs.LocalFileSystem(), table_uri[len("file://"):]
+    from deltalake.fs import DeltaStorageHandler
+
+    return pafs.PyFileSystem(DeltaStorageHandler(table_uri, storage_options)), ""
+
+
+def _stat_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return value
+
+
+#: Delta truncates string statistics to this many characters.
+STRING_PREFIX = 32
+
+
+def _upper_bound(text: str) -> str:
+    """A string >= every string that starts with ``text``'s first STRING_PREFIX characters."""
+    if len(text) <= STRING_PREFIX:
+        return text
+    head = text[:STRING_PREFIX]
+    for i in range(len(head) - 1, -1, -1):
+        cp = ord(head[i]) + 1
+        if cp == 0xD800:
+            cp = 0xE000  # skip the surrogate block
+        if cp <= 0x10FFFF:
+            return head[:i] + chr(cp)
+    return text  # all U+10FFFF: keep it whole
+
+
+def file_stats(data: pa.Table) -> str:
+    """Delta stats of a file, as delta-rs writes them: they become fragment guarantees.
+
+    Every non-binary column gets its null count and, unless all null, its min and max
+    (readers prune with them, so a column without them would look empty). Timestamps
+    are rounded outward to milliseconds (Delta's precision), strings cut to 32
+    characters with the max rounded up, so every bound holds.
+    """
+    mins: dict[str, Any] = {}
+    maxs: dict[str, Any] = {}
+    nulls: dict[str, int] = {}
+    for name in data.column_names:
+        col = data.column(name)
+        typ = col.type
+        if pa.types.is_binary(typ) or pa.types.is_large_binary(typ) or pa.types.is_nested(typ):
+            continue
+        nulls[name] = col.null_count
+        if col.null_count == len(col):
+            continue
+        mm = pc.min_max(col)
+        lo, hi = mm["min"], mm["max"]
+        if pa.types.is_timestamp(typ):
+            lo = pc.floor_temporal(lo, unit="millisecond")
+            hi = pc.ceil_temporal(hi, unit="millisecond")
+        lo_v, hi_v = _stat_value(lo.as_py()), _stat_value(hi.as_py())
+        if isinstance(lo_v, str) and pa.types.is_string(typ):
+            lo_v, hi_v = lo_v[:STRING_PREFIX], _upper_bound(hi_v)
+        mins[name], maxs[name] = lo_v, hi_v
+    return json.dumps({"numRecords": data.num_rows, "minValues": mins, "maxValues": maxs,
+                       "nullCount": nulls})
+
+
+def stage(table_uri: str, storage_options: dict[str, str] | None, table: str, data: pa.Table,
+          tag: str, row_group_rows: int) -> Staged:
+    """Write ``data`` (conformed to the table's schema) as Parquet under ``table_uri``.
+
+    One file per partition value; names carry ``tag`` (the replay id, stage and shard)
+    plus a random suffix, so a retried task never overwrites a file of another attempt.
+    """
+    data = schemas.conform(data, schemas.SCHEMAS[table])
+    if data.num_rows == 0:
+        return Staged(table)
+    fs, base = filesystem(table_uri, storage_options)
+    parts = schemas.PARTITIONS.get(table) or []
+    groups: list[tuple[tuple[tuple[str, str | None], ...], pa.Table]]
+    if parts:
+        (col,) = parts
+        keys = pc.unique(data.column(col))
+        groups = []
+        for key in keys.to_pylist():
+            mask = pc.is_null(data.column(col)) if key is None else pc.equal(data.column(col), key)
+            value = None if key is None else _stat_value(key)
+            groups.append((((col, value),), data.filter(mask).drop_columns([col])))
+    else:
+        groups = [((), data)]
+    out = []
+    for pvals, part in groups:
+        sub = "/".join(f"{k}={'__HIVE_DEFAULT_PARTITION__' if v is None else v}" for k, v in pvals)
+        name = f"{PREFIX}{tag}-{uuid.uuid4().hex[:12]}.zstd.parquet"
+        rel = f"{sub}/{name}" if sub else name
+        full = f"{base}/{rel}" if base else rel
+        if isinstance(fs, pafs.LocalFileSystem):
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+        with fs.open_output_stream(full) as sink:
+            pq.write_table(part, sink, compression="zstd", row_group_size=row_group_rows)
+        size = fs.get_file_info(full).size
+        out.append(StagedFile(rel, int(size or 0), pvals, part.num_rows, file_stats(part)))
+    return Staged(table, tuple(out))
+
+
+def add_actions(staged: Staged) -> list[Any]:
+    from deltalake.transaction import AddAction
+
+    now = int(time.time() * 1000)
+    return [AddAction(f.path, f.size, dict(f.partition_values), now, True, f.stats) for f in staged.files]
