@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -120,12 +121,11 @@ class ReduceResult:
 
 def where() -> str:
     """The Ray node id when running in a Ray worker, else the host name."""
+    ray = sys.modules.get("ray")  # never import Ray here: the local executor must not pay for it
     try:
-        import ray
-
-        if ray.is_initialized():
+        if ray is not None and ray.is_initialized():
             return ray.get_runtime_context().get_node_id()
-    except Exception:  # ray missing or not in a worker: fall through
+    except Exception:  # not in a worker: fall through
         pass
     return socket.gethostname()
 

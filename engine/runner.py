@@ -181,6 +181,8 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
     n_buckets = buckets or max(1, cpus * 2 if cpus > 1 else 1)
     n_units = len(file_units(lake.dataset(source, source_v))) if chosen is not None else 0
     wanted = max(-(-rows // cfg.rows_per_map_task), cpus * 2 if cpus > 1 else 1)
+    if cpus > 1:
+        wanted = -(-wanted // cpus) * cpus  # whole waves: no CPU idles through the last one
     map_tasks = min(n_units, wanted)
     shard_bytes = rows * ROW_BYTES // max(1, n_buckets)
     chunks = max(1, -(-shard_bytes * WORK_FACTOR // cfg.task_memory))

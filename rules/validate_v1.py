@@ -194,40 +194,53 @@ class Validate(Rule):
         raw, sql = utf8_or_null(raw_bin), SQL_TEXT
         judged = run_sql(
             sql,
-            {"input": pa.table({"_i": pa.array(range(n), pa.int64()), "raw": raw, "ing_us": ing_us})},
+            {"input": pa.table({"_i": pa.array(np.arange(n, dtype=np.int64)), "raw": raw, "ing_us": ing_us})},
             {"screen": SCREEN, "ts_pattern": TS_PATTERN, "plans": sorted(known_plans),
              "tolerance": tolerance},
         )
-        if not pc.all(pc.equal(judged.column("_i"), pa.array(range(n), pa.int64()))).as_py():
+        if not pc.all(pc.equal(judged.column("_i"), pa.array(np.arange(n, dtype=np.int64)))).as_py():
             judged = judged.sort_by("_i")  # DuckDB keeps insertion order; never rely on it blindly
-        strict_idx = pc.indices_nonzero(judged.column("needs_strict")).to_pylist()
-        if strict_idx:
-            judged = _rejudge(judged, strict_idx, raw_bin, ing_us, known_plans, tolerance)
-        reason = judged.column("reason")
-        ok = pc.is_null(reason)
-        ts = pc.cast(judged.column("ts_us"), schemas.TS)
-        lineage = {c: bronze.column(c) for c in ("kafka_topic", "kafka_partition", "kafka_offset")}
-        lineage["ingestion_timestamp"] = pc.cast(bronze.column("ingestion_timestamp"), schemas.TS)
-        valid_cols = {f.name: judged.column(f.name) for f in FIELDS if f.name != "event_timestamp"}
-        valid_cols["event_timestamp"] = ts
-        valid = schemas.conform(pa.table({**valid_cols, **lineage}), schemas.VALID_SCHEMA).filter(ok)
-        quarantine = schemas.conform(
-            pa.table({
-                **lineage,
-                "raw_payload": bronze.column("raw_payload"),
-                "reason": reason,
-                "rule": pa.array([NAME] * n, pa.string()),
-                "tenant_id": judged.column("q_tenant_id"),
-                "event_timestamp": ts,
-            }),
-            schemas.QUARANTINE_SCHEMA,
-        ).filter(pc.invert(ok))
-        return valid, quarantine
+        strict = judged.column("needs_strict")
+        strict_idx = pc.indices_nonzero(strict).to_pylist()
+        if not strict_idx:
+            return _split(judged, bronze, None)
+        # the few rows DuckDB cannot judge get the strict verdicts and are split on their own
+        patch = _rejudge(judged, strict_idx, raw_bin, ing_us, known_plans, tolerance)
+        v1, q1 = _split(judged, bronze, pc.invert(strict))
+        v2, q2 = _split(patch, bronze.take(pa.array(strict_idx)), None)
+        return pa.concat_tables([v1, v2]), pa.concat_tables([q1, q2])
+
+
+def _split(judged: pa.Table, bronze: pa.Table, keep: pa.Array | None) -> tuple[pa.Table, pa.Table]:
+    """Verdicts (aligned with ``bronze``) -> (valid rows, quarantine rows), among ``keep`` rows."""
+    reason = judged.column("reason")
+    ok = pc.is_null(reason)
+    bad = pc.invert(ok)
+    if keep is not None:
+        ok, bad = pc.and_(ok, keep), pc.and_(bad, keep)
+    ts = pc.cast(judged.column("ts_us"), schemas.TS)
+    lineage = {c: bronze.column(c) for c in ("kafka_topic", "kafka_partition", "kafka_offset")}
+    lineage["ingestion_timestamp"] = pc.cast(bronze.column("ingestion_timestamp"), schemas.TS)
+    valid_cols = {f.name: judged.column(f.name) for f in FIELDS if f.name != "event_timestamp"}
+    valid_cols["event_timestamp"] = ts
+    valid = schemas.conform(pa.table({**valid_cols, **lineage}), schemas.VALID_SCHEMA).filter(ok)
+    quarantine = schemas.conform(
+        pa.table({
+            **lineage,
+            "raw_payload": bronze.column("raw_payload"),
+            "reason": reason,
+            "rule": pa.array([NAME] * judged.num_rows, pa.string()),
+            "tenant_id": judged.column("q_tenant_id"),
+            "event_timestamp": ts,
+        }),
+        schemas.QUARANTINE_SCHEMA,
+    ).filter(bad)
+    return valid, quarantine
 
 
 def _rejudge(judged: pa.Table, idx: list[int], raw: pa.Array, ing_us: pa.Array,
              plans: frozenset[str], tolerance: int) -> pa.Table:
-    """Replace the rows at ``idx`` with the strict evaluator's verdicts."""
+    """The strict evaluator's verdicts for the rows at ``idx`` (same columns as ``judged``)."""
     raws = raw.take(pa.array(idx)).to_pylist()
     ings = ing_us.take(pa.array(idx)).to_pylist()
     cols: dict[str, list] = {name: [] for name in judged.column_names}
@@ -242,6 +255,4 @@ def _rejudge(judged: pa.Table, idx: list[int], raw: pa.Array, ing_us: pa.Array,
                 v = vals.get(f.name) if reason is None else None
                 cols[f.name].append(v if not (isinstance(v, int) and v > INT64_MAX) else None)
     cols["_i"] = idx
-    patch = pa.table({n: pa.array(cols[n], judged.schema.field(n).type) for n in judged.column_names})
-    mask = pc.is_in(judged.column("_i"), value_set=pa.array(idx, pa.int64()))
-    return pa.concat_tables([judged.filter(pc.invert(mask)), patch]).sort_by("_i")
+    return pa.table({n: pa.array(cols[n], judged.schema.field(n).type) for n in judged.column_names})
