@@ -72,45 +72,131 @@ class GeneratorConfig:
     start: datetime = datetime(2026, 3, 1, tzinfo=UTC)
 
 
-def _ids(prefix: str, idx: np.ndarray, width: int) -> pa.Array:
-    s = pc.utf8_lpad(pa.array(idx).cast(pa.string()), width, "0")
-    return pc.binary_join_element_wise(prefix, s, "")
+def _digits(mat: np.ndarray, col: int, values: np.ndarray, width: int) -> None:
+    """Write ``values`` as zero-padded decimal text into ``mat[:, col:col + width]``."""
+    v = values.astype(np.int64)
+    for pos in range(width - 1, -1, -1):
+        mat[:, col + pos] = 48 + v % 10
+        v = v // 10
 
 
-def _offset_text(minutes: int) -> str:
-    if minutes == 0:
-        return "Z"
-    sign = "-" if minutes < 0 else "+"
-    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+def _text(mat: np.ndarray, lengths: np.ndarray | None = None, valid: np.ndarray | None = None
+          ) -> pa.Array:
+    """Rows of a byte matrix (each cut to its length) -> an Arrow string array, no Python loop.
+
+    Rows where ``valid`` is False are NULL.
+    """
+    n, width = mat.shape
+    bitmap = None
+    if valid is not None:
+        bitmap = pa.py_buffer(np.packbits(valid.astype(bool), bitorder="little"))
+    if lengths is None:
+        data = np.ascontiguousarray(mat).reshape(-1)
+        offsets = np.arange(0, (n + 1) * width, width, dtype=np.int64)
+    else:
+        data = mat[np.arange(width)[None, :] < lengths[:, None]]
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+    if len(data) < 2**31:
+        offsets = offsets.astype(np.int32)
+        return pa.Array.from_buffers(pa.string(), n, [bitmap, pa.py_buffer(offsets), pa.py_buffer(data)])
+    return pa.Array.from_buffers(pa.large_string(), n, [bitmap, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def _ids(prefix: str, idx: np.ndarray, width: int, valid: np.ndarray | None = None) -> pa.Array:
+    """``prefix`` + zero-padded number, e.g. evt-0000000042 (NULL where not ``valid``)."""
+    head = prefix.encode()
+    mat = np.empty((len(idx), len(head) + width), dtype=np.uint8)
+    mat[:, : len(head)] = np.frombuffer(head, dtype=np.uint8)
+    _digits(mat, len(head), np.asarray(idx), width)
+    return _text(mat, None, valid)
+
+
+_V2_HEAD = b', "user_id": "user-'
+_V2_MID = b'", "data_residency_region": "'
+
+
+def _v2_fields(user: np.ndarray, region: np.ndarray, v2: np.ndarray) -> pa.Array:
+    """The schema v2 fields' text (``, "user_id": ..., "data_residency_region": "..."``); "" if not v2."""
+    n = len(user)
+    regions = [r.encode() for r in REGIONS.tolist()]
+    rw = max(len(r) for r in regions)
+    at = len(_V2_HEAD) + 7 + len(_V2_MID)
+    mat = np.zeros((n, at + rw + 1), dtype=np.uint8)
+    mat[:, : len(_V2_HEAD)] = np.frombuffer(_V2_HEAD, dtype=np.uint8)
+    _digits(mat, len(_V2_HEAD), user, 7)
+    mat[:, len(_V2_HEAD) + 7: at] = np.frombuffer(_V2_MID, dtype=np.uint8)
+    table = np.zeros((len(regions), rw), dtype=np.uint8)
+    for i, r in enumerate(regions):
+        table[i, : len(r)] = np.frombuffer(r, dtype=np.uint8)
+    rlen = np.array([len(r) for r in regions])[region]
+    mat[:, at: at + rw] = table[region]
+    mat[np.arange(n), at + rlen] = ord('"')
+    return _text(mat, np.where(v2, at + rlen + 1, 0))
 
 
 def _fmt_ts(ts_us: np.ndarray, offset_min: np.ndarray) -> pa.Array:
     """RFC 3339 text of each instant, written in its local offset (``Z`` for UTC)."""
-    if len(ts_us) == 0:
+    n = len(ts_us)
+    if n == 0:
         return pa.array([], pa.string())
-    local = (ts_us + offset_min.astype(np.int64) * MINUTE).astype("datetime64[us]")
-    body = pa.array(np.datetime_as_string(local, unit="us"))
-    uniq, inv = np.unique(offset_min, return_inverse=True)
-    suffix = pa.array([_offset_text(int(m)) for m in uniq]).take(pa.array(inv))
-    return pc.binary_join_element_wise(body, suffix, "")
+    off = offset_min.astype(np.int64)
+    local = ts_us.astype(np.int64) + off * MINUTE
+    days, rem = np.divmod(local, 86400 * US)
+    # civil date from days since 1970-01-01 (H. Hinnant's algorithm, vectorized)
+    z = days + 719468
+    era = np.floor_divide(z, 146097)
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = np.where(mp < 10, mp + 3, mp - 9)
+    year = yoe + era * 400 + (month <= 2)
+    mat = np.empty((n, 32), dtype=np.uint8)
+    for col, ch in ((4, "-"), (7, "-"), (10, "T"), (13, ":"), (16, ":"), (19, ".")):
+        mat[:, col] = ord(ch)
+    _digits(mat, 0, year, 4)
+    _digits(mat, 5, month, 2)
+    _digits(mat, 8, day, 2)
+    _digits(mat, 11, rem // (3600 * US), 2)
+    _digits(mat, 14, rem // MINUTE % 60, 2)
+    _digits(mat, 17, rem // US % 60, 2)
+    _digits(mat, 20, rem % US, 6)
+    utc = off == 0
+    mat[:, 26] = np.where(utc, ord("Z"), np.where(off < 0, ord("-"), ord("+")))
+    _digits(mat, 27, np.abs(off) // 60, 2)
+    mat[:, 29] = ord(":")
+    _digits(mat, 30, np.abs(off) % 60, 2)
+    return _text(mat, np.where(utc, 27, 32))
 
 
 #: Events generated per chunk: bounded working set, so the rate holds for long histories.
 CHUNK_EVENTS = 1_000_000
+#: Output rows formatted at a time (the payload text is built once, in ingestion order).
+BLOCK_ROWS = 1_000_000
+
+#: Numeric attributes of a base event; its payload text is formatted from them.
+ATTRS = ("ev", "ts", "offset_min", "tenant", "plan", "endpoint", "method", "status", "latency",
+         "request_bytes", "response_bytes", "v2", "user", "region")
 
 
 @dataclass(frozen=True)
 class _Chunk:
-    sources: pa.Array  # payloads: base events, then invalid messages
-    event_id: pa.Array  # aligned with sources (NULL for invalid messages)
-    event_ts: np.ndarray  # aligned with sources (-1 for invalid messages)
-    tenant: np.ndarray  # aligned with sources
-    row_src: np.ndarray  # one per output row: index into sources (re-deliveries repeat one)
+    attrs: dict[str, np.ndarray]  # one entry per base event
+    invalid: pa.Array  # payloads of the invalid messages
+    invalid_tenant: np.ndarray
+    row_src: np.ndarray  # one per output row: base event index, or -1 - invalid index
     row_ing: np.ndarray  # one per output row: ingestion time (us)
 
 
 def generate(cfg: GeneratorConfig) -> pa.Table:
-    """A Bronze table (SPEC section 2) in ingestion order, built in chunks of events."""
+    """A Bronze table (SPEC section 2) in ingestion order.
+
+    Events are drawn in chunks (bounded working set) as numbers only; after one global
+    ordering by ingestion time, the payload text is formatted block by block straight into
+    its final place, so no payload is ever copied by a gather.
+    """
     trng = np.random.default_rng([cfg.seed, 0])  # tenants' plans: the same for every chunk
     T = max(1, cfg.tenants)
     start_us = int(cfg.start.timestamp()) * US
@@ -120,37 +206,92 @@ def generate(cfg: GeneratorConfig) -> pa.Table:
     change_at = start_us + (trng.random(T) * span_us).astype(np.int64)
     tenant_names = pa.array([f"tenant-{i:05d}" for i in range(T)])  # T is small next to events
     n_chunks = max(1, -(-cfg.events // CHUNK_EVENTS))
-    chunks, offset = [], 0
+    chunks, base, inv_base = [], 0, 0
+    row_src, row_ing = [], []
     for i in range(n_chunks):
-        # chunk i covers the i-th slice of the time span, so chunks come out nearly in order
         events = cfg.events // n_chunks + (1 if i < cfg.events % n_chunks else 0)
         sub = replace(cfg, events=events, days=cfg.days / n_chunks,
                       start=cfg.start + timedelta(days=cfg.days * i / n_chunks))
         chunk = _chunk(sub, np.random.default_rng([cfg.seed, i + 1]), tenant_names, plan0, plan1,
-                       change_at, offset)
-        offset += len(chunk.sources)
+                       change_at, base, start_us + span_us // 2)
+        src = chunk.row_src
+        row_src.append(np.where(src >= 0, src + base, src - inv_base))
+        row_ing.append(chunk.row_ing)
+        base += len(chunk.attrs["ts"])
+        inv_base += len(chunk.invalid)
         chunks.append(chunk)
-    base = np.cumsum([0] + [len(c.sources) for c in chunks[:-1]])
-    row_src = np.concatenate([c.row_src + b for c, b in zip(chunks, base, strict=True)])
-    row_ing = np.concatenate([c.row_ing for c in chunks])
-    order = np.argsort(row_ing, kind="stable")
-    src = row_src[order]
-    take = pa.array(src)
-    tenant = np.concatenate([c.tenant for c in chunks])[src]
-    ts = np.concatenate([c.event_ts for c in chunks])[src]
-    ok = pa.array(ts != -1)
-    known = pa.table({
-        "event_id": pa.concat_arrays([c.event_id for c in chunks]).take(take),
-        "tenant_id": pc.if_else(ok, tenant_names.take(pa.array(tenant)), pa.scalar(None, pa.string())),
-        "event_timestamp": pc.if_else(ok, pa.array(ts, pa.int64()).cast(schemas.TS),
-                                      pa.scalar(None, schemas.TS)),
+    attrs = {k: np.concatenate([c.attrs[k] for c in chunks]) for k in ATTRS}
+    invalid = pa.concat_arrays([c.invalid for c in chunks]) if chunks else pa.array([], pa.binary())
+    inv_tenant = np.concatenate([c.invalid_tenant for c in chunks])
+    all_ing = np.concatenate(row_ing)
+    order = np.argsort(all_ing, kind="stable")
+    src = np.concatenate(row_src)[order]
+    ing = all_ing[order]
+    del chunks, row_src, row_ing, all_ing, order
+    blocks = [_block(src[lo:lo + BLOCK_ROWS], attrs, invalid, inv_tenant, tenant_names)
+              for lo in range(0, len(src), BLOCK_ROWS)]
+    if not blocks:
+        blocks = [_block(src, attrs, invalid, inv_tenant, tenant_names)]
+    table = pa.Table.from_batches([b for b in blocks])
+    return _assemble(table, tenant_names, ing)
+
+
+def _block(src: np.ndarray, attrs: dict[str, np.ndarray], invalid: pa.Array, inv_tenant: np.ndarray,
+           tenant_names: pa.Array) -> pa.RecordBatch:
+    """Rows ``src`` (base events, or -1 - invalid index) -> payload, tenant and extracted columns."""
+    n = len(src)
+    inv = src < 0
+    inv_pos = np.flatnonzero(inv)
+    inv_payload = invalid.take(pa.array(-1 - src[inv_pos]))
+    tenant = np.zeros(n, dtype=np.int64)
+    tenant[inv_pos] = inv_tenant[-1 - src[inv_pos]]
+    if len(inv_pos) == n:  # only invalid messages
+        return pa.RecordBatch.from_pydict({
+            "raw_payload": inv_payload, "tenant": pa.array(tenant),
+            "event_id": pa.nulls(n, pa.string()), "event_timestamp": pa.nulls(n, schemas.TS)})
+    ev_src = np.where(inv, 0, src)
+    a = {k: v[ev_src] for k, v in attrs.items()}
+    tenant[~inv] = a["tenant"][~inv]
+    ok = src[~inv]
+    v = {k: col[ok] for k, col in attrs.items()} if len(inv_pos) else a
+    parts = [
+        '{"event_id": "', _ids("evt-", v["ev"], 10),
+        '", "event_timestamp": "', _fmt_ts(v["ts"], v["offset_min"]),
+        '", "tenant_id": "', tenant_names.take(pa.array(v["tenant"])),
+        '", "subscription_plan": "', _pick(PLANS, v["plan"]),
+        '", "endpoint": "', _pick(ENDPOINTS, v["endpoint"]),
+        '", "method": "', _pick(METHODS, v["method"]),
+        '", "status_code": ', pa.array(v["status"]).cast(pa.string()),
+        ', "latency_ms": ', pa.array(v["latency"]).cast(pa.string()),
+        ', "request_bytes": ', pa.array(v["request_bytes"]).cast(pa.string()),
+        ', "response_bytes": ', pa.array(v["response_bytes"]).cast(pa.string()),
+        _v2_fields(v["user"], v["region"], v["v2"]),
+        "}",
+    ]
+    joined = pc.binary_join_element_wise(*parts, "").cast(pa.binary())
+    if len(inv_pos):
+        # splice the invalid messages in: one copy of each run of valid rows, no gather
+        pieces, prev, used = [], 0, 0
+        for k, p in enumerate(inv_pos.tolist()):
+            if p > prev:
+                pieces.append(joined.slice(used, p - prev))
+                used += p - prev
+            pieces.append(inv_payload.slice(k, 1))
+            prev = p + 1
+        if used < len(joined):
+            pieces.append(joined.slice(used))
+        payload = pa.concat_arrays(pieces)
+    else:
+        payload = joined
+    return pa.RecordBatch.from_pydict({
+        "raw_payload": payload, "tenant": pa.array(tenant),
+        "event_id": _ids("evt-", a["ev"], 10, ~inv),
+        "event_timestamp": pa.array(a["ts"], pa.int64(), mask=inv).cast(schemas.TS),
     })
-    payload = pa.concat_arrays([c.sources for c in chunks]).take(take)
-    return _assemble(payload, tenant_names, tenant, row_ing[order], known)
 
 
 def _chunk(cfg: GeneratorConfig, rng: np.random.Generator, tenant_names: pa.Array, plan0: np.ndarray,
-           plan1: np.ndarray, change_at: np.ndarray, id_offset: int) -> _Chunk:
+           plan1: np.ndarray, change_at: np.ndarray, id_offset: int, v2_from: int) -> _Chunk:
     n_inv = int(round(cfg.events * cfg.invalid_rate))
     n_valid = max(0, cfg.events - n_inv)
     n_dup = int(round(n_valid * cfg.dup_rate))
@@ -194,31 +335,24 @@ def _chunk(cfg: GeneratorConfig, rng: np.random.Generator, tenant_names: pa.Arra
     late = rng.random(n_base) < cfg.late_rate
     lag = np.where(late, rng.integers(1 * 3600 * US, 6 * 3600 * US, n_base), lag)
     ing = ts + lag
-    offset_min = np.where(rng.random(n_base) < 0.05, rng.choice([-300, 60, 120, 330], n_base), 0)
-    status = rng.choice([200, 201, 204, 400, 404, 429, 500, 503], n_base,
-                        p=[0.7, 0.05, 0.03, 0.05, 0.05, 0.04, 0.05, 0.03])
-    v2 = ts >= start_us + span_us // 2
-
-    ev = _ids("evt-", id_offset + np.arange(n_base), 10)
-    parts = [
-        '{"event_id": "', ev,
-        '", "event_timestamp": "', _fmt_ts(ts, offset_min),
-        '", "tenant_id": "', tenant_names.take(pa.array(tenant)),
-        '", "subscription_plan": "', _pick(PLANS, plan),
-        '", "endpoint": "', _pick(ENDPOINTS, rng.integers(0, len(ENDPOINTS), n_base)),
-        '", "method": "', _pick(METHODS, rng.integers(0, len(METHODS), n_base)),
-        '", "status_code": ', pa.array(status).cast(pa.string()),
-        ', "latency_ms": ', pa.array(rng.integers(1, 2000, n_base)).cast(pa.string()),
-        ', "request_bytes": ', pa.array(rng.integers(0, 4096, n_base)).cast(pa.string()),
-        ', "response_bytes": ', pa.array(rng.integers(0, 65536, n_base)).cast(pa.string()),
-        pc.if_else(pa.array(v2), pc.binary_join_element_wise(
-            ', "user_id": "', _ids("user-", rng.integers(0, 10 * T, n_base), 7),
-            '", "data_residency_region": "', _pick(REGIONS, rng.integers(0, 3, n_base)), '"', ""), ""),
-        "}",
-    ]
-    payload = pc.binary_join_element_wise(*parts, "")
-    if isinstance(payload, pa.ChunkedArray):
-        payload = payload.combine_chunks()
+    attrs = {  # narrow types: these arrays are concatenated and gathered once per history
+        "ev": id_offset + np.arange(n_base, dtype=np.int64),
+        "ts": ts,
+        "offset_min": np.where(rng.random(n_base) < 0.05, rng.choice([-300, 60, 120, 330], n_base),
+                               0).astype(np.int16),
+        "tenant": tenant.astype(np.int32),
+        "plan": plan.astype(np.int8),
+        "status": rng.choice([200, 201, 204, 400, 404, 429, 500, 503], n_base,
+                             p=[0.7, 0.05, 0.03, 0.05, 0.05, 0.04, 0.05, 0.03]).astype(np.int16),
+        "v2": ts >= v2_from,  # schema v2 fields in the second half of the whole history
+        "endpoint": rng.integers(0, len(ENDPOINTS), n_base, dtype=np.int8),
+        "method": rng.integers(0, len(METHODS), n_base, dtype=np.int8),
+        "latency": rng.integers(1, 2000, n_base, dtype=np.int16),
+        "request_bytes": rng.integers(0, 4096, n_base, dtype=np.int16),
+        "response_bytes": rng.integers(0, 65536, n_base, dtype=np.int32),
+        "user": rng.integers(0, 10 * T, n_base, dtype=np.int32),
+        "region": rng.integers(0, 3, n_base, dtype=np.int8),
+    }
 
     # re-deliveries: half within 10 minutes, half later; a tenth of them get a third copy
     src = rng.choice(n_base, size=min(n_dup, n_base), replace=False) if n_base else np.array([], int)
@@ -229,27 +363,14 @@ def _chunk(cfg: GeneratorConfig, rng: np.random.Generator, tenant_names: pa.Arra
     dup_idx = np.concatenate([src, chain]).astype(np.int64)
     dup_ing = np.concatenate([ing[src] + gap, ing[chain] + chain_gap])
 
-    # every output row names its source: a base event (0..n_base-1) or an invalid one (n_base..)
-    row_src = np.concatenate([np.arange(n_base), dup_idx])
+    row_src = np.concatenate([np.arange(n_base, dtype=np.int64), dup_idx])
     row_ing = np.concatenate([ing, dup_ing])
-    sources = [payload.cast(pa.binary())]
-    event_ids = [ev.cast(pa.string())]
-    event_ts = [ts]
+    invalid, inv_tenant = pa.array([], pa.binary()), np.array([], dtype=np.int64)
     if n_inv:
-        inv_payload, inv_tenant, inv_ing = _invalid(rng, n_inv, tenant_names, start_us, span_us, id_offset)
-        sources.append(inv_payload)
-        event_ids.append(pa.nulls(n_inv, pa.string()))
-        event_ts.append(np.full(n_inv, -1, dtype=np.int64))
-        row_src = np.concatenate([row_src, n_base + np.arange(n_inv)])
+        invalid, inv_tenant, inv_ing = _invalid(rng, n_inv, tenant_names, start_us, span_us, id_offset)
+        row_src = np.concatenate([row_src, -1 - np.arange(n_inv, dtype=np.int64)])
         row_ing = np.concatenate([row_ing, inv_ing])
-        tenant = np.concatenate([tenant, inv_tenant])
-    # rows in local ingestion order (a gather within the chunk): the global merge stays local
-    order = np.argsort(row_ing, kind="stable")
-    src = row_src[order]
-    take = pa.array(src)
-    return _Chunk(pa.concat_arrays(sources).take(take), pa.concat_arrays(event_ids).take(take),
-                  np.concatenate(event_ts)[src], tenant[src], np.arange(len(src), dtype=np.int64),
-                  row_ing[order])
+    return _Chunk(attrs, invalid, inv_tenant, row_src, row_ing)
 
 
 def _invalid(rng: np.random.Generator, n: int, tenant_names: pa.Array, start_us: int, span_us: int,
@@ -271,30 +392,30 @@ def _pick(values: np.ndarray, idx: np.ndarray) -> pa.Array:
     return pa.array(values.tolist()).take(pa.array(idx))
 
 
-def _assemble(payload: pa.Array, tenant_names: pa.Array, tenant: np.ndarray, ing_us: np.ndarray,
-              known: pa.Table) -> pa.Table:
-    """Rows already in ingestion order -> the Bronze table."""
+def _assemble(rows: pa.Table, tenant_names: pa.Array, ing_us: np.ndarray) -> pa.Table:
+    """Rows already in ingestion order (payload, tenant index, extracted fields) -> Bronze."""
     n = len(ing_us)
-    extracted = known
-    keys = tenant_names.take(pa.array(tenant))
+    tenant = rows.column("tenant").to_numpy()
+    known = tenant_names.take(pa.array(tenant))
     part_np = _partition_of(tenant_names)[tenant]
     offsets = np.empty(n, dtype=np.int64)
     for p in range(PARTITIONS):
         m = part_np == p
         offsets[m] = np.arange(int(m.sum()))
     ing = pa.array(ing_us, pa.int64()).cast(schemas.TS)
+    ok = pc.is_valid(rows.column("event_timestamp"))
     return pa.table({
-        "raw_payload": payload,
+        "raw_payload": rows.column("raw_payload"),
         "kafka_topic": pa.array([TOPIC]).take(pa.array(np.zeros(n, dtype=np.int64))),
         "kafka_partition": pa.array(part_np, pa.int32()),
         "kafka_offset": pa.array(offsets),
         "kafka_timestamp": ing,
-        "kafka_key": keys.cast(pa.binary()),
+        "kafka_key": known.cast(pa.binary()),
         "ingestion_timestamp": ing,
         "ingestion_date": pc.cast(ing, pa.date32()),
-        "event_id": extracted.column("event_id"),
-        "tenant_id": extracted.column("tenant_id"),
-        "event_timestamp": extracted.column("event_timestamp"),
+        "event_id": rows.column("event_id"),
+        "tenant_id": pc.if_else(ok, known, pa.scalar(None, pa.string())),
+        "event_timestamp": rows.column("event_timestamp"),
     }, schema=schemas.BRONZE_SCHEMA)
 
 
