@@ -74,10 +74,12 @@ class GeneratorConfig:
 
 def _digits(mat: np.ndarray, col: int, values: np.ndarray, width: int) -> None:
     """Write ``values`` as zero-padded decimal text into ``mat[:, col:col + width]``."""
-    v = values.astype(np.int64)
+    small = width <= 9  # fits int32, whose division by a constant NumPy does fastest
+    v = values.astype(np.int32 if small else np.int64)
     for pos in range(width - 1, -1, -1):
-        mat[:, col + pos] = 48 + v % 10
-        v = v // 10
+        q = v // 10
+        mat[:, col + pos] = 48 + (v - q * 10)
+        v = q
 
 
 def _text(mat: np.ndarray, lengths: np.ndarray | None = None, valid: np.ndarray | None = None
@@ -93,6 +95,10 @@ def _text(mat: np.ndarray, lengths: np.ndarray | None = None, valid: np.ndarray 
     if lengths is None:
         data = np.ascontiguousarray(mat).reshape(-1)
         offsets = np.arange(0, (n + 1) * width, width, dtype=np.int64)
+    elif lengths.dtype == bool:  # each row whole, or empty
+        data = np.ascontiguousarray(mat[lengths]).reshape(-1)
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.where(lengths, width, 0), out=offsets[1:])
     else:
         data = mat[np.arange(width)[None, :] < lengths[:, None]]
         offsets = np.zeros(n + 1, dtype=np.int64)
@@ -101,6 +107,25 @@ def _text(mat: np.ndarray, lengths: np.ndarray | None = None, valid: np.ndarray 
         offsets = offsets.astype(np.int32)
         return pa.Array.from_buffers(pa.string(), n, [bitmap, pa.py_buffer(offsets), pa.py_buffer(data)])
     return pa.Array.from_buffers(pa.large_string(), n, [bitmap, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def _fixed(segments: list[bytes | tuple[np.ndarray, int] | np.ndarray], n: int) -> pa.Array:
+    """Fixed-width text per row from literal bytes, (numbers, digits) and byte matrices."""
+    width = sum(len(x) if isinstance(x, bytes) else x[1] if isinstance(x, tuple) else x.shape[1]
+                for x in segments)
+    mat = np.empty((n, width), dtype=np.uint8)
+    col = 0
+    for x in segments:
+        if isinstance(x, bytes):
+            mat[:, col: col + len(x)] = np.frombuffer(x, dtype=np.uint8)
+            col += len(x)
+        elif isinstance(x, tuple):
+            _digits(mat, col, x[0], x[1])
+            col += x[1]
+        else:
+            mat[:, col: col + x.shape[1]] = x
+            col += x.shape[1]
+    return _text(mat)
 
 
 def _ids(prefix: str, idx: np.ndarray, width: int, valid: np.ndarray | None = None) -> pa.Array:
@@ -114,32 +139,41 @@ def _ids(prefix: str, idx: np.ndarray, width: int, valid: np.ndarray | None = No
 
 _V2_HEAD = b', "user_id": "user-'
 _V2_MID = b'", "data_residency_region": "'
+#: the region's text and closing quote; index 0: no v2 fields
+_V2_TAIL = pa.array(["", *(f'{_V2_MID.decode()}{r}"' for r in REGIONS.tolist())])
 
 
-def _v2_fields(user: np.ndarray, region: np.ndarray, v2: np.ndarray) -> pa.Array:
-    """The schema v2 fields' text (``, "user_id": ..., "data_residency_region": "..."``); "" if not v2."""
-    n = len(user)
-    regions = [r.encode() for r in REGIONS.tolist()]
-    rw = max(len(r) for r in regions)
-    at = len(_V2_HEAD) + 7 + len(_V2_MID)
-    mat = np.zeros((n, at + rw + 1), dtype=np.uint8)
+def _v2_fields(user: np.ndarray, region: np.ndarray, v2: np.ndarray) -> list[pa.Array]:
+    """The schema v2 fields' text as two join parts (both "" where not ``v2``)."""
+    mat = np.empty((len(user), len(_V2_HEAD) + 7), dtype=np.uint8)
     mat[:, : len(_V2_HEAD)] = np.frombuffer(_V2_HEAD, dtype=np.uint8)
     _digits(mat, len(_V2_HEAD), user, 7)
-    mat[:, len(_V2_HEAD) + 7: at] = np.frombuffer(_V2_MID, dtype=np.uint8)
-    table = np.zeros((len(regions), rw), dtype=np.uint8)
-    for i, r in enumerate(regions):
-        table[i, : len(r)] = np.frombuffer(r, dtype=np.uint8)
-    rlen = np.array([len(r) for r in regions])[region]
-    mat[:, at: at + rw] = table[region]
-    mat[np.arange(n), at + rlen] = ord('"')
-    return _text(mat, np.where(v2, at + rlen + 1, 0))
+    v2 = v2.astype(bool)
+    return [_text(mat, v2), _V2_TAIL.take(pa.array(np.where(v2, region.astype(np.int64) + 1, 0)))]
+
+
+def _offset_text(minutes: int) -> str:
+    if minutes == 0:
+        return "Z"
+    sign = "-" if minutes < 0 else "+"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
 def _fmt_ts(ts_us: np.ndarray, offset_min: np.ndarray) -> pa.Array:
     """RFC 3339 text of each instant, written in its local offset (``Z`` for UTC)."""
+    body, suffix = _ts_parts(ts_us, offset_min)
+    return pc.binary_join_element_wise(body, suffix, "")
+
+
+def _ts_parts(ts_us: np.ndarray, offset_min: np.ndarray) -> tuple[pa.Array, pa.Array]:
+    """(local date-time text with microseconds, offset text) of each instant."""
+    body, suffix = _ts_matrix(ts_us, offset_min)
+    return _text(body), suffix
+
+
+def _ts_matrix(ts_us: np.ndarray, offset_min: np.ndarray) -> tuple[np.ndarray, pa.Array]:
+    """(local date-time bytes with microseconds as an (n, 26) matrix, offset text)."""
     n = len(ts_us)
-    if n == 0:
-        return pa.array([], pa.string())
     off = offset_min.astype(np.int64)
     local = ts_us.astype(np.int64) + off * MINUTE
     days, rem = np.divmod(local, 86400 * US)
@@ -153,22 +187,25 @@ def _fmt_ts(ts_us: np.ndarray, offset_min: np.ndarray) -> pa.Array:
     day = doy - (153 * mp + 2) // 5 + 1
     month = np.where(mp < 10, mp + 3, mp - 9)
     year = yoe + era * 400 + (month <= 2)
-    mat = np.empty((n, 32), dtype=np.uint8)
+    mat = np.empty((n, 26), dtype=np.uint8)
     for col, ch in ((4, "-"), (7, "-"), (10, "T"), (13, ":"), (16, ":"), (19, ".")):
         mat[:, col] = ord(ch)
+    secs, micros = np.divmod(rem, US)
     _digits(mat, 0, year, 4)
     _digits(mat, 5, month, 2)
     _digits(mat, 8, day, 2)
-    _digits(mat, 11, rem // (3600 * US), 2)
-    _digits(mat, 14, rem // MINUTE % 60, 2)
-    _digits(mat, 17, rem // US % 60, 2)
-    _digits(mat, 20, rem % US, 6)
-    utc = off == 0
-    mat[:, 26] = np.where(utc, ord("Z"), np.where(off < 0, ord("-"), ord("+")))
-    _digits(mat, 27, np.abs(off) // 60, 2)
-    mat[:, 29] = ord(":")
-    _digits(mat, 30, np.abs(off) % 60, 2)
-    return _text(mat, np.where(utc, 27, 32))
+    _digits(mat, 11, secs // 3600, 2)
+    _digits(mat, 14, secs // 60 % 60, 2)
+    _digits(mat, 17, secs % 60, 2)
+    _digits(mat, 20, micros, 6)
+    # offsets are whole minutes within +-24h: a counting pass finds the few distinct ones
+    shifted = off + 24 * 60
+    uniq = np.flatnonzero(np.bincount(shifted, minlength=48 * 60 + 1))
+    lut = np.zeros(48 * 60 + 1, dtype=np.int64)
+    lut[uniq] = np.arange(len(uniq))
+    texts = pa.array([_offset_text(int(m) - 24 * 60) for m in uniq], pa.string())
+    suffix = texts.take(pa.array(lut[shifted]))
+    return mat, suffix
 
 
 #: Events generated per chunk: bounded working set, so the rate holds for long histories.
@@ -254,18 +291,26 @@ def _block(src: np.ndarray, attrs: dict[str, np.ndarray], invalid: pa.Array, inv
     tenant[~inv] = a["tenant"][~inv]
     ok = src[~inv]
     v = {k: col[ok] for k, col in attrs.items()} if len(inv_pos) else a
+    m = len(v["ts"])
+    body, suffix = _ts_matrix(v["ts"], v["offset_min"])
+    width = len(tenant_names[0].as_py()) if len(tenant_names) else 0
+    fixed_tenants = width > 7 and pc.all(pc.equal(pc.binary_length(tenant_names), width)).as_py()
+    if fixed_tenants:  # tenant-NNNNN: part of a fixed-width segment
+        tenant_seg: list = [b"tenant-", (v["tenant"], width - 7)]
+        tenant_part: list = []
+    else:
+        tenant_seg, tenant_part = [], [tenant_names.take(pa.array(v["tenant"]))]
     parts = [
-        '{"event_id": "', _ids("evt-", v["ev"], 10),
-        '", "event_timestamp": "', _fmt_ts(v["ts"], v["offset_min"]),
-        '", "tenant_id": "', tenant_names.take(pa.array(v["tenant"])),
+        _fixed([b'{"event_id": "evt-', (v["ev"], 10), b'", "event_timestamp": "', body], m), suffix,
+        _fixed([b'", "tenant_id": "', *tenant_seg], m), *tenant_part,
         '", "subscription_plan": "', _pick(PLANS, v["plan"]),
         '", "endpoint": "', _pick(ENDPOINTS, v["endpoint"]),
         '", "method": "', _pick(METHODS, v["method"]),
-        '", "status_code": ', pa.array(v["status"]).cast(pa.string()),
-        ', "latency_ms": ', pa.array(v["latency"]).cast(pa.string()),
+        _fixed([b'", "status_code": ', (v["status"], 3), b', "latency_ms": '], m),
+        pa.array(v["latency"]).cast(pa.string()),
         ', "request_bytes": ', pa.array(v["request_bytes"]).cast(pa.string()),
         ', "response_bytes": ', pa.array(v["response_bytes"]).cast(pa.string()),
-        _v2_fields(v["user"], v["region"], v["v2"]),
+        *_v2_fields(v["user"], v["region"], v["v2"]),
         "}",
     ]
     joined = pc.binary_join_element_wise(*parts, "").cast(pa.binary())
