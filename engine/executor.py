@@ -79,6 +79,8 @@ class MapResult:
     buckets: tuple[pa.Table, ...]
     seconds: float
     node: str = ""
+    #: rows per tenant bucket (what the reduce tasks will get from this map)
+    bucket_rows: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,24 @@ def where() -> str:
     except Exception:  # not in a worker: fall through
         pass
     return socket.gethostname()
+
+
+def warm_up() -> None:
+    """Fold one message through every stage, so a fresh worker process has loaded DuckDB's
+    JSON functions, the rule plugins and the Arrow kernels before its first real task."""
+    from rules.rulesets import load_ruleset
+
+    payload = (b'{"event_id": "w", "event_timestamp": "2026-01-01T00:00:00Z", "tenant_id": "w", '
+               b'"subscription_plan": "free", "endpoint": "/", "status_code": 200}')
+    ts = pa.array([0], pa.int64()).cast(schemas.TS)
+    bronze = pa.table({"raw_payload": pa.array([payload], pa.binary()), "kafka_topic": ["w"],
+                       "kafka_partition": pa.array([0], pa.int32()), "kafka_offset": pa.array([0]),
+                       "ingestion_timestamp": ts})
+    compiled = Compiled.of(load_ruleset("2026-02"))
+    valid, _ = compiled.validate(bronze)
+    split_buckets(valid, 2)
+    silver, _ = compiled.dedup(schemas.conform(valid, schemas.VALID_SCHEMA))
+    compiled.gold(silver)
 
 
 def _fault_kill_once(stage: str) -> None:
@@ -194,7 +214,8 @@ def map_shard(spec: MapSpec) -> MapResult:
         target = Target(spec.lake_root, spec.storage_options, spec.bronze_root, spec.replay_id, spec.scope)
         out_q = _stage(target, schemas.QUARANTINE, quarantine, "q")
     _fault_kill_once("map")
-    return MapResult(data.num_rows, out_q, buckets, time.perf_counter() - t0, where())
+    return MapResult(data.num_rows, out_q, buckets, time.perf_counter() - t0, where(),
+                     tuple(b.num_rows for b in buckets))
 
 
 def _stage(target: Target, table: str, data: pa.Table, tag: str) -> Staged:
@@ -220,7 +241,7 @@ def _restrict(rows: pa.Table, scope: Scope | None, mode: Mode) -> pa.Table:
 def map_shard_parts(spec: MapSpec) -> tuple[object, ...]:
     """:func:`map_shard` as (summary, bucket 0, bucket 1, ...) so each bucket is its own object."""
     res = map_shard(spec)
-    summary = MapResult(res.rows_in, res.quarantine, (), res.seconds, res.node)
+    summary = MapResult(res.rows_in, res.quarantine, (), res.seconds, res.node, res.bucket_rows)
     return (summary, *res.buckets)
 
 

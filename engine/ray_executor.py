@@ -28,12 +28,13 @@ MAX_RETRIES = 3
 
 
 def warm_worker() -> int:
-    """Import what shard tasks use (see :meth:`RayExecutor._warm_up`)."""
-    import duckdb  # noqa: F401
+    """Load what shard tasks use: modules, DuckDB's JSON functions, the rule plugins.
 
-    import engine.executor  # noqa: F401
-    import rules.builtin  # noqa: F401
+    Folds one tiny message through a built-in ruleset (see :meth:`RayExecutor._warm_up`).
+    """
+    from engine.executor import warm_up
 
+    warm_up()
     return os.getpid()
 
 
@@ -90,21 +91,31 @@ class RayExecutor:
         for spec in maps:
             refs = map_task.remote(spec)
             map_refs.append(refs if isinstance(refs, list) else [refs])
-        red_refs = [reduce_task.remote(spec, *[m[1 + spec.bucket] for m in map_refs])
-                    for spec in reduces]
         summaries = [m[0] for m in map_refs]
-        total = len(summaries) + len(red_refs)
-        pending = summaries + red_refs
+        total = len(summaries) + n
         done = 0
-        try:
+
+        def drain(refs: list[Any]) -> None:
+            nonlocal done
+            pending = list(refs)
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1)
                 ray.get(ready)  # surface task errors early
                 done += len(ready)
                 if progress:
                     progress("ray", done, total)
+
+        try:
+            drain(summaries)  # maps first: reduce tasks need every map's output anyway
             map_out: list[MapResult] = ray.get(summaries)
-            red_out: list[ReduceResult] = ray.get(red_refs)
+            # biggest shard first (longest-processing-time order): the last wave ends sooner
+            size = {s.bucket: sum(m.bucket_rows[s.bucket] for m in map_out if m.bucket_rows)
+                    for s in reduces}
+            order = sorted(reduces, key=lambda s: -size[s.bucket])
+            red_refs = {s.bucket: reduce_task.remote(s, *[m[1 + s.bucket] for m in map_refs])
+                        for s in order}
+            drain(list(red_refs.values()))
+            red_out: list[ReduceResult] = ray.get([red_refs[s.bucket] for s in reduces])
         except ray.exceptions.RayError as exc:
             raise ShardError(f"a shard task failed after {MAX_RETRIES} retries: "
                              f"{str(exc).splitlines()[0]}") from None

@@ -94,3 +94,34 @@ def test_user_checks_from_sql_files(loaded, tmp_path):
     row = api.history(loaded)[-1]
     names = {c["name"]: c["passed"] for c in json.loads(row["checks"])}
     assert names["user:fine"] and not names["user:no_big_minutes"]
+
+
+class LossyDedup(Rule):
+    """A buggy plugin: drops every tenth duplicate instead of recording it."""
+
+    name, version, layer = "dedup", 99, "silver"
+
+    class Params(RuleParams):
+        pass
+
+    @staticmethod
+    def apply(params, valid):
+        from rules.dedup_v2 import Dedup
+
+        silver, dups = Dedup.apply(Dedup.Params(), valid)
+        return silver, dups.slice(0, dups.num_rows - max(1, dups.num_rows // 10))
+
+
+def test_rows_lost_by_a_plugin_fail_conservation_and_roll_back(loaded):
+    reg = default_registry()
+    if ("dedup", 99) not in reg.versions():
+        reg.register(LossyDedup)
+    before = snapshot(loaded)
+    lossy = load_ruleset("2026-01").with_rule("dedup", 99, new_name="lossy")
+    with pytest.raises(ChecksFailedError, match="conservation"):
+        api.run(loaded, lossy, reason="buggy dedup", shards=1)
+    assert snapshot(loaded) == before
+    row = api.history(loaded)[-1]
+    (cons,) = [c for c in json.loads(row["checks"]) if c["name"] == "conservation"]
+    s = cons["sample"][0]
+    assert not cons["passed"] and s["bronze"] > s["silver"] + s["quarantine"] + s["duplicates"]
