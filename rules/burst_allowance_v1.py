@@ -23,11 +23,16 @@ WITH w AS (
   SELECT *, epoch_us(window_start) AS e FROM minutes
 ), b AS (
   SELECT *, e - (((e % {W5}) + {W5}) % {W5}) AS w5 FROM w
+), hot AS (
+  -- only 5-minute windows with some overage need the running sums; most have none
+  SELECT DISTINCT tenant_id, w5 FROM b WHERE raw_over > 0
+), h AS (
+  SELECT * FROM b SEMI JOIN hot USING (tenant_id, w5)
 ), c AS (
   SELECT *,
     sum(raw_over) OVER (PARTITION BY tenant_id, w5 ORDER BY window_start ROWS UNBOUNDED PRECEDING) AS c_m,
     arg_max(subscription_plan, latest) OVER (PARTITION BY tenant_id, w5) AS plan5
-  FROM b
+  FROM h
 ), x AS (
   SELECT c.*, coalesce(a.allowance, 0) AS allowance FROM c LEFT JOIN allow a ON a.plan = c.plan5
 )
@@ -36,6 +41,10 @@ SELECT * EXCLUDE (e, w5, c_m, plan5, allowance),
   CAST(raw_over - (greatest(0, c_m - allowance) - greatest(0, c_m - raw_over - allowance)) AS BIGINT)
     AS burst_allowance_used
 FROM x
+UNION ALL BY NAME
+-- a window without overage: nothing over the limit, no allowance used, whatever the plan
+SELECT * EXCLUDE (e, w5), 0::BIGINT AS over_limit_count, 0::BIGINT AS burst_allowance_used
+FROM b ANTI JOIN hot USING (tenant_id, w5)
 """
 
 
