@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
+_local = threading.local()
+
+
+def set_threads(n: int) -> None:
+    """DuckDB threads for the queries of the calling thread (0: the process default)."""
+    _local.n = n
+
 
 def threads() -> int:
-    return int(os.environ.get("MEDALLION_DUCKDB_THREADS", "0")) or (os.cpu_count() or 1)
+    """This thread's setting, else ``MEDALLION_DUCKDB_THREADS``, else every core."""
+    return (getattr(_local, "n", 0) or int(os.environ.get("MEDALLION_DUCKDB_THREADS", "0"))
+            or (os.cpu_count() or 1))
 
 
 def run_sql(sql: str, tables: dict[str, pa.Table], params: dict[str, Any] | None = None) -> pa.Table:
