@@ -38,10 +38,13 @@ def warm_worker() -> int:
     return os.getpid()
 
 
-def _threads_env() -> dict[str, str]:
-    # one DuckDB thread per task: Ray schedules one task per CPU
-    return {"MEDALLION_DUCKDB_THREADS": "1", **{k: v for k, v in os.environ.items()
-                                                 if k.startswith("MEDALLION_FAULT_")}}
+def _task_options() -> dict[str, Any]:
+    """Ray options shared by every task. No runtime_env unless a test injects faults: a
+    runtime_env gets workers of its own, while the default pool's are prestarted and stay
+    warm. (Each spec carries its DuckDB thread count: one per task, as Ray runs one per CPU.)
+    """
+    faults = {k: v for k, v in os.environ.items() if k.startswith("MEDALLION_FAULT_")}
+    return {"runtime_env": {"env_vars": faults}} if faults else {}
 
 
 class RayExecutor:
@@ -73,8 +76,7 @@ class RayExecutor:
         before the first map task keeps it off the replay's critical path. Never awaited
         for correctness: the tasks are ordinary, and their results are ignored.
         """
-        task = self._ray.remote(num_cpus=1, max_retries=0,
-                                runtime_env={"env_vars": _threads_env()})(warm_worker)
+        task = self._ray.remote(num_cpus=1, max_retries=0, **_task_options())(warm_worker)
         return [task.remote() for _ in range(self.cpus())]
 
     def cpus(self) -> int:
@@ -84,7 +86,7 @@ class RayExecutor:
             progress: Progress | None = None) -> JobOutput:
         ray = self._ray
         n = len(reduces)
-        opts = {"max_retries": MAX_RETRIES, "runtime_env": {"env_vars": _threads_env()}}
+        opts = {"max_retries": MAX_RETRIES, **_task_options()}
         map_task = ray.remote(num_cpus=1, num_returns=1 + n, **opts)(map_shard_parts)
         reduce_task = ray.remote(num_cpus=1, **opts)(reduce_shard)
         map_refs = []

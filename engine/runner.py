@@ -249,7 +249,7 @@ def map_specs(lake: Lake, plan: Plan, ruleset: Ruleset, cpus: int) -> list[MapSp
     for i, u in enumerate(units):
         groups[i % n].append(u)
     opts = tuple(sorted((lake.storage_options or {}).items()))
-    threads = max(1, cpus // n) if cpus > 1 else 0
+    threads = max(1, cpus // n)  # DuckDB threads per task: the executor runs ~cpus at once
     return [MapSpec(lake.root, opts, plan.source_table, plan.source_version or 0, tuple(g), plan.mode,
                     ruleset, plan.buckets, plan.scope, threads, lake.bronze_root, plan.replay_id)
             for g in groups if g]
@@ -348,7 +348,7 @@ def _compute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
     cpus = executor.cpus()
     target = Target(lake.root, tuple(sorted((lake.storage_options or {}).items())), lake.bronze_root,
                     plan.replay_id, plan.scope)
-    reduces = [ReduceSpec(b, plan.mode, ruleset, max(1, cpus // plan.buckets) if cpus > 1 else 0,
+    reduces = [ReduceSpec(b, plan.mode, ruleset, max(1, cpus // plan.buckets),
                           plan.task_memory, target)
                for b in range(plan.buckets)]
     return executor.run(maps, reduces, progress)
