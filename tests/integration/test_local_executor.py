@@ -22,3 +22,15 @@ def test_threads_and_a_single_worker_produce_identical_tables(tmp_path):
     api.run(three, "2026-02", executor=LocalExecutor(3), mode="full", shards=4,
             progress=lambda stage, done, total: seen.append((stage, done, total)))
     assert [d for _, d, _ in seen] == list(range(1, len(seen) + 1)) and seen[-1][1] == seen[-1][2]
+
+
+def test_map_outputs_over_the_budget_are_spilled_and_read_back(tmp_path):
+    t = generate(GeneratorConfig(events=30_000, tenants=30, days=0.5, seed=6))
+    n = t.num_rows
+    parts = [t.slice(0, n // 3), t.slice(n // 3, n // 3), t.slice(2 * (n // 3))]
+    whole, spilled = make_lake(tmp_path / "whole", parts), make_lake(tmp_path / "spilled", parts)
+    api.run(whole, "2026-02", executor=LocalExecutor(2))
+    ex = LocalExecutor(2)
+    res = api.run(spilled, "2026-02", executor=ex, task_memory="1MiB")
+    assert ex.spilled_bytes > 0 and res.chunks > res.plan.buckets and res.conservation_ok
+    assert_same_tables(whole, spilled)
