@@ -214,8 +214,12 @@ class Lake:
     def commit_metadata(self, table: str, version: int | None = None) -> dict[str, Any]:
         """The medallion metadata of the commit that produced ``version`` (default: latest)."""
         dt = self.table(table)
-        target = dt.version() if version is None else version
-        for entry in dt.history():
+        latest = dt.version()
+        target = latest if version is None else version
+        if target > latest or target < 0:
+            return {}
+        # the newest commits first: read back only as far as the wanted version
+        for entry in dt.history(latest - target + 1):
             if entry.get("version") == target:
                 return decode_metadata(entry)
         return {}
