@@ -60,11 +60,16 @@ class Staged:
         return Staged(table, tuple(f for p in parts for f in p.files))
 
 
+#: file:// URIs go through Arrow's local filesystem (tests turn this off to run the
+#: object-store path, delta-rs's own filesystem, against local files).
+LOCAL_SHORTCUT = True
+
+
 def filesystem(table_uri: str, storage_options: dict[str, str] | None) -> tuple[pafs.FileSystem, str]:
     """A pyarrow filesystem and base path for a table root (local path or any delta-rs URI)."""
     if "://" not in table_uri:
         return pafs.LocalFileSystem(), table_uri
-    if table_uri.startswith("file://"):
+    if table_uri.startswith("file://") and LOCAL_SHORTCUT:
         return pafs.LocalFileSystem(), table_uri[len("file://"):]
     from deltalake.fs import DeltaStorageHandler
 

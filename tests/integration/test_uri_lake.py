@@ -39,3 +39,19 @@ def test_expired_delta_lease_is_taken_over(uri_lake):
     stale = lease_for(uri_lake, "r-stale", ttl=0.0)
     stale._write(stale._body())
     api.run(uri_lake, "2026-01", reason="takes over")
+
+
+def test_tasks_stage_files_through_the_object_store_filesystem(uri_lake, monkeypatch, tmp_path):
+    """delta-rs's own filesystem (what s3:// uses) writes, lists and sweeps the staged files."""
+    import engine.staging
+    from engine import schemas
+    from engine.executor import LocalExecutor
+
+    monkeypatch.setattr(engine.staging, "LOCAL_SHORTCUT", False)
+    res = api.run(uri_lake, "2026-02", reason="via delta-rs fs", executor=LocalExecutor(2), shards=3)
+    assert res.conservation_ok
+    rid = res.plan.replay_id
+    orphan = uri_lake.stage(schemas.SILVER, uri_lake.read(schemas.SILVER), f"{rid}-retried")
+    assert orphan.files and uri_lake.sweep(schemas.SILVER, rid) == len(orphan.files)
+    assert api.sql(uri_lake, "SELECT count(*) AS n FROM silver_api_usage").column("n")[0].as_py() == 3839
+    assert all(p.split("/")[-1].startswith(f"part-mr-{rid}-") for p in uri_lake.files(schemas.SILVER))
