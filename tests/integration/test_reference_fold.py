@@ -45,7 +45,7 @@ NAMES = {schemas.SILVER: "silver", schemas.QUARANTINE: "quarantine", schemas.DUP
 
 @given(seed=st.integers(0, 100_000), dup=st.floats(0.0, 0.4), late=st.floats(0.0, 0.2),
        burst=st.floats(0.0, 0.6))
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_both_rulesets_equal_the_reference_row_for_row(tmp_path_factory, seed, dup, late, burst):
     bronze = generate(GeneratorConfig(events=2500, tenants=4, days=0.2, seed=seed, dup_rate=dup,
                                       late_rate=late, burst_share=burst, invalid_rate=0.05,
