@@ -291,7 +291,7 @@ def _block(src: np.ndarray, attrs: dict[str, np.ndarray], invalid: pa.Array, inv
             "raw_payload": inv_payload, "tenant": pa.array(tenant),
             "event_id": pa.nulls(n, pa.string()), "event_timestamp": pa.nulls(n, schemas.TS)})
     ev_src = np.where(inv, 0, src)
-    a = {k: v[ev_src] for k, v in attrs.items()}
+    a = {k: attrs[k][ev_src] for k in ("tenant", "ev", "ts")}  # per row; payload fields below
     tenant[~inv] = a["tenant"][~inv]
     ok = src[~inv]
     v = {k: col[ok] for k, col in attrs.items()} if len(inv_pos) else a

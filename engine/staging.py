@@ -55,6 +55,19 @@ class Staged:
     def num_rows(self) -> int:
         return sum(f.num_records for f in self.files)
 
+    def bounds(self, low: str, high: str) -> tuple[Any, Any]:
+        """(min of ``low``, max of ``high``) over the files, from their stats (None if empty)."""
+        lows, highs = [], []
+        for f in self.files:
+            st = json.loads(f.stats)
+            if low in st["minValues"]:
+                lows.append(st["minValues"][low])
+            if high in st["maxValues"]:
+                highs.append(st["maxValues"][high])
+        if not lows or not highs:
+            return None, None
+        return _parse_stat(min(lows)), _parse_stat(max(highs))
+
     @staticmethod
     def merge(table: str, parts: list[Staged]) -> Staged:
         return Staged(table, tuple(f for p in parts for f in p.files))
@@ -74,6 +87,11 @@ def filesystem(table_uri: str, storage_options: dict[str, str] | None) -> tuple[
     from deltalake.fs import DeltaStorageHandler
 
     return pafs.PyFileSystem(DeltaStorageHandler(table_uri, storage_options)), ""
+
+
+def _parse_stat(text: str) -> dt.datetime:
+    """A timestamp as :func:`_stat_value` writes it (ISO, milliseconds, Z) -> datetime."""
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def _stat_value(value: Any) -> Any:

@@ -219,13 +219,14 @@ class Validate(Rule):
         ing_us = pc.cast(pc.cast(bronze.column("ingestion_timestamp"), schemas.TS), pa.int64())
         tolerance = params.future_tolerance_seconds * US
         raw, sql = utf8_or_null(raw_bin), SQL_TEXT
+        row_ids = pa.array(np.arange(n, dtype=np.int64))
         judged = run_sql(
             sql,
-            {"input": pa.table({"_i": pa.array(np.arange(n, dtype=np.int64)), "raw": raw, "ing_us": ing_us})},
+            {"input": pa.table({"_i": row_ids, "raw": raw, "ing_us": ing_us})},
             {"screen": SCREEN, "ts_pattern": TS_PATTERN, "plans": sorted(known_plans),
              "tolerance": tolerance},
         )
-        if not pc.all(pc.equal(judged.column("_i"), pa.array(np.arange(n, dtype=np.int64)))).as_py():
+        if not pc.all(pc.equal(judged.column("_i"), row_ids)).as_py():
             judged = judged.sort_by("_i")  # DuckDB keeps insertion order; never rely on it blindly
         strict = judged.column("needs_strict")
         strict_idx = pc.indices_nonzero(strict).to_pylist()
