@@ -293,8 +293,8 @@ def _block(src: np.ndarray, attrs: dict[str, np.ndarray], invalid: pa.Array, inv
     ev_src = np.where(inv, 0, src)
     a = {k: attrs[k][ev_src] for k in ("tenant", "ev", "ts")}  # per row; payload fields below
     tenant[~inv] = a["tenant"][~inv]
-    ok = src[~inv]
-    v = {k: col[ok] for k, col in attrs.items()} if len(inv_pos) else a
+    ok = src[~inv] if len(inv_pos) else src
+    v = {k: col[ok] for k, col in attrs.items()}  # the valid rows' attributes, for their payloads
     m = len(v["ts"])
     body, suffix = _ts_matrix(v["ts"], v["offset_min"])
     width = len(tenant_names[0].as_py()) if len(tenant_names) else 0
