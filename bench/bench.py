@@ -19,9 +19,9 @@ from pathlib import Path
 
 import duckdb
 
-from engine import schemas
-from engine.generator import GeneratorConfig, generate
-from engine.importers import append_new
+from engine.contract import schemas
+from engine.ingest.generator import GeneratorConfig, generate
+from engine.ingest.importers import append_new
 from replay import api
 
 HERE = Path(__file__).resolve().parent
@@ -65,8 +65,8 @@ def kafka_bench(messages: int) -> None:
     import pyarrow as pa
     from confluent_kafka import Consumer
 
-    from engine.broker import Broker
-    from engine.kafka_ingest import IngestConfig, Ingester, produce
+    from engine.ingest.broker import Broker
+    from engine.ingest.kafka import IngestConfig, Ingester, produce
 
     tmp = Path(tempfile.mkdtemp(prefix="mr-kbench-"))
     b = Broker(port=19592, controller_port=19593, data=tmp / "kafka")
@@ -91,7 +91,7 @@ def kafka_bench(messages: int) -> None:
         raw_s = time.perf_counter() - t0
         c.close()
         lake = api.open_lake(tmp / "lake")
-        ing = Ingester(lake, IngestConfig(b.bootstrap, "bench", "ingest", max_batch_messages=100_000,
+        ing = Ingester(lake, IngestConfig(bootstrap_servers=b.bootstrap, topic="bench", group_id="ingest", max_batch_messages=100_000,
                                           max_batch_seconds=10, max_messages=messages))
         stats = ing.run()
         assert stats.first_message_at is not None
@@ -129,8 +129,8 @@ def main() -> None:
         print(f"duckdb script (baseline):     {n / base_s:12,.0f} events/s  ({base_s:.2f}s)")
         import ray
 
-        from engine.executor import LocalExecutor
-        from engine.ray_executor import RayExecutor
+        from engine.execution.local import LocalExecutor
+        from engine.execution.ray_executor import RayExecutor
 
         configs = [("local", lambda: LocalExecutor())]
         configs += [(f"ray, {c} cpu", (lambda c=c: RayExecutor(num_cpus=c))) for c in (1, 2)]

@@ -1,58 +1,68 @@
-"""The Python API of medallion-replay: one facade over the engine, used by the CLI too."""
+"""The Python API of medallion-replay: one thin facade over the engine, used by the CLI too.
+
+Every function takes a lake as a path/URI or an opened :class:`Lake`. A path is
+opened with :func:`open_lake`, which merges ``MEDALLION_STORAGE_OPTIONS`` with the
+options given, exactly as the CLI does with ``--storage-option``.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import asdict, replace
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine import audit, schemas
-from engine.config import ReplayConfig, parse_size
-from engine.diff import TableDiff, diff_table, entitlement_summary, gold_versions
-from engine.errors import UsageError
-from engine.executor import Executor, LocalExecutor, Progress
-from engine.experiment import (
+from engine.batch import apply as batch
+from engine.batch import audit
+from engine.batch.apply import RunResult
+from engine.batch.experiment import (
     ExperimentResult,
     drop_experiment,
     list_experiments,
-    reusable,
     run_experiment,
 )
-from engine.generator import GeneratorConfig, generate, to_jsonl
-from engine.importers import ImportResult, append_new, import_bronze_parquet, import_jsonl
-from engine.lake import Lake
-from engine.lease import lease_for
-from engine.query import query
-from engine.runner import (
-    ModeArg,
-    Plan,
-    RunResult,
-    build_plan,
-    execute,
-    new_replay_id,
-    operator_name,
-)
-from engine.scope import Scope
-from rules.base import Ruleset
-from rules.rulesets import load_ruleset
+from engine.batch.plan import ModeArg, Plan, build_plan
+from engine.config import ReplayConfig, parse_size, start_process, validated
+from engine.contract import schemas
+from engine.contract.errors import UsageError
+from engine.execution.local import LocalExecutor
+from engine.execution.specs import Executor, Progress
+from engine.fold.scope import Scope
+from engine.ingest import kafka
+from engine.ingest.generator import GeneratorConfig, generate, to_jsonl
+from engine.ingest.importers import ImportResult, append_new, import_bronze_parquet, import_jsonl
+from engine.lake.storage import storage_options
+from engine.lake.tables import Lake
+from engine.query.diff import TableDiff, diff_table, entitlement_summary, gold_versions
+from engine.query.duck import query
+from rules.registry import default_registry
+from rules.ruleset import Ruleset, builtin_names, load_ruleset
 
 __all__ = [
-    "Lake", "Ruleset", "load_ruleset", "open_lake", "import_file", "plan", "run", "status", "sql",
-    "generate_history", "make_executor", "recover", "rollback", "history", "diff", "summary",
-    "Experiment", "experiments", "drop",
+    "Lake", "Ruleset", "GeneratorConfig", "IngestConfig", "ReplayConfig", "load_ruleset",
+    "open_lake", "import_file", "plan", "apply", "run", "status", "sql", "generate_history",
+    "produce_history", "ingest", "make_executor", "recover", "recover_if_needed", "rollback",
+    "history", "diff", "summary", "Experiment", "experiments", "drop", "rules_catalog",
 ]
 
+IngestConfig = kafka.IngestConfig
+LakeArg = str | os.PathLike[str] | Lake
+RulesetArg = str | Path | Ruleset
 
-def open_lake(lake: str | os.PathLike[str] | Lake, storage_options: Mapping[str, str] | None = None) -> Lake:
-    return lake if isinstance(lake, Lake) else Lake.at(lake, storage_options)
+
+def open_lake(lake: LakeArg, storage_options_: Mapping[str, str] | None = None) -> Lake:
+    """A lake by path or URI; options = ``MEDALLION_STORAGE_OPTIONS`` + ``storage_options_``."""
+    start_process()
+    if isinstance(lake, Lake):
+        return lake
+    return Lake.at(lake, storage_options(storage_options_))
 
 
-def import_file(lake: str | Lake, path: str | Path, fmt: Literal["jsonl", "bronze-parquet"] = "jsonl",
+def import_file(lake: LakeArg, path: str | Path, fmt: Literal["jsonl", "bronze-parquet"] = "jsonl",
                 topic: str | None = None) -> ImportResult:
     lk = open_lake(lake)
     if fmt == "jsonl":
@@ -65,10 +75,11 @@ def import_file(lake: str | Lake, path: str | Path, fmt: Literal["jsonl", "bronz
 
 
 def make_executor(kind: str = "local", address: str | None = None, num_cpus: int | None = None) -> Executor:
+    start_process()
     if kind == "local":
         return LocalExecutor()
     if kind == "ray":
-        from engine.ray_executor import RayExecutor
+        from engine.execution.ray_executor import RayExecutor
 
         return RayExecutor(address=address, num_cpus=num_cpus)
     raise UsageError(f"unknown executor {kind!r}; use local or ray")
@@ -83,27 +94,33 @@ def replay_config(shards: int | None = None, task_memory: int | str | None = Non
         updates["shards"] = shards
     if task_memory is not None:
         updates["task_memory"] = parse_size(task_memory)
-    return ReplayConfig.model_validate({**cfg.model_dump(), **updates}) if updates else cfg
+    return validated(ReplayConfig, **{**cfg.model_dump(), **updates}) if updates else cfg
 
 
-def plan(lake: str | Lake, ruleset: str | Path | Ruleset, mode: ModeArg = "auto",
+def plan(lake: LakeArg, ruleset: RulesetArg, mode: ModeArg = "auto",
          executor: Executor | None = None, shards: int | None = None,
          start: Any = None, end: Any = None, tenants: list[str] | None = None,
          task_memory: int | str | None = None, config: ReplayConfig | None = None) -> Plan:
-    """What a replay would recompute and why (changes nothing).
+    """What a replay would recompute and why (read-only: it changes and settles nothing).
 
     ``task_memory`` (bytes or ``"512MiB"``) bounds one reduce task's working set: a
     larger shard is folded in ingestion-time chunks.
     """
     ex = executor or LocalExecutor()
-    lk, rs = open_lake(lake), load_ruleset(ruleset)
-    p = build_plan(lk, rs, mode, executor=ex.name, cpus=ex.cpus(),
-                   scope=Scope.of(start, end, tenants),
-                   config=replay_config(shards, task_memory, config))
-    return with_reuse(lk, rs, p)
+    return build_plan(open_lake(lake), load_ruleset(ruleset), mode, executor=ex.name,
+                      cpus=ex.cpus(), scope=Scope.of(start, end, tenants),
+                      config=replay_config(shards, task_memory, config))
 
 
-def run(lake: str | Lake, ruleset: str | Path | Ruleset, mode: ModeArg = "auto",
+def apply(lake: LakeArg, plan_: Plan, ruleset: RulesetArg, executor: Executor | None = None,
+          progress: Progress | None = None, reason: str | None = None, checks: str | None = None,
+          allow_failed_checks: bool = False) -> RunResult:
+    """Run exactly ``plan_`` (as printed by :func:`plan`) as one atomic, audited replay."""
+    return batch.execute(open_lake(lake), plan_, load_ruleset(ruleset), executor or LocalExecutor(),
+                         progress, reason, checks, allow_failed_checks)
+
+
+def run(lake: LakeArg, ruleset: RulesetArg, mode: ModeArg = "auto",
         executor: Executor | None = None, shards: int | None = None,
         progress: Progress | None = None, reason: str = "python api", start: Any = None,
         end: Any = None, tenants: list[str] | None = None, checks: str | None = None,
@@ -114,24 +131,10 @@ def run(lake: str | Lake, ruleset: str | Path | Ruleset, mode: ModeArg = "auto",
     ``start``/``end`` (event time, widened to whole hours) and ``tenants`` restrict the
     replay: rows inside the scope equal a full replay's, rows outside stay as they were.
     """
-    lk = open_lake(lake)
-    rs = load_ruleset(ruleset)
-    ex = executor or LocalExecutor()
-    recover_if_needed(lk)  # plan on a consistent lake, not on a half-committed replay
-    p = plan(lk, rs, mode, ex, shards, start, end, tenants, task_memory, config)
-    return execute(lk, p, rs, ex, progress, reason, checks, allow_failed_checks)
-
-
-def with_reuse(lake: Lake, ruleset: Ruleset, p: Plan) -> Plan:
-    """Publish a finished experiment of this ruleset instead of recomputing (Bronze unchanged)."""
-    if p.mode is None or p.scope is not None or lake.bronze_root:
-        return p
-    scratch = reusable(lake, ruleset)
-    if scratch is None:
-        return p
-    name = scratch.root.rsplit("/", 1)[-1]
-    return replace(p, reuse=name, mode="full", tables=(*schemas.SILVER_TABLES, *schemas.GOLD_TABLES),
-                   reasons=(*p.reasons, f"reusing experiment {name}: same ruleset, Bronze unchanged since"))
+    return batch.run(open_lake(lake), load_ruleset(ruleset), executor or LocalExecutor(), mode,
+                     scope=Scope.of(start, end, tenants),
+                     config=replay_config(shards, task_memory, config), progress=progress,
+                     reason=reason, checks_dir=checks, allow_failed_checks=allow_failed_checks)
 
 
 class Experiment:
@@ -141,10 +144,9 @@ class Experiment:
     the experiment. Production tables are never written.
     """
 
-    def __init__(self, lake: str | Lake, candidate: str | Path | Ruleset,
-                 baseline: str | Path | Ruleset | None = None, start: Any = None, end: Any = None,
-                 tenants: list[str] | None = None, name: str | None = None,
-                 executor: Executor | None = None) -> None:
+    def __init__(self, lake: LakeArg, candidate: RulesetArg, baseline: RulesetArg | None = None,
+                 start: Any = None, end: Any = None, tenants: list[str] | None = None,
+                 name: str | None = None, executor: Executor | None = None) -> None:
         self.lake = open_lake(lake)
         self.candidate = load_ruleset(candidate)
         self.baseline = load_ruleset(baseline) if baseline is not None else None
@@ -157,47 +159,35 @@ class Experiment:
                               self.executor, run)
 
 
-def experiments(lake: str | Lake) -> list[dict[str, Any]]:
+def experiments(lake: LakeArg) -> list[dict[str, Any]]:
     return list_experiments(open_lake(lake))
 
 
-def drop(lake: str | Lake, name: str) -> None:
+def drop(lake: LakeArg, name: str) -> None:
     drop_experiment(open_lake(lake), name)
 
 
-def recover_if_needed(lake: str | Lake) -> list[dict[str, Any]]:
-    lk = open_lake(lake)
-    if lk.exists(schemas.AUDIT) and any(r["status"] == "running" for r in audit.rows(lk)):
-        return recover(lk)
-    return []
+def recover_if_needed(lake: LakeArg) -> list[dict[str, Any]]:
+    """Settle replays a dead driver left ``running``; [] when there are none."""
+    return batch.recover_if_needed(open_lake(lake))
 
 
-def recover(lake: str | Lake) -> list[dict[str, Any]]:
+def recover(lake: LakeArg) -> list[dict[str, Any]]:
     """Settle replays a dead driver left half-committed: every table pre or post, never a mix."""
-    lk = open_lake(lake)
-    if not lk.exists(schemas.AUDIT):
-        return []
-    with lease_for(lk, "recover-" + new_replay_id()):
-        return audit.recover(lk, operator_name())
+    return batch.recover(open_lake(lake))
 
 
-def rollback(lake: str | Lake, replay_id: str, reason: str) -> dict[str, Any]:
+def rollback(lake: LakeArg, replay_id: str, reason: str) -> dict[str, Any]:
     """Restore every table of ``replay_id`` to its version before, as one audited operation."""
-    lk = open_lake(lake)
-    if not lk.exists(schemas.AUDIT):
-        raise UsageError(f"lake {lk.root} has no ledger yet; nothing to roll back")
-    rid = new_replay_id()
-    with lease_for(lk, rid):
-        audit.recover(lk, operator_name())
-        return audit.rollback(lk, replay_id, reason, operator_name(), rid)
+    return batch.rollback(open_lake(lake), replay_id, reason)
 
 
-def history(lake: str | Lake) -> list[dict[str, Any]]:
+def history(lake: LakeArg) -> list[dict[str, Any]]:
     """The audit ledger, oldest first."""
     return audit.rows(open_lake(lake))
 
 
-def status(lake: str | Lake) -> list[dict[str, Any]]:
+def status(lake: LakeArg) -> list[dict[str, Any]]:
     """Each SPEC table: exists, version, rows, and the ruleset that made it."""
     lk = open_lake(lake)
     out = []
@@ -217,44 +207,93 @@ def status(lake: str | Lake) -> list[dict[str, Any]]:
     return out
 
 
-def sql(lake: str | Lake, text: str, params: Mapping[str, Any] | None = None) -> pa.Table:
+def sql(lake: LakeArg, text: str, params: Mapping[str, Any] | None = None) -> pa.Table:
     return query(open_lake(lake), text, dict(params) if params else None)
+
+
+def generator_config(**fields: Any) -> GeneratorConfig:
+    """A :class:`GeneratorConfig` whose bad values are one-line usage errors naming the flag."""
+    return validated(GeneratorConfig, **fields)
 
 
 def generate_history(cfg: GeneratorConfig, *, out: str | Path | None = None,
                      fmt: Literal["jsonl", "bronze-parquet"] = "jsonl",
-                     lake: str | Lake | None = None) -> dict[str, Any]:
+                     lake: LakeArg | None = None) -> dict[str, Any]:
     """Generate a history into a JSONL file, a Bronze Parquet archive, or a lake's Bronze."""
+    start_process()
     if (out is None) == (lake is None):
         raise UsageError("give exactly one of --out FILE or --lake DIR")
+    t0 = time.perf_counter()
     table = generate(cfg)
-    info: dict[str, Any] = {"rows": table.num_rows, "config": {k: str(v) for k, v in asdict(cfg).items()}}
+    info: dict[str, Any] = {"rows": table.num_rows,
+                            "config": {k: str(v) for k, v in cfg.model_dump().items()}}
     if lake is not None:
         res = append_new(open_lake(lake), table, "generator", {"source": "generator", "seed": str(cfg.seed)})
         info["bronze_version"] = res.bronze_version
         info["rows_added"] = res.rows_added
-        return info
-    path = Path(out)  # type: ignore[arg-type]
-    if path.parent and not path.parent.exists():
-        raise UsageError(f"{path.parent}: no such directory for --out")
-    if fmt == "jsonl":
-        path.write_bytes(to_jsonl(table))
-    elif fmt == "bronze-parquet":
-        pq.write_table(table, path)
     else:
-        raise UsageError(f"unknown output format {fmt!r}; use jsonl or bronze-parquet")
-    info["out"] = str(path)
+        path = Path(out)  # type: ignore[arg-type]
+        if path.parent and not path.parent.exists():
+            raise UsageError(f"{path.parent}: no such directory for --out")
+        if fmt == "jsonl":
+            path.write_bytes(to_jsonl(table))
+        elif fmt == "bronze-parquet":
+            pq.write_table(table, path)
+        else:
+            raise UsageError(f"unknown output format {fmt!r}; use jsonl or bronze-parquet")
+        info["out"] = str(path)
+    info["seconds"] = round(time.perf_counter() - t0, 3)
     return info
 
 
-def diff(lake: str | Lake, table: str, from_ref: str | int, to_ref: str | int | None = None,
+def produce_history(cfg: GeneratorConfig, bootstrap_servers: str, topic: str,
+                    kafka_config: str | Path | None = None) -> dict[str, Any]:
+    """Generate a history and send it to Kafka (idempotent producer, key = tenant)."""
+    start_process()
+    t0 = time.perf_counter()
+    n = kafka.produce(generate(cfg), bootstrap_servers, topic, kafka.read_kafka_config(kafka_config))
+    return {"produced": n, "topic": topic, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def ingest_config(kafka_config_file: str | Path | None = None, **fields: Any) -> kafka.IngestConfig:
+    """An :class:`IngestConfig`; ``kafka_config_file`` is a librdkafka ``key=value`` file."""
+    return validated(kafka.IngestConfig, **fields,
+                     kafka_config=kafka.read_kafka_config(kafka_config_file))
+
+
+def redacted(cfg: kafka.IngestConfig) -> dict[str, Any]:
+    """The client settings of ``cfg`` with secrets masked, for printing."""
+    return kafka.redact({"bootstrap.servers": cfg.bootstrap_servers, "group.id": cfg.group_id,
+                         **cfg.kafka_config})
+
+
+def ingest(lake: LakeArg, cfg: kafka.IngestConfig,
+           report: Callable[[kafka.IngestStats], None] | None = None) -> kafka.IngestStats:
+    """Consume Kafka into Bronze, exactly once, until idle/limit or SIGINT/SIGTERM."""
+    return kafka.ingest(open_lake(lake), cfg, report)
+
+
+def diff(lake: LakeArg, table: str, from_ref: str | int, to_ref: str | int | None = None,
          sample: int = 10) -> TableDiff:
     """Row and schema diff of one table between two versions (numbers or replay ids)."""
     return diff_table(open_lake(lake), table, from_ref, to_ref, sample)
 
 
-def summary(lake: str | Lake, from_ref: str, to_ref: str | None = None, top: int = 10
+def summary(lake: LakeArg, from_ref: str, to_ref: str | None = None, top: int = 10
             ) -> dict[str, pa.Table]:
     """Entitlement-level before/after: per plan, tenant flips, top changed tenants."""
     lk = open_lake(lake)
     return entitlement_summary(lk, gold_versions(lk, from_ref), gold_versions(lk, to_ref), top)
+
+
+def rules_catalog() -> dict[str, Any]:
+    """Every registered rule version and every built-in ruleset with its fingerprint."""
+    reg = default_registry()
+    rules = [{"name": n, "version": v, "layer": reg.get(n, v).layer,
+              "description": reg.get(n, v).description} for n, v in reg.versions()]
+    rulesets = {}
+    for name in builtin_names():
+        rs = load_ruleset(name)
+        rulesets[name] = {"fingerprint": rs.fingerprint,
+                          "rules": {r.name: r.version for r in rs.rules}}
+    return {"rules": rules, "rulesets": rulesets}

@@ -14,11 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from engine import schemas
-from engine.generator import GeneratorConfig
-from engine.query import connect, register_version
+from engine.contract import schemas
+from engine.ingest.generator import GeneratorConfig
+from engine.query.duck import connect, register_version
 from replay import api
-from replay.cli import _progress, _table_out
+from replay.output import format_table, progress_printer
 
 RULESET_DIR = Path(__file__).resolve().parent.parent / "rules" / "rulesets"
 
@@ -72,20 +72,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"2. imported: {res.rows_added:,} added, {res.rows_skipped:,} already in Bronze "
               f"(version {res.bronze_version})")
     ex = api.make_executor(args.executor)
-    r1 = api.run(lake, "2026-01", executor=ex, progress=_progress(res.rows_added), reason="demo: initial load")
+    r1 = api.run(lake, "2026-01", executor=ex, progress=progress_printer(res.rows_added), reason="demo: initial load")
     print(f"3. replay with 2026-01: mode {r1.plan.mode or 'none (up to date)'}; "
           f"{r1.plan.reasons[0]}; {r1.seconds:.1f}s")
     before = {t: lake.version(t) for t in schemas.GOLD_TABLES}
     ruleset = RULESET_DIR / "free-100.toml"
     plan = api.plan(lake, ruleset, executor=ex)
     print(f"4. plan for {ruleset.name}: mode {plan.mode}; why: {'; '.join(plan.reasons)}")
-    r2 = api.run(lake, ruleset, executor=ex, progress=_progress(plan.rows),
+    r2 = api.run(lake, ruleset, executor=ex, progress=progress_printer(plan.rows),
                  reason="demo: Scenario 1, free plan limit 60 -> 100")
     after = {t: lake.version(t) for t in schemas.GOLD_TABLES}
     print(f"   replayed {', '.join(r2.plan.tables) or 'nothing'} in {r2.seconds:.1f}s")
     print("5. what changed, per plan (DuckDB over Delta versions "
           f"{before[schemas.MINUTE]} -> {after[schemas.MINUTE]} of {schemas.MINUTE}):")
-    print(_table_out(change_summary(lake, before, after), "table"))
+    print(format_table(change_summary(lake, before, after), "table"))
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from rules._duck import run_sql
+from engine.contract.sql import run_sql
 
 SQL = """
 SELECT tenant_id, 'abuse' AS alert_type, window_start AS alert_time, window_start, window_end,

@@ -14,8 +14,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine import schemas
-from rules._duck import run_sql
+from engine.contract import schemas
+from engine.contract.sql import run_sql
 
 #: SPEC 2: the total ingestion order.
 ORDER = "ingestion_timestamp, kafka_topic, kafka_partition, kafka_offset"

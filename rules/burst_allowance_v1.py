@@ -12,7 +12,7 @@ from __future__ import annotations
 import pyarrow as pa
 from pydantic import Field, NonNegativeInt
 
-from rules._duck import run_sql
+from engine.contract.sql import run_sql
 from rules._plans import plan_table
 from rules.base import Rule, RuleParams
 

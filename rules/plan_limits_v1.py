@@ -8,7 +8,8 @@ from __future__ import annotations
 import pyarrow as pa
 from pydantic import Field, NonNegativeInt
 
-from rules._duck import run_sql
+from engine.contract.errors import RuleError
+from engine.contract.sql import run_sql
 from rules._plans import plan_table
 from rules.base import Rule, RuleParams
 
@@ -25,7 +26,7 @@ def apply_limits(limits: dict[str, int], minutes: pa.Table) -> pa.Table:
     out = run_sql(SQL, {"minutes": minutes, "limits": plan_table(limits, "plan_limit")})
     if out.num_rows != minutes.num_rows:
         # Silver holds only known plans; this means Silver was built with another plan set.
-        raise ValueError("minute rows with a plan unknown to plan_limits; replay Silver first")
+        raise RuleError("minute rows with a plan unknown to plan_limits; replay Silver first")
     return out
 
 

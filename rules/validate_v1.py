@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine import schemas
-from rules._duck import run_sql
+from engine.contract import schemas
+from engine.contract.sql import run_sql
 from rules._event import (
     FIELDS,
     INT64_MAX,

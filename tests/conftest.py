@@ -1,16 +1,20 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-FIXTURE = SHARED / "fixtures" / "basic"
+from rules.registry import default_registry, swap_default_registry
 
 
 @pytest.fixture
 def lake(tmp_path):
-    from engine.lake import Lake
+    from engine.lake.tables import Lake
 
     return Lake.at(tmp_path / "lake")
+
+
+@pytest.fixture(autouse=True)
+def isolated_registry():
+    """Each test registers rules into its own copy of the registry; it is dropped afterwards."""
+    previous = swap_default_registry(default_registry().copy())
+    yield
+    swap_default_registry(previous)

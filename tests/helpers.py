@@ -8,9 +8,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from engine import schemas
-from engine.pipeline import Compiled
-from rules.rulesets import load_ruleset
+from engine.contract import schemas
+from engine.fold.pipeline import Compiled
+from rules.ruleset import load_ruleset
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 

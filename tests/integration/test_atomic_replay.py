@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from engine import schemas
-from engine.errors import UsageError
-from engine.lease import LeaseHeldError, lease_for
+from engine.contract import schemas
+from engine.contract.errors import UsageError
+from engine.lake.lease import LeaseHeldError, lease_for
 from replay import api
-from tests.conftest import FIXTURE, ROOT
+from tests.lakes import FIXTURE, ROOT
 
 OUTPUTS = (*schemas.SILVER_TABLES, *schemas.GOLD_TABLES)
 
@@ -129,8 +129,8 @@ def test_lease_left_by_a_dead_process_expires(loaded):
 
 
 def test_a_shard_over_its_memory_budget_folds_in_chunks_with_the_same_tables(tmp_path):
-    from engine.generator import GeneratorConfig
-    from tests.ray.conftest import assert_same_tables, staged_orphans
+    from engine.ingest.generator import GeneratorConfig
+    from tests.lakes import assert_same_tables, staged_orphans
 
     lakes = []
     for name in ("whole", "chunked"):

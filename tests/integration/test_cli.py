@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import FIXTURE, ROOT
+from tests.lakes import FIXTURE, ROOT
 
 
 def run(*args, check_rc=None):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.generator import GeneratorConfig, generate
-from engine.pipeline import Compiled
-from rules.rulesets import load_ruleset
+from engine.fold.pipeline import Compiled
+from engine.ingest.generator import GeneratorConfig, generate
+from rules.ruleset import load_ruleset
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -6,8 +6,8 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from engine import schemas
-from engine.generator import GeneratorConfig
+from engine.contract import schemas
+from engine.ingest.generator import GeneratorConfig
 from replay import api
 from replay.demo import RULESET_DIR
 
@@ -94,7 +94,7 @@ def test_versioned_names_in_sql_and_the_seed_validation_queries(scenarios):
 
 
 def test_diff_usage_errors(scenarios):
-    from engine.errors import UsageError
+    from engine.contract.errors import UsageError
 
     lk, *_ = scenarios
     with pytest.raises(UsageError, match="choose one of"):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine import schemas
-from engine.generator import GeneratorConfig
+from engine.contract import schemas
+from engine.ingest.generator import GeneratorConfig
 from replay import api
 from replay.demo import RULESET_DIR, change_summary
 
@@ -21,7 +21,7 @@ def history(tmp_path_factory):
 
 
 def test_generator_is_deterministic_and_covers_every_reason(tmp_path):
-    from engine.generator import generate
+    from engine.ingest.generator import generate
 
     a = generate(GeneratorConfig(events=5000, tenants=10, seed=3))
     b = generate(GeneratorConfig(events=5000, tenants=10, seed=3))
@@ -48,7 +48,7 @@ def test_scenario1_is_gold_only_and_frees_free_tenants_between_61_and_100(histor
     after = {t: history.version(t) for t in schemas.GOLD_TABLES}
     q = """SELECT count(*) AS n FROM tenant_usage_1min
            WHERE subscription_plan = 'free' AND total_requests BETWEEN 61 AND 100 AND over_limit_count {} 0"""
-    from engine.query import connect, register_version
+    from engine.query.duck import connect, register_version
 
     con = connect(history)
     register_version(con, history, schemas.MINUTE, before[schemas.MINUTE], "m_old")
@@ -75,7 +75,7 @@ def test_scenario2_dedup_fix_is_silver_and_gold(history):
 
 
 def test_gold_mode_refused_when_plan_set_changes(history, tmp_path):
-    from engine.errors import UsageError
+    from engine.contract.errors import UsageError
 
     api.run(history, "2026-01")
     f = tmp_path / "gold.toml"

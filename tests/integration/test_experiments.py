@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from engine import schemas
-from engine.errors import UsageError
+from engine.contract import schemas
+from engine.contract.errors import UsageError
 from replay import api
 from replay.demo import RULESET_DIR
-from tests.conftest import FIXTURE
+from tests.lakes import FIXTURE
 
 OUTPUTS = (*schemas.SILVER_TABLES, *schemas.GOLD_TABLES)
 

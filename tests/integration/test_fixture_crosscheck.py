@@ -7,9 +7,9 @@ import datetime as dt
 import pyarrow.csv as pcsv
 import pytest
 
-from engine import schemas
+from engine.contract import schemas
 from replay import api
-from tests.conftest import FIXTURE
+from tests.lakes import FIXTURE
 
 TABLES = [schemas.SILVER, schemas.QUARANTINE, schemas.DUPLICATES, schemas.MINUTE, schemas.HOURLY,
           schemas.ALERTS]

@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine import schemas
-from engine.errors import InputError
+from engine.contract import schemas
+from engine.contract.errors import InputError
 from replay import api
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from engine.executor import LocalExecutor
-from engine.generator import GeneratorConfig, generate
+from engine.execution.local import LocalExecutor
+from engine.ingest.generator import GeneratorConfig, generate
 from replay import api
-from tests.ray.conftest import assert_same_tables, make_lake
+from tests.lakes import assert_same_tables, make_lake
 
 
 def test_threads_and_a_single_worker_produce_identical_tables(tmp_path):

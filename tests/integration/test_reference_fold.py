@@ -7,10 +7,10 @@ import pyarrow.compute as pc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import schemas
-from engine.executor import LocalExecutor
-from engine.generator import GeneratorConfig, generate
-from engine.importers import append_new
+from engine.contract import schemas
+from engine.execution.local import LocalExecutor
+from engine.ingest.generator import GeneratorConfig, generate
+from engine.ingest.importers import append_new
 from replay import api
 from tests import reference
 

@@ -10,7 +10,7 @@ import pytest
 
 from replay import api
 from replay.report import write_report
-from tests.conftest import FIXTURE
+from tests.lakes import FIXTURE
 
 CHROMIUM = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync"]

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 from deltalake import WriterProperties, write_deltalake
 
-from engine import schemas
-from engine.executor import LocalExecutor
-from engine.generator import GeneratorConfig, generate
-from engine.runner import build_plan, map_specs
+from engine.batch.apply import map_specs
+from engine.batch.plan import build_plan
+from engine.contract import schemas
+from engine.execution.local import LocalExecutor
+from engine.ingest.generator import GeneratorConfig, generate
 from replay import api
-from rules.rulesets import load_ruleset
+from rules.ruleset import load_ruleset
 
 
 @pytest.mark.parametrize("cpus", [1, 3])

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 import pyarrow.compute as pc
 import pytest
 
-from engine import schemas
-from engine.generator import GeneratorConfig, generate
-from engine.importers import append_new
-from engine.scope import Scope
+from engine.contract import schemas
+from engine.fold.scope import Scope
+from engine.ingest.generator import GeneratorConfig, generate
+from engine.ingest.importers import append_new
 from replay import api
 from replay.demo import RULESET_DIR
 
@@ -75,7 +75,7 @@ def test_scoped_gold_replay(tmp_path, bronze):
 
 
 def test_bad_scope_flags(tmp_path):
-    from engine.errors import UsageError
+    from engine.contract.errors import UsageError
 
     with pytest.raises(UsageError, match="--start"):
         Scope.of("yesterday", None)

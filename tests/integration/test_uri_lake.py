@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine.lease import DeltaLease, LeaseHeldError, lease_for
+from engine.lake.lease import DeltaLease, LeaseHeldError, lease_for
 from replay import api
-from tests.conftest import FIXTURE
+from tests.lakes import FIXTURE
 
 
 @pytest.fixture
@@ -43,11 +43,11 @@ def test_expired_delta_lease_is_taken_over(uri_lake):
 
 def test_tasks_stage_files_through_the_object_store_filesystem(uri_lake, monkeypatch, tmp_path):
     """delta-rs's own filesystem (what s3:// uses) writes, lists and sweeps the staged files."""
-    import engine.staging
-    from engine import schemas
-    from engine.executor import LocalExecutor
+    import engine.lake.storage
+    from engine.contract import schemas
+    from engine.execution.local import LocalExecutor
 
-    monkeypatch.setattr(engine.staging, "LOCAL_SHORTCUT", False)
+    monkeypatch.setattr(engine.lake.storage, "LOCAL_SHORTCUT", False)
     res = api.run(uri_lake, "2026-02", reason="via delta-rs fs", executor=LocalExecutor(2), shards=3)
     assert res.conservation_ok
     rid = res.plan.replay_id

@@ -7,13 +7,14 @@ import json
 import pyarrow as pa
 import pytest
 
-from engine import schemas
-from engine.checks import ChecksFailedError
+from engine.contract import schemas
+from engine.contract.errors import ChecksFailedError
 from replay import api
 from rules._abuse import abuse_alerts
-from rules.base import Rule, RuleParams, default_registry
-from rules.rulesets import load_ruleset
-from tests.conftest import FIXTURE
+from rules.base import Rule, RuleParams
+from rules.registry import default_registry
+from rules.ruleset import load_ruleset
+from tests.lakes import FIXTURE
 
 OUTPUTS = (*schemas.SILVER_TABLES, *schemas.GOLD_TABLES)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from engine.broker import Broker
-from tests.conftest import ROOT
+from engine.ingest.broker import Broker
+from tests.lakes import ROOT
 
 _topics = itertools.count()
 
@@ -40,7 +40,7 @@ def topic(broker):
 
 
 def produce_values(broker, topic, values, keys=None):
-    from engine.kafka_ingest import produce
+    from engine.ingest.kafka import produce
 
     tbl = pa.table({"raw_payload": pa.array(values, pa.binary()),
                     "tenant_id": pa.array(keys or [f"k{i % 7}" for i in range(len(values))], pa.string())})

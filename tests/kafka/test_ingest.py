@@ -10,12 +10,14 @@ from collections import Counter
 
 import pytest
 
-from engine import schemas
-from engine.errors import CommitConflictError
-from engine.generator import GeneratorConfig, generate, to_jsonl
-from engine.kafka_ingest import IngestConfig, Ingester, produce
+from engine.contract import schemas
+from engine.contract.errors import CommitConflictError
+from engine.ingest.generator import GeneratorConfig, generate, to_jsonl
+from engine.ingest.kafka import IngestConfig, Ingester, produce
 from replay import api
 from tests.kafka.conftest import ingest_cli, produce_values
+
+pytestmark = pytest.mark.kafka
 
 
 def bronze_payloads(lake):
@@ -117,10 +119,10 @@ def test_two_ingesters_and_a_rebalance(lake, broker, topic):
 
 def test_zombie_cannot_commit_offsets_delta_has_moved_past(lake, broker, topic):
     produce_values(broker, topic, values(400, "z"), keys=["same"] * 400)  # one partition
-    live = Ingester(lake, IngestConfig(broker.bootstrap, topic, "live", until_idle=2))
+    live = Ingester(lake, IngestConfig(bootstrap_servers=broker.bootstrap, topic=topic, group_id="live", until_idle=2))
     live.run()
     assert lake.read(schemas.BRONZE).num_rows == 400
-    zombie = Ingester(lake, IngestConfig(broker.bootstrap, topic, "zombie", until_idle=2))
+    zombie = Ingester(lake, IngestConfig(bootstrap_servers=broker.bootstrap, topic=topic, group_id="zombie", until_idle=2))
     zombie.delta_offset = lambda part, dt=None: None if dt is None else \
         dt.transaction_version(f"medallion-ingest/{topic}/{part}")  # a stale view when assigned
     zombie.run()

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from replay import api
-from tests.conftest import FIXTURE, ROOT
+from tests.lakes import FIXTURE, ROOT
+
+pytestmark = pytest.mark.ray
 
 BIN = Path(sys.executable).parent
 

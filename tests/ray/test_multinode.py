@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import pytest
-
-ray = pytest.importorskip("ray")
+import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from engine.executor import LocalExecutor  # noqa: E402
-from engine.ray_executor import RayExecutor  # noqa: E402
-from engine.runner import build_plan, map_specs  # noqa: E402
+from engine.batch.apply import map_specs
+from engine.batch.plan import build_plan  # noqa: E402
+from engine.execution.local import LocalExecutor  # noqa: E402
+from engine.execution.ray_executor import RayExecutor  # noqa: E402
 from replay import api  # noqa: E402
-from rules.rulesets import load_ruleset  # noqa: E402
-from tests.ray.conftest import assert_same_tables, make_lake  # noqa: E402
+from rules.ruleset import load_ruleset  # noqa: E402
+from tests.lakes import assert_same_tables, make_lake  # noqa: E402
+
+pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,7 @@ def test_tasks_land_on_both_worker_nodes_and_tables_match_local(tmp_path, histor
     assert ex.cpus() == 2
     rs = load_ruleset("2026-02")
     plan = build_plan(dist, rs, executor="ray", cpus=ex.cpus(), buckets=4)
-    from engine.executor import ReduceSpec
+    from engine.execution.specs import ReduceSpec
 
     out = ex.run(map_specs(dist, plan, rs, ex.cpus()),
                  [ReduceSpec(b, "full", rs) for b in range(plan.buckets)])

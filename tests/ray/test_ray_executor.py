@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pytest
+import ray  # noqa: E402
 
-ray = pytest.importorskip("ray")
-
-from engine.executor import LocalExecutor  # noqa: E402
-from engine.ray_executor import RayExecutor  # noqa: E402
+from engine.execution.local import LocalExecutor  # noqa: E402
+from engine.execution.ray_executor import RayExecutor  # noqa: E402
 from replay import api  # noqa: E402
-from tests.ray.conftest import assert_same_tables, make_lake, staged_orphans  # noqa: E402
+from tests.lakes import assert_same_tables, make_lake, staged_orphans  # noqa: E402
+
+pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")

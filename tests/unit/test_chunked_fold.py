@@ -13,9 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.executor import ReduceSpec, reduce_shard, time_chunks
-from engine.generator import GeneratorConfig, generate
-from rules.rulesets import load_ruleset
+from engine.execution.specs import ReduceSpec
+from engine.execution.workers import reduce_shard
+from engine.fold.chunks import time_chunks
+from engine.ingest.generator import GeneratorConfig, generate
+from rules.ruleset import load_ruleset
 from tests.helpers import T0, bronze, compiled, event
 
 TABLES = ("silver", "duplicates", "minute", "hourly", "alerts")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from tests.conftest import ROOT
+from tests.lakes import ROOT
 
 
 def test_cluster_yaml_is_a_launcher_config():

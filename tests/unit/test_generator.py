@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import numpy as np
 import pyarrow.compute as pc
 
-from engine.generator import US, GeneratorConfig, _fmt_ts, _ids, generate
+from engine.ingest.generator import US, GeneratorConfig, _fmt_ts, _ids, generate
 
 
 def test_timestamps_match_python_formatting_across_calendar_edges():

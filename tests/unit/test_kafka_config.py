@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.errors import UsageError
-from engine.kafka_ingest import app_id, read_kafka_config, redact
+from engine.contract.errors import UsageError
+from engine.ingest.kafka import app_id, read_kafka_config, redact
 
 
 def test_reads_librdkafka_settings(tmp_path):

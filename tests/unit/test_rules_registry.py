@@ -9,16 +9,10 @@ import textwrap
 import pytest
 from pydantic import ValidationError
 
-from engine.errors import CommitConflictError, ConfigError, ReplayError, RuleError
-from rules.base import (
-    Registry,
-    Rule,
-    RuleParams,
-    builtin_registry,
-    default_registry,
-    reset_default_registry,
-)
-from rules.rulesets import load_ruleset
+from engine.contract.errors import CommitConflictError, ConfigError, ReplayError, RuleError
+from rules.base import Registry, Rule, RuleParams
+from rules.registry import builtin_registry, default_registry, reset_default_registry
+from rules.ruleset import load_ruleset
 
 # Golden fingerprints: changing one means every recorded replay is seen as stale.
 GOLDEN = {"2026-01": "873cc6ff32f28aaf", "2026-02": "ef27fe0e084d801f"}
@@ -159,7 +153,7 @@ def test_third_party_rule_via_entry_point(tmp_path, monkeypatch):
         from tests.helpers import T0, event, fold  # noqa: F401
 
         evs = [event(event_id=str(i)) for i in range(90)]
-        from engine.pipeline import Compiled
+        from engine.fold.pipeline import Compiled
         from tests.helpers import bronze
 
         c = Compiled.of(rs)

@@ -1,4 +1,4 @@
-"""Arrow schemas of every table of SPEC sections 2-4 (pure: no I/O)."""
+"""Arrow schemas of every table of SPEC sections 2-4 and the ledger (pure: no I/O)."""
 
 from __future__ import annotations
 
@@ -128,6 +128,35 @@ ALERTS_SCHEMA = pa.schema(
     ]
 )
 
+#: The audit ledger (``reprocessing_audit``): one row per replay, rollback, recovery.
+AUDIT_SCHEMA = pa.schema([
+    ("reprocessing_id", pa.string()),
+    ("kind", pa.string()),  # replay | rollback | recovery
+    ("start_time", TS),
+    ("end_time", TS),
+    ("layer", pa.string()),
+    ("mode", pa.string()),
+    ("reason", pa.string()),
+    ("affected_start", TS),
+    ("affected_end", TS),
+    ("tenants", pa.string()),
+    ("record_count", pa.int64()),
+    ("status", pa.string()),  # running | success | failed | rolled_back
+    ("operator", pa.string()),
+    ("ruleset_name", pa.string()),
+    ("ruleset_before", pa.string()),
+    ("ruleset_after", pa.string()),
+    ("bronze_version", pa.int64()),
+    ("tables", pa.string()),  # JSON list
+    ("versions_before", pa.string()),  # JSON {table: version}
+    ("versions_after", pa.string()),
+    ("conservation_ok", pa.bool_()),
+    ("checks", pa.string()),  # JSON list of validation-gate results
+    ("allow_failed_checks", pa.bool_()),
+    ("target_id", pa.string()),  # rollback/recovery: the replay acted on
+    ("details", pa.string()),
+])
+
 SCHEMAS: dict[str, pa.Schema] = {
     BRONZE: BRONZE_SCHEMA,
     SILVER: SILVER_SCHEMA,
@@ -136,6 +165,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     MINUTE: MINUTE_SCHEMA,
     HOURLY: HOURLY_SCHEMA,
     ALERTS: ALERTS_SCHEMA,
+    AUDIT: AUDIT_SCHEMA,
 }
 
 PARTITIONS: dict[str, list[str]] = {BRONZE: ["ingestion_date"], SILVER: ["event_date"]}

@@ -14,18 +14,15 @@ import pyarrow.fs as pafs
 from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
-from engine import schemas
-from engine.errors import CommitConflictError, LakeError, UsageError
-from engine.staging import PREFIX, Staged, add_actions, filesystem, stage
+from engine.contract import schemas
+from engine.contract.errors import CommitConflictError, LakeError, UsageError
+from engine.lake.staging import PREFIX, Staged, add_actions, stage
+from engine.lake.storage import Storage
 
 META_PREFIX = "medallion."
 #: Row groups of ~128k rows: the unit a replay's map tasks split files into.
 ROW_GROUP_ROWS = 131_072
 WRITER = WriterProperties(max_row_group_size=ROW_GROUP_ROWS, compression="ZSTD")
-
-
-def _is_uri(root: str) -> bool:
-    return "://" in root
 
 
 @dataclass(frozen=True)
@@ -39,16 +36,22 @@ class Lake:
 
     @classmethod
     def at(cls, root: str | os.PathLike[str], storage_options: Mapping[str, str] | None = None) -> Lake:
-        text = os.fspath(root)
-        if not _is_uri(text):
-            text = os.path.abspath(text)
-            if os.path.exists(text) and not os.path.isdir(text):
-                raise UsageError(f"lake path {text} is a file; pass a directory for --lake")
-        return cls(text.rstrip("/"), dict(storage_options) if storage_options else None)
+        """A lake at ``root`` with exactly these storage options (see :func:`storage_options`
+        for the merge with ``MEDALLION_STORAGE_OPTIONS`` that the CLI and API do)."""
+        st = Storage.resolve(root, storage_options)
+        return cls(st.root, st.delta_options)
+
+    @property
+    def storage(self) -> Storage:
+        """The lake root's storage (resolver of filesystems and options)."""
+        return Storage(self.root, tuple(sorted((self.storage_options or {}).items())))
+
+    def table_storage(self, table: str) -> Storage:
+        return Storage(self.uri(table), self.storage.options)
 
     @property
     def _opts(self) -> dict[str, str] | None:
-        return dict(self.storage_options) if self.storage_options else None
+        return self.storage.delta_options
 
     def uri(self, table: str) -> str:
         if table == schemas.BRONZE and self.bronze_root:
@@ -143,7 +146,7 @@ class Lake:
 
     def stage(self, table: str, data: pa.Table, tag: str) -> Staged:
         """Write ``data`` as uncommitted files of ``table`` (see :mod:`engine.staging`)."""
-        return stage(self.uri(table), self._opts, table, data, tag, ROW_GROUP_ROWS)
+        return stage(self.table_storage(table), table, data, tag, ROW_GROUP_ROWS)
 
     def files(self, table: str, version: int | None = None) -> set[str]:
         """Paths (relative to the table root) of the data files of a version."""
@@ -160,7 +163,7 @@ class Lake:
         """
         if not self.exists(table):
             return 0
-        fs, base = filesystem(self.uri(table), self._opts)
+        fs, base = self.table_storage(table).filesystem()
         referenced = self.files(table)
         try:
             infos = fs.get_file_info(pafs.FileSelector(base or "", recursive=True))

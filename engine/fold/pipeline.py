@@ -12,10 +12,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine import schemas
-from engine.errors import RuleError
-from rules._duck import run_sql
-from rules.base import Registry, Ruleset, default_registry
+from engine.contract import schemas
+from engine.contract.sql import run_sql
+from rules.base import Registry
+from rules.registry import default_registry
+from rules.ruleset import Ruleset
 
 #: Greatest (event_timestamp, event_id); ties of both broken by ingestion order, latest wins.
 LATEST = ("struct_pack(ts := event_timestamp, id := event_id, i := ingestion_timestamp, "
@@ -125,10 +126,7 @@ class Compiled:
     def gold_from_minutes(self, minutes: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table]:
         """Merged 1-minute counts of every event of their tenants -> (1-minute, hourly, alerts)."""
         rule, params = self._slot("plan_limits")
-        try:
-            minutes = rule.apply(params, minutes)
-        except ValueError as exc:
-            raise RuleError(str(exc)) from None
+        minutes = rule.apply(params, minutes)
         burst = self._slot("burst_allowance")
         if burst is None:
             minutes = minutes.append_column("over_limit_count", minutes.column("raw_over"))

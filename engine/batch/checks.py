@@ -13,16 +13,12 @@ from typing import Any
 
 import duckdb
 
-from engine import schemas
-from engine.errors import ReplayError, UsageError
-from engine.lake import Lake
-from engine.query import QUERYABLE
+from engine.contract import schemas
+from engine.contract.errors import UsageError
+from engine.lake.tables import Lake
+from engine.query.duck import QUERYABLE
 
 SAMPLE = 5
-
-
-class ChecksFailedError(ReplayError):
-    """A replay's output failed the validation gate; it was rolled back."""
 
 
 @dataclass(frozen=True)
@@ -108,8 +104,7 @@ def run_checks(lake: Lake, versions: dict[str, int], bronze_version: int | None,
                user: dict[str, str] | None = None, previous: dict[str, int] | None = None
                ) -> list[CheckResult]:
     """Run the standard (and user) checks over the tables at ``versions``."""
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
+    con = lake.storage.connect()
     pinned = {**versions}
     if bronze_version is not None:
         pinned[schemas.BRONZE] = bronze_version

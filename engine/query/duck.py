@@ -20,21 +20,16 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from engine import schemas
-from engine.errors import LakeError, UsageError
-from engine.lake import Lake
-
-
-class QueryError(UsageError):
-    """A query the user wrote does not run (syntax, unknown table or column, missing parameter)."""
+from engine.contract import schemas
+from engine.contract.errors import LakeError, QueryError
+from engine.lake.tables import Lake
 
 QUERYABLE = (*schemas.ALL_TABLES, schemas.AUDIT)
 
 
 def connect(lake: Lake, versions: dict[str, int] | None = None) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with each existing lake table registered by name."""
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
+    con = lake.storage.connect()
     for table in QUERYABLE:
         if lake.exists(table):
             con.register(table, lake.dataset(table, (versions or {}).get(table)))
@@ -59,7 +54,7 @@ def resolve_version(lake: Lake, table: str, ref: str | int) -> int:
     text = str(ref)
     if text.isdigit():
         return int(text)
-    from engine import audit
+    from engine.batch import audit
 
     rid, _, which = text.partition(":")
     row = audit.get(lake, rid)

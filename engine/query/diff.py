@@ -12,10 +12,11 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from engine import schemas
-from engine.errors import UsageError
-from engine.lake import Lake
-from engine.query import resolve_version
+from engine.contract import schemas
+from engine.contract.errors import UsageError
+from engine.lake.storage import Storage
+from engine.lake.tables import Lake
+from engine.query.duck import resolve_version
 
 NUMERIC = (pa.types.is_integer, pa.types.is_floating)
 
@@ -37,9 +38,7 @@ class TableDiff:
 
 
 def _con() -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    return con
+    return Storage.connect()
 
 
 def _q(name: str) -> str:

@@ -1,4 +1,4 @@
-"""In-memory DuckDB helper for rules: SQL over Arrow tables, no I/O."""
+"""In-memory DuckDB for rules and the fold: SQL over Arrow tables, values bound, no I/O."""
 
 from __future__ import annotations
 
@@ -10,6 +10,13 @@ import duckdb
 import pyarrow as pa
 
 _local = threading.local()
+_default_threads = 0
+
+
+def set_default_threads(n: int) -> None:
+    """DuckDB threads where a thread sets none (0: every core); set at process start-up."""
+    global _default_threads
+    _default_threads = n
 
 
 def set_threads(n: int) -> None:
@@ -18,9 +25,8 @@ def set_threads(n: int) -> None:
 
 
 def threads() -> int:
-    """This thread's setting, else ``MEDALLION_DUCKDB_THREADS``, else every core."""
-    return (getattr(_local, "n", 0) or int(os.environ.get("MEDALLION_DUCKDB_THREADS", "0"))
-            or (os.cpu_count() or 1))
+    """This thread's setting, else the process default, else every core."""
+    return getattr(_local, "n", 0) or _default_threads or (os.cpu_count() or 1)
 
 
 def run_sql(sql: str, tables: dict[str, pa.Table], params: dict[str, Any] | None = None) -> pa.Table:

@@ -12,10 +12,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
-from engine import schemas
-from engine.errors import InputError
-from engine.lake import Lake
-from rules._duck import run_sql
+from engine.contract import schemas
+from engine.contract.errors import InputError
+from engine.contract.sql import run_sql
+from engine.lake.tables import Lake
 
 EXTRACT_SQL = """
 WITH j AS (SELECT CASE WHEN try(json_type(try(decode(raw)))) IS NOT NULL THEN try(decode(raw)) END AS j FROM t),

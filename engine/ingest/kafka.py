@@ -24,11 +24,12 @@ from typing import Any
 import pyarrow as pa
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 from deltalake import Transaction
+from pydantic import BaseModel, ConfigDict, Field
 
-from engine import schemas
-from engine.errors import CommitConflictError, UsageError
-from engine.importers import bronze_rows
-from engine.lake import Lake
+from engine.contract import schemas
+from engine.contract.errors import CommitConflictError, UsageError
+from engine.ingest.importers import bronze_rows
+from engine.lake.tables import Lake
 
 SECRET_WORDS = ("password", "secret", "key", "token", "credential")
 
@@ -74,16 +75,19 @@ class IngestStats:
         return self.messages / el if el > 0 else 0.0
 
 
-@dataclass
-class IngestConfig:
+class IngestConfig(BaseModel):
+    """One ingester's settings (frozen; unknown keys and out-of-range values refused)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     bootstrap_servers: str = "localhost:9092"
-    topic: str = "api-usage-events"
-    group_id: str = "medallion-replay-ingest"
-    max_batch_messages: int = 50_000
-    max_batch_seconds: float = 5.0
-    until_idle: float | None = None
-    max_messages: int | None = None
-    kafka_config: dict[str, str] = field(default_factory=dict)
+    topic: str = Field(default="api-usage-events", min_length=1)
+    group_id: str = Field(default="medallion-replay-ingest", min_length=1)
+    max_batch_messages: int = Field(default=50_000, ge=1)
+    max_batch_seconds: float = Field(default=5.0, gt=0)
+    until_idle: float | None = Field(default=None, ge=0)
+    max_messages: int | None = Field(default=None, ge=1)
+    kafka_config: dict[str, str] = Field(default_factory=dict)
 
 
 class Ingester:
@@ -301,7 +305,7 @@ def produce(rows: pa.Table, bootstrap_servers: str, topic: str,
     return len(values)
 
 
-def _print_progress(stats: IngestStats, stream: Any = sys.stderr) -> None:
+def print_progress(stats: IngestStats, stream: Any = sys.stderr) -> None:
     lag = ", ".join(f"p{p}={n}" for p, n in sorted(stats.lag.items())) or "-"
     stream.write(f"ingest: {stats.messages:,} messages, {stats.rate():,.0f}/s, {stats.batches} batches "
                  f"committed, lag {lag}\n")

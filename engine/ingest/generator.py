@@ -17,14 +17,15 @@ from __future__ import annotations
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from engine import schemas
+from engine.contract import schemas
 
 US = 1_000_000
 MINUTE = 60 * US
@@ -60,18 +61,21 @@ INVALID_TEMPLATES: tuple[bytes, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class GeneratorConfig:
-    events: int = 100_000
-    tenants: int = 200
-    days: float = 1.0
+class GeneratorConfig(BaseModel):
+    """What history to generate (frozen; unknown keys and out-of-range values refused)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    events: int = Field(default=100_000, ge=0)
+    tenants: int = Field(default=200, ge=1)
+    days: float = Field(default=1.0, gt=0)
     seed: int = 42
-    dup_rate: float = 0.02
-    invalid_rate: float = 0.01
-    late_rate: float = 0.01
-    burst_share: float = 0.15
-    plan_change_rate: float = 0.1
-    start: datetime = datetime(2026, 3, 1, tzinfo=UTC)
+    dup_rate: float = Field(default=0.02, ge=0, le=1)
+    invalid_rate: float = Field(default=0.01, ge=0, le=1)
+    late_rate: float = Field(default=0.01, ge=0, le=1)
+    burst_share: float = Field(default=0.15, ge=0, le=1)
+    plan_change_rate: float = Field(default=0.1, ge=0, le=1)
+    start: AwareDatetime = datetime(2026, 3, 1, tzinfo=UTC)
 
 
 def _digits(mat: np.ndarray, col: int, values: np.ndarray, width: int) -> None:
@@ -249,8 +253,8 @@ def generate(cfg: GeneratorConfig) -> pa.Table:
     row_src, row_ing = [], []
     for i in range(n_chunks):
         events = cfg.events // n_chunks + (1 if i < cfg.events % n_chunks else 0)
-        sub = replace(cfg, events=events, days=cfg.days / n_chunks,
-                      start=cfg.start + timedelta(days=cfg.days * i / n_chunks))
+        sub = cfg.model_copy(update={"events": events, "days": cfg.days / n_chunks,
+                                     "start": cfg.start + timedelta(days=cfg.days * i / n_chunks)})
         chunk = _chunk(sub, np.random.default_rng([cfg.seed, i + 1]), tenant_names, plan0, plan1,
                        change_at, base, start_us + span_us // 2)
         src = chunk.row_src

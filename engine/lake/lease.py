@@ -17,16 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ReplayError
+from engine.contract.errors import LeaseHeldError
 
 TTL_SECONDS = 60.0
 HEARTBEAT_SECONDS = 10.0
-
-
-class LeaseHeldError(ReplayError):
-    """Another replay holds the lake; retry once it has finished."""
-
-    retryable = True
 
 
 def _alive(pid: int) -> bool:
@@ -186,7 +180,7 @@ class DeltaLease:
 
 
 def lease_for(lake: Any, owner: str, ttl: float = TTL_SECONDS) -> Lease | DeltaLease:
-    """A file lease for a local lake, a Delta-table lease for an object-store lake."""
-    if "://" in lake.root:
+    """A file lease for a lake given as a local path, a Delta-table lease for one given as a URI."""
+    if lake.storage.scheme is not None:  # any URI, file:// included, takes the object-store path
         return DeltaLease(lake, owner, ttl)
     return Lease(Path(lake.root) / "_medallion" / "lease.json", owner, ttl)

@@ -8,22 +8,22 @@ with the same ruleset reuses the experiment's output when Bronze has not changed
 from __future__ import annotations
 
 import re
-import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.fs as pfs
 
-from engine import schemas
-from engine.diff import TableDiff, diff_data, summarize
-from engine.errors import UsageError
-from engine.executor import Executor, JobOutput
-from engine.lake import Lake
-from engine.scope import Scope
-from rules.base import Ruleset
+from engine.contract import schemas
+from engine.contract.errors import UsageError
+from engine.execution.specs import Executor, JobOutput
+from engine.fold.scope import Scope
+from engine.lake.tables import Lake
+from engine.query.diff import TableDiff, diff_data, summarize
+from rules.ruleset import Ruleset
 
 OUTPUTS = (*schemas.SILVER_TABLES, *schemas.GOLD_TABLES)
+#: Experiment areas live under ``<lake>/_experiments/<name>``.
+AREA = "_experiments"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -37,25 +37,13 @@ def default_name(ruleset: Ruleset) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "-", ruleset.name)[:40] + "-" + ruleset.fingerprint[:8]
 
 
-def _fs(root: str) -> tuple[pfs.FileSystem, str]:
-    if "://" not in root:
-        return pfs.LocalFileSystem(), root
-    return pfs.FileSystem.from_uri(root)
-
-
 def list_experiments(lake: Lake) -> list[dict[str, Any]]:
-    fs, base = _fs(f"{lake.root}/_experiments")
-    try:
-        infos = fs.get_file_info(pfs.FileSelector(base, allow_not_found=True))
-    except FileNotFoundError:
-        return []
+    """The scratch areas under ``<lake>/_experiments`` (listed with the lake's storage options)."""
     out = []
-    for info in sorted(infos, key=lambda i: i.base_name):
-        if info.type != pfs.FileType.Directory:
-            continue
-        scratch = lake.scratch(info.base_name)
+    for name in lake.storage.child(AREA).list_dirs():
+        scratch = lake.scratch(name)
         meta = scratch.commit_metadata(schemas.SILVER) if scratch.exists(schemas.SILVER) else {}
-        out.append({"name": info.base_name, "uri": scratch.root, "ruleset": meta.get("ruleset_name"),
+        out.append({"name": name, "uri": scratch.root, "ruleset": meta.get("ruleset_name"),
                     "ruleset_fingerprint": meta.get("ruleset_fingerprint"),
                     "bronze_version": meta.get("bronze_version"), "scope": meta.get("scope"),
                     "replay_id": meta.get("replay_id")})
@@ -64,13 +52,10 @@ def list_experiments(lake: Lake) -> list[dict[str, Any]]:
 
 def drop_experiment(lake: Lake, name: str) -> None:
     check_name(name)
-    fs, path = _fs(f"{lake.root}/_experiments/{name}")
-    if fs.get_file_info(path).type != pfs.FileType.Directory:
+    area = lake.storage.child(AREA, name)
+    if name not in lake.storage.child(AREA).list_dirs():
         raise UsageError(f"no experiment {name!r} (see 'replay experiment --list')")
-    if isinstance(fs, pfs.LocalFileSystem):
-        shutil.rmtree(path)
-    else:
-        fs.delete_dir(path)
+    area.delete()
 
 
 def reusable(lake: Lake, ruleset: Ruleset) -> Lake | None:
@@ -118,10 +103,7 @@ class ExperimentResult:
 
     def connect(self) -> Any:
         """DuckDB with ``baseline_<table>`` and ``candidate_<table>`` registered."""
-        import duckdb
-
-        con = duckdb.connect()
-        con.execute("SET TimeZone = 'UTC'")
+        con = self.scratch.storage.connect()
         for t in OUTPUTS:
             con.register(f"baseline_{t}", self.base_data[t])
             con.register(f"candidate_{t}", self.cand_data[t])

@@ -1,4 +1,4 @@
-"""One error hierarchy for the whole engine.
+"""One error hierarchy for the whole engine (and the rules: part of the pure contract).
 
 Every error is a :class:`ReplayError`. Errors carry data as keyword fields, say
 whether retrying can help (``retryable``), whether they are the user's mistake
@@ -48,7 +48,11 @@ class ConfigError(UsageError):
 
 
 class RuleError(ReplayError):
-    """A rule registry problem: unknown rule, duplicate registration, bad plugin."""
+    """A rule plugin failed while applying (raised by the rule itself; exit code 1)."""
+
+
+class RegistryError(RuleError):
+    """A rule registry problem: unknown rule, duplicate registration, bad plugin (exit code 2)."""
 
     usage = True
 
@@ -73,3 +77,17 @@ class ShardError(ReplayError):
     """A shard worker failed; transient worker failures are retryable."""
 
     retryable = True
+
+
+class LeaseHeldError(ReplayError):
+    """Another writer holds the lake's lease; retry once it has finished."""
+
+    retryable = True
+
+
+class ChecksFailedError(ReplayError):
+    """A replay's output failed the validation gate; it was rolled back."""
+
+
+class QueryError(UsageError):
+    """A query the user wrote does not run (syntax, unknown table or column, missing parameter)."""

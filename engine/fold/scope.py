@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine import schemas
-from engine.errors import UsageError
+from engine.contract import schemas
+from engine.contract.errors import UsageError
 
 HOUR = timedelta(hours=1)
 

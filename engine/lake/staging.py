@@ -5,7 +5,7 @@ A worker writes its share of a table as Parquet files under the table's root
 :class:`Staged` handle. The driver commits every worker's files of a table in one
 Delta version (``create_write_transaction``), so neither a worker nor the driver
 ever holds a whole table, and a killed or retried worker leaves only uncommitted
-files behind, which :meth:`engine.lake.Lake.sweep` removes.
+files behind, which :meth:`engine.lake.tables.Lake.sweep` removes.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from engine import schemas
+from engine.contract import schemas
+from engine.lake.storage import Storage
 
 #: File names of staged files start with this, then the replay id.
 PREFIX = "part-mr-"
@@ -71,22 +72,6 @@ class Staged:
     @staticmethod
     def merge(table: str, parts: list[Staged]) -> Staged:
         return Staged(table, tuple(f for p in parts for f in p.files))
-
-
-#: file:// URIs go through Arrow's local filesystem (tests turn this off to run the
-#: object-store path, delta-rs's own filesystem, against local files).
-LOCAL_SHORTCUT = True
-
-
-def filesystem(table_uri: str, storage_options: dict[str, str] | None) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and base path for a table root (local path or any delta-rs URI)."""
-    if "://" not in table_uri:
-        return pafs.LocalFileSystem(), table_uri
-    if table_uri.startswith("file://") and LOCAL_SHORTCUT:
-        return pafs.LocalFileSystem(), table_uri[len("file://"):]
-    from deltalake.fs import DeltaStorageHandler
-
-    return pafs.PyFileSystem(DeltaStorageHandler(table_uri, storage_options)), ""
 
 
 def _parse_stat(text: str) -> dt.datetime:
@@ -152,9 +137,8 @@ def file_stats(data: pa.Table) -> str:
                        "nullCount": nulls})
 
 
-def stage(table_uri: str, storage_options: dict[str, str] | None, table: str, data: pa.Table,
-          tag: str, row_group_rows: int) -> Staged:
-    """Write ``data`` (conformed to the table's schema) as Parquet under ``table_uri``.
+def stage(where: Storage, table: str, data: pa.Table, tag: str, row_group_rows: int) -> Staged:
+    """Write ``data`` (conformed to the table's schema) as Parquet under the table root ``where``.
 
     One file per partition value; names carry ``tag`` (the replay id, stage and shard)
     plus a random suffix, so a retried task never overwrites a file of another attempt.
@@ -162,7 +146,7 @@ def stage(table_uri: str, storage_options: dict[str, str] | None, table: str, da
     data = schemas.conform(data, schemas.SCHEMAS[table])
     if data.num_rows == 0:
         return Staged(table)
-    fs, base = filesystem(table_uri, storage_options)
+    fs, base = where.filesystem()
     parts = schemas.PARTITIONS.get(table) or []
     groups: list[tuple[tuple[tuple[str, str | None], ...], pa.Table]]
     if parts:

@@ -20,38 +20,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine import schemas
-from engine.errors import UsageError
-from engine.lake import Lake
+from engine.contract import schemas
+from engine.contract.errors import UsageError
+from engine.lake.tables import Lake
 
-AUDIT_SCHEMA = pa.schema([
-    ("reprocessing_id", pa.string()),
-    ("kind", pa.string()),  # replay | rollback | recovery
-    ("start_time", schemas.TS),
-    ("end_time", schemas.TS),
-    ("layer", pa.string()),
-    ("mode", pa.string()),
-    ("reason", pa.string()),
-    ("affected_start", schemas.TS),
-    ("affected_end", schemas.TS),
-    ("tenants", pa.string()),
-    ("record_count", pa.int64()),
-    ("status", pa.string()),  # running | success | failed | rolled_back
-    ("operator", pa.string()),
-    ("ruleset_name", pa.string()),
-    ("ruleset_before", pa.string()),
-    ("ruleset_after", pa.string()),
-    ("bronze_version", pa.int64()),
-    ("tables", pa.string()),  # JSON list
-    ("versions_before", pa.string()),  # JSON {table: version}
-    ("versions_after", pa.string()),
-    ("conservation_ok", pa.bool_()),
-    ("checks", pa.string()),  # JSON list of validation-gate results
-    ("allow_failed_checks", pa.bool_()),
-    ("target_id", pa.string()),  # rollback/recovery: the replay acted on
-    ("details", pa.string()),
-])
-schemas.SCHEMAS[schemas.AUDIT] = AUDIT_SCHEMA
+AUDIT_SCHEMA = schemas.AUDIT_SCHEMA
 
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,80}$")
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from engine.errors import ShardError, UsageError
-from engine.executor import (
+from engine.config import environment, pin_ray_auth_mode
+from engine.contract.errors import ShardError, UsageError
+from engine.execution.specs import (
     JobOutput,
     MapResult,
     MapSpec,
@@ -20,9 +21,8 @@ from engine.executor import (
     ReduceResult,
     ReduceSpec,
     combine,
-    map_shard_parts,
-    reduce_shard,
 )
+from engine.execution.workers import map_shard_parts, reduce_shard, warm_up
 
 MAX_RETRIES = 3
 
@@ -32,8 +32,6 @@ def warm_worker() -> int:
 
     Folds one tiny message through a built-in ruleset (see :meth:`RayExecutor._warm_up`).
     """
-    from engine.executor import warm_up
-
     warm_up()
     return os.getpid()
 
@@ -43,7 +41,7 @@ def _task_options() -> dict[str, Any]:
     runtime_env gets workers of its own, while the default pool's are prestarted and stay
     warm. (Each spec carries its DuckDB thread count: one per task, as Ray runs one per CPU.)
     """
-    faults = {k: v for k, v in os.environ.items() if k.startswith("MEDALLION_FAULT_")}
+    faults = environment().faults
     return {"runtime_env": {"env_vars": faults}} if faults else {}
 
 
@@ -61,8 +59,10 @@ class RayExecutor:
                                       "log_to_driver": False}
             if address:
                 kwargs["address"] = address
-            elif num_cpus:
-                kwargs["num_cpus"] = num_cpus
+            else:
+                pin_ray_auth_mode()
+                if num_cpus:
+                    kwargs["num_cpus"] = num_cpus
             try:
                 ray.init(**kwargs)
             except ConnectionError as exc:

@@ -1,0 +1,225 @@
+"""Plan: what a replay must recompute and why, as an immutable plan (the evaluator is apply)."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import pyarrow as pa
+
+from engine.batch.experiment import reusable
+from engine.config import ReplayConfig
+from engine.contract import schemas
+from engine.contract.errors import UsageError
+from engine.execution.specs import Mode
+from engine.execution.workers import file_units
+from engine.fold.chunks import WORK_FACTOR
+from engine.fold.pipeline import Compiled
+from engine.fold.scope import Scope
+from engine.lake.tables import Lake
+from rules.base import canonical_json
+from rules.ruleset import Ruleset
+
+ModeArg = Literal["auto", "full", "gold"]
+#: In-memory size of a validated event (Arrow; ~163 B measured on generated events), for
+#: the plan's chunk estimate. The tasks themselves decide from the rows they hold.
+ROW_BYTES = 170
+
+
+def silver_fingerprint(ruleset: Ruleset) -> str:
+    """What Silver depends on: the silver-layer rules and the set of known plans (SPEC 5)."""
+    plans = sorted(Compiled.of(ruleset).known_plans)
+    payload = canonical_json({"silver": ruleset.layer_fingerprint("silver"), "plans": plans})
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An immutable replay plan: what to recompute, why, and how it will be sharded."""
+
+    replay_id: str
+    lake: str
+    mode: Mode | None  # None: up to date
+    reasons: tuple[str, ...]
+    ruleset_name: str
+    ruleset_fingerprint: str
+    silver_fingerprint: str
+    rules: tuple[dict[str, Any], ...]
+    source_table: str
+    source_version: int | None
+    bronze_version: int | None
+    tables: tuple[str, ...]
+    files: tuple[str, ...] = field(repr=False)
+    rows: int
+    bytes: int
+    map_tasks: int
+    buckets: int
+    executor: str
+    #: bytes a reduce task may use per chunk, and how many time chunks a shard is expected to need
+    task_memory: int = ReplayConfig().task_memory
+    chunks_per_shard: int = 1
+    scope: Scope | None = None
+    #: an experiment whose output this replay publishes instead of recomputing it
+    reuse: str | None = None
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.mode is None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("files")
+        d["scope"] = self.scope.describe() if self.scope else None
+        d["files"] = len(self.files)
+        d["up_to_date"] = self.up_to_date
+        return d
+
+
+def _changed_rules(old: list[dict[str, Any]] | None, new: Ruleset, layer: str) -> list[str]:
+    before = {r["name"]: r for r in (old or []) if r.get("layer") == layer}
+    after = {r["name"]: r for r in new.describe() if r["layer"] == layer}
+    out = []
+    for name in sorted(set(before) | set(after)):
+        b, a = before.get(name), after.get(name)
+        if b is None:
+            out.append(f"{name}@{a['version']} added ({layer} layer)")
+        elif a is None:
+            out.append(f"{name}@{b['version']} removed ({layer} layer)")
+        elif b["fingerprint"] != a["fingerprint"]:
+            what = "parameters" if b["version"] == a["version"] else f"@{b['version']} -> @{a['version']}"
+            out.append(f"{name} {what} changed ({layer} layer)")
+    return out
+
+
+def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor: str = "local",
+               cpus: int = 1, buckets: int | None = None, scope: Scope | None = None,
+               config: ReplayConfig | None = None, reuse: bool = True) -> Plan:
+    """What a replay must recompute and why. ``buckets`` overrides ``config.shards``.
+
+    Read-only: it settles nothing. With ``reuse``, a finished experiment of this ruleset
+    on the current Bronze is published instead of recomputing (:func:`with_reuse`).
+    """
+    cfg = config or ReplayConfig()
+    buckets = buckets or cfg.shards
+    compiled = Compiled.of(ruleset)
+    sfp = silver_fingerprint(ruleset)
+    if not lake.exists(schemas.BRONZE):
+        raise UsageError(f"no {schemas.BRONZE} table in lake {lake.root}; run 'replay import' first")
+    bronze_v = lake.version(schemas.BRONZE)
+    reasons: list[str] = []
+    chosen: Mode | None = None
+    silver_meta = lake.commit_metadata(schemas.SILVER) if lake.exists(schemas.SILVER) else {}
+    if not silver_meta.get("silver_fingerprint"):
+        reasons.append("Silver has never been built by a replay")
+        chosen = "full"
+    elif silver_meta.get("mixed_with"):
+        reasons.append(f"Silver mixes rulesets since a scoped replay ({silver_meta.get('scope')})")
+        chosen = "full"
+    else:
+        if silver_meta["silver_fingerprint"] != sfp:
+            reasons += _changed_rules(silver_meta.get("rules"), ruleset, "silver")
+            old_plans = set(silver_meta.get("known_plans") or [])
+            if old_plans != set(compiled.known_plans):
+                reasons.append(
+                    f"plan_limits changes the set of known plans ({', '.join(sorted(old_plans))} -> "
+                    f"{', '.join(sorted(compiled.known_plans))}); validate depends on it (SPEC 5)")
+            chosen = "full"
+        if silver_meta.get("bronze_version") != bronze_v:
+            reasons.append(f"Bronze changed since Silver was built (version "
+                           f"{silver_meta.get('bronze_version')} -> {bronze_v})")
+            chosen = "full"
+    if chosen is None:
+        gold_meta = lake.commit_metadata(schemas.MINUTE) if lake.exists(schemas.MINUTE) else {}
+        silver_id = silver_meta.get("replay_id")
+        if not gold_meta.get("ruleset_fingerprint"):
+            reasons.append("Gold has never been built by a replay")
+            chosen = "gold"
+        elif gold_meta.get("mixed_with"):
+            reasons.append(f"Gold mixes rulesets since a scoped replay ({gold_meta.get('scope')})")
+            chosen = "gold"
+        else:
+            if gold_meta["ruleset_fingerprint"] != ruleset.fingerprint:
+                reasons += _changed_rules(gold_meta.get("rules"), ruleset, "gold") or [
+                    "ruleset fingerprint changed"]
+                chosen = "gold"
+            if gold_meta.get("silver_replay_id") != silver_id:
+                reasons.append(f"Silver changed since Gold was built (Silver now from replay "
+                               f"{silver_id}, Gold from {gold_meta.get('silver_replay_id')})")
+                chosen = "gold"
+    if mode == "full" and chosen != "full":
+        reasons.append("full replay requested (--mode full)")
+        chosen = "full"
+    elif mode == "gold":
+        if chosen == "full" and (not silver_meta or silver_meta.get("silver_fingerprint") != sfp):
+            raise UsageError(
+                "--mode gold needs Silver built with the same silver rules and plan set; "
+                "run without --mode (or --mode full) to rebuild Silver first")
+        if chosen != "gold":
+            reasons.append("Gold-only replay requested (--mode gold)")
+        chosen = "gold"
+    source = schemas.BRONZE if chosen != "gold" else schemas.SILVER
+    source_v = lake.version(source)
+    files: list[str] = []
+    rows = nbytes = 0
+    if chosen is not None:
+        for act in pa.table(lake.table(source, source_v).get_add_actions(flatten=True)).to_pylist():
+            files.append(act["path"])
+            nbytes += int(act.get("size_bytes") or 0)
+            rows += int(act.get("num_records") or 0)
+    n_buckets = buckets or max(1, cpus * 2 if cpus > 1 else 1)
+    n_units = len(file_units(lake.dataset(source, source_v))) if chosen is not None else 0
+    wanted = max(-(-rows // cfg.rows_per_map_task), cpus * 2 if cpus > 1 else 1)
+    if cpus > 1:
+        wanted = -(-wanted // cpus) * cpus  # whole waves: no CPU idles through the last one
+    map_tasks = min(n_units, wanted)
+    shard_bytes = rows * ROW_BYTES // max(1, n_buckets)
+    chunks = max(1, -(-shard_bytes * WORK_FACTOR // cfg.task_memory))
+    if chosen == "full" and not compiled.can_chunk:
+        chunks = 1
+    tables = (
+        (*schemas.SILVER_TABLES, *schemas.GOLD_TABLES) if chosen == "full"
+        else schemas.GOLD_TABLES if chosen == "gold" else ()
+    )
+    plan = Plan(
+        replay_id=new_replay_id(),
+        lake=lake.root,
+        mode=chosen,
+        reasons=tuple(reasons) if chosen else ("up to date: every table matches this ruleset and Bronze",),
+        ruleset_name=ruleset.name,
+        ruleset_fingerprint=ruleset.fingerprint,
+        silver_fingerprint=sfp,
+        rules=tuple(ruleset.describe()),
+        source_table=source,
+        source_version=source_v,
+        bronze_version=bronze_v,
+        tables=tables,
+        files=tuple(files),
+        rows=rows,
+        bytes=nbytes,
+        map_tasks=map_tasks,
+        buckets=n_buckets,
+        executor=executor,
+        scope=scope,
+        task_memory=cfg.task_memory,
+        chunks_per_shard=chunks if chosen is not None else 0,
+    )
+    return with_reuse(lake, ruleset, plan) if reuse else plan
+
+
+def new_replay_id() -> str:
+    return datetime.now(UTC).strftime("r%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:8]
+
+
+def with_reuse(lake: Lake, ruleset: Ruleset, p: Plan) -> Plan:
+    """Publish a finished experiment of this ruleset instead of recomputing (Bronze unchanged)."""
+    if p.mode is None or p.scope is not None or lake.bronze_root:
+        return p
+    scratch = reusable(lake, ruleset)
+    if scratch is None:
+        return p
+    name = scratch.root.rsplit("/", 1)[-1]
+    return replace(p, reuse=name, mode="full", tables=(*schemas.SILVER_TABLES, *schemas.GOLD_TABLES),
+                   reasons=(*p.reasons, f"reusing experiment {name}: same ruleset, Bronze unchanged since"))

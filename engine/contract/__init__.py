@@ -1,0 +1,1 @@
+"""The pure contract between rules and engine: Arrow schemas, the error hierarchy, in-memory SQL (no I/O, no Ray, no Delta)."""

@@ -1,0 +1,154 @@
+"""The storage resolver: (lake URI, storage options) -> delta-rs options, a pyarrow filesystem, DuckDB.
+
+Every module that touches files goes through :class:`Storage`, so a lake on an
+object store is reached with exactly the options delta-rs uses (no module builds
+its own client, and none guesses from the environment: the options come from
+``--storage-option`` / ``MEDALLION_STORAGE_OPTIONS``, merged in :func:`storage_options`).
+
+- A local lake is a directory; its root is absolute. ``file://`` URIs are local too.
+- Any other ``scheme://`` root is an object store reached through delta-rs's own
+  filesystem (``deltalake.fs.DeltaStorageHandler``), so pyarrow reads and writes use
+  the same endpoint, credentials and flags as the Delta log.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from engine.contract.errors import UsageError
+
+#: ``file://`` URIs go through Arrow's local filesystem (tests turn this off to run the
+#: object-store path, delta-rs's own filesystem, against local files).
+LOCAL_SHORTCUT = True
+
+
+def _scheme(root: str) -> str | None:
+    head, sep, _ = root.partition("://")
+    return head.lower() if sep and head.isidentifier() else None
+
+
+def storage_options(explicit: Mapping[str, str] | None = None,
+                    env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The lake's delta-rs options: ``MEDALLION_STORAGE_OPTIONS``, then ``explicit`` over it.
+
+    The CLI (``--storage-option``) and the Python API (``storage_options=``) both come here.
+    """
+    from engine.config import environment
+
+    opts = dict(environment(env).storage_options)
+    opts.update({str(k): str(v) for k, v in (explicit or {}).items()})
+    return opts
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Where a lake (or one table of it) lives, and how to reach it."""
+
+    root: str
+    options: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def resolve(cls, root: str | os.PathLike[str], options: Mapping[str, str] | None = None) -> Storage:
+        """Normalize ``root``: a local path becomes absolute; a URI keeps its scheme."""
+        text = os.fspath(root)
+        if _scheme(text) is None:
+            text = os.path.abspath(text)
+            if os.path.exists(text) and not os.path.isdir(text):
+                raise UsageError(f"lake path {text} is a file; pass a directory for --lake")
+        return cls(text.rstrip("/") or "/", tuple(sorted((options or {}).items())))
+
+    @property
+    def scheme(self) -> str | None:
+        """``s3``, ``gs``, ``az``... for an object store; None for a local path."""
+        return _scheme(self.root)
+
+    @property
+    def is_local(self) -> bool:
+        """True for a directory on this machine (a plain path or ``file://``)."""
+        return self.scheme in (None, "file")
+
+    @property
+    def delta_options(self) -> dict[str, str] | None:
+        """The storage options for delta-rs (None when there are none)."""
+        return dict(self.options) or None
+
+    def child(self, *parts: str) -> Storage:
+        """The storage of a path under this root (a table, an experiment area)."""
+        return Storage("/".join([self.root, *(p.strip("/") for p in parts)]), self.options)
+
+    def local_path(self) -> str | None:
+        """The root as a local filesystem path, or None for an object store."""
+        if self.scheme is None:
+            return self.root
+        if self.scheme == "file":
+            return self.root[len("file://"):]
+        return None
+
+    def filesystem(self) -> tuple[pafs.FileSystem, str]:
+        """A pyarrow filesystem and the root's path in it (``""``: the filesystem is rooted here)."""
+        local = self.local_path()
+        if local is not None and (self.scheme is None or LOCAL_SHORTCUT):
+            return pafs.LocalFileSystem(), local
+        from deltalake.fs import DeltaStorageHandler
+
+        return pafs.PyFileSystem(DeltaStorageHandler(self.root, self.delta_options)), ""
+
+    def _filesystem_if_exists(self) -> tuple[pafs.FileSystem, str] | None:
+        from deltalake.exceptions import TableNotFoundError
+
+        try:  # delta-rs refuses to open a local root that does not exist
+            return self.filesystem()
+        except TableNotFoundError:
+            return None
+
+    def list_dirs(self) -> list[str]:
+        """Names of the directories (prefixes) right under the root; [] when it does not exist."""
+        found = self._filesystem_if_exists()
+        if found is None:
+            return []
+        fs, base = found
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        except (FileNotFoundError, OSError):
+            return []
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+    def exists(self) -> bool:
+        found = self._filesystem_if_exists()
+        if found is None:
+            return False
+        fs, base = found
+        if base:
+            return fs.get_file_info(base).type != pafs.FileType.NotFound
+        try:  # an object-store prefix "exists" when something is stored under it
+            return bool(fs.get_file_info(pafs.FileSelector("", recursive=True, allow_not_found=True)))
+        except (FileNotFoundError, OSError):
+            return False
+
+    def delete(self) -> None:
+        """Delete everything under the root."""
+        fs, base = self.filesystem()
+        if base:
+            fs.delete_dir(base)
+            return
+        for info in fs.get_file_info(pafs.FileSelector("", recursive=True, allow_not_found=True)):
+            if info.type == pafs.FileType.File:
+                fs.delete_file(info.path)
+
+    @staticmethod
+    def connect() -> Any:
+        """A DuckDB connection for queries over this lake's Arrow datasets (UTC session).
+
+        DuckDB reads the lake through delta-rs's Arrow datasets (no DuckDB extension), so
+        the same options reach it; registering datasets is the query layer's job.
+        """
+        import duckdb
+
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        return con

@@ -1,0 +1,1 @@
+"""The live pipeline (coming): incremental folding of new Bronze rows and the `replay follow` loop."""

@@ -1,0 +1,49 @@
+"""Shared test library: paths of the repo and the shared fixture, and lake comparison helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from engine.contract import schemas
+from engine.ingest.importers import append_new
+from engine.lake.staging import PREFIX
+from replay import api
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+FIXTURE = SHARED / "fixtures" / "basic"
+OUTPUTS = (*schemas.SILVER_TABLES, *schemas.GOLD_TABLES)
+
+
+def sorted_table(lake, table):
+    keys = [(k, "ascending") for k in schemas.KEYS[table]]
+    return lake.read(table).sort_by(keys)
+
+
+def assert_same_tables(a, b):
+    for t in OUTPUTS:
+        ta, tb = sorted_table(a, t), sorted_table(b, t)
+        assert ta.num_rows == tb.num_rows, t
+        assert ta.equals(tb), t
+
+
+def staged_orphans(lake, replay_id):
+    """Files a replay staged that no table's latest snapshot references (should be swept)."""
+    out = []
+    for t in OUTPUTS:
+        root = os.path.join(lake.root.removeprefix("file://"), t)
+        live = lake.files(t) if lake.exists(t) else set()
+        for d, _, files in os.walk(root):
+            for f in files:
+                rel = os.path.relpath(os.path.join(d, f), root)
+                if f.startswith(f"{PREFIX}{replay_id}-") and rel not in live:
+                    out.append(rel)
+    return out
+
+
+def make_lake(path, parts):
+    lk = api.open_lake(path)
+    for p in parts:
+        append_new(lk, p, "test", {"source": "test"})
+    return lk
