@@ -42,6 +42,8 @@ def list_experiments(lake: Lake) -> list[dict[str, Any]]:
     out = []
     for name in lake.storage.child(AREA).list_dirs():
         scratch = lake.scratch(name)
+        if not any(scratch.exists(t) for t in OUTPUTS):
+            continue  # an emptied folder an object store still lists, or an area never written
         meta = scratch.commit_metadata(schemas.SILVER) if scratch.exists(schemas.SILVER) else {}
         out.append({"name": name, "uri": scratch.root, "ruleset": meta.get("ruleset_name"),
                     "ruleset_fingerprint": meta.get("ruleset_fingerprint"),

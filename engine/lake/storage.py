@@ -13,6 +13,7 @@ its own client, and none guesses from the environment: the options come from
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -131,13 +132,16 @@ class Storage:
             return False
 
     def delete(self) -> None:
-        """Delete everything under the root."""
+        """Delete everything under the root (on an object store, folder markers too)."""
         fs, base = self.filesystem()
         if base:
             fs.delete_dir(base)
             return
-        for info in fs.get_file_info(pafs.FileSelector("", recursive=True, allow_not_found=True)):
-            if info.type == pafs.FileType.File:
+        # Some S3 servers keep emptied folders visible to listings for a while: remove every
+        # entry, deepest first, so a listing right after shows nothing.
+        entries = fs.get_file_info(pafs.FileSelector("", recursive=True, allow_not_found=True))
+        for info in sorted(entries, key=lambda i: (i.type != pafs.FileType.File, -i.path.count("/"))):
+            with contextlib.suppress(OSError):
                 fs.delete_file(info.path)
 
     @staticmethod
