@@ -192,7 +192,7 @@ def status(lake: LakeArg) -> list[dict[str, Any]]:
     lk = open_lake(lake)
     out = []
     for table in schemas.ALL_TABLES:
-        if not lk.exists(table):
+        if not lk.is_active(table):
             out.append({"table": table, "exists": False})
             continue
         dt = lk.table(table)

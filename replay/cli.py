@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--invalid-rate", type=float, default=0.01)
     p.add_argument("--late-rate", type=float, default=0.01)
     p.add_argument("--start", default="2026-03-01T00:00:00Z", help="first event time (RFC 3339)")
+    p.add_argument("--v2-start", help="schema v2 traffic (user_id, data_residency_region) from this "
+                                      "time on (default: the second half of the history)")
+    p.add_argument("--v2-share", type=float, default=1.0,
+                   help="share of the events from --v2-start on that carry the v2 fields")
     p.add_argument("--to-kafka", action="store_true", help="produce the events to Kafka instead")
     p.add_argument("--bootstrap-servers", default="localhost:9092")
     p.add_argument("--topic", default="api-usage-events")

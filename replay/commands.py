@@ -92,9 +92,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
         start = datetime.fromisoformat(args.start.replace("Z", "+00:00")).astimezone(UTC)
     except ValueError:
         raise UsageError(f"--start {args.start!r}: expected an RFC 3339 time like 2026-03-01T00:00:00Z") from None
+    v2_start = None
+    if args.v2_start:
+        try:
+            v2_start = datetime.fromisoformat(args.v2_start.replace("Z", "+00:00")).astimezone(UTC)
+        except ValueError:
+            raise UsageError(f"--v2-start {args.v2_start!r}: expected an RFC 3339 time") from None
     cfg = api.generator_config(events=args.events, tenants=args.tenants, days=args.days, seed=args.seed,
                                dup_rate=args.dup_rate, invalid_rate=args.invalid_rate,
-                               late_rate=args.late_rate, start=start)
+                               late_rate=args.late_rate, start=start, v2_start=v2_start,
+                               v2_share=args.v2_share)
     if args.to_kafka:
         emit(api.produce_history(cfg, args.bootstrap_servers, args.topic, args.kafka_config), args.json)
         return 0
@@ -146,7 +153,9 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def _print_summary(summ: dict[str, pa.Table]) -> None:
-    for name in ("plans", "flips", "top_tenants"):
+    for name in ("plans", "flips", "top_tenants", "regions"):
+        if name not in summ:
+            continue
         print(f"== {name}")
         print(format_table(summ[name], "table"))
 

@@ -99,6 +99,15 @@ def render(title: str, summary: dict[str, pa.Table], row_diffs: dict[str, dict[s
     diff_tbl = pa.Table.from_pylist([{"table": t, **c} for t, c in diff_rows.items()]) if diff_rows \
         else pa.table({"table": pa.array([], pa.string())})
     legend = "".join(f'<span style="background:{c}"></span>{n}' for n, c in COLORS.items())
+    regions = ""
+    if "regions" in summary:  # SPEC 8: where the region table exists
+        rows = summary["regions"].to_pylist()
+        names = ["(none)" if r["data_residency_region"] is None else r["data_residency_region"]
+                 for r in rows]
+        regions = ("<h2>Requests per data-residency region</h2>" + table_html(summary["regions"])
+                   + bar_chart("regions", "Requests per region", names, {
+                       "before": [r["requests_before"] for r in rows],
+                       "after": [r["requests_after"] for r in rows]}))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title><style>{CSS}</style></head>
 <body>
@@ -115,6 +124,7 @@ def render(title: str, summary: dict[str, pa.Table], row_diffs: dict[str, dict[s
 {dist}
 <h2>Top changed tenants</h2>
 {table_html(summary["top_tenants"])}
+{regions}
 <h2>Row changes per table</h2>
 {table_html(diff_tbl)}
 </body></html>

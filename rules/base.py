@@ -31,6 +31,7 @@ SLOTS: dict[str, Layer] = {
     "plan_limits": "gold",
     "burst_allowance": "gold",
     "abuse": "gold",
+    "region_usage": "gold",
 }
 REQUIRED_SLOTS = ("validate", "dedup", "plan_limits")
 ENTRY_POINT_GROUP = "medallion_replay.rules"

@@ -1,4 +1,4 @@
-"""The built-in rule versions of SPEC section 5 and the built-in rulesets."""
+"""The built-in rule versions of SPEC sections 5 and 8 and the built-in rulesets."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from rules import (
     dedup_v2,
     plan_limits_v1,
     plan_limits_v2,
+    region_usage_v1,
     validate_v1,
 )
 
@@ -22,10 +23,14 @@ RULES = (
     burst_allowance_v1.BurstAllowance,
     abuse_v1.Abuse,
     abuse_v2.Abuse,
+    region_usage_v1.RegionUsage,
 )
 
 #: Built-in rulesets: name -> {rule: version}.
 RULESETS: dict[str, dict[str, int]] = {
     "2026-01": {"validate": 1, "dedup": 1, "plan_limits": 1, "abuse": 1},
     "2026-02": {"validate": 1, "dedup": 2, "plan_limits": 2, "burst_allowance": 1, "abuse": 1},
+    # SPEC 8: 2026-02 + the residency region in Gold (a gold-layer change)
+    "2026-03": {"validate": 1, "dedup": 2, "plan_limits": 2, "burst_allowance": 1, "abuse": 1,
+                "region_usage": 1},
 }

@@ -1,4 +1,4 @@
-"""An independent, row-by-row Python implementation of SPEC sections 3-4, for tests only.
+"""An independent, row-by-row Python implementation of SPEC sections 3-4 and 8, for tests only.
 
 It shares nothing with the engine's fold but the strict per-message validator
 (``rules._event.strict_validate``, itself checked against SPEC edge by edge): dedup,
@@ -21,7 +21,8 @@ LIMITS = {1: {"free": 60, "starter": 300, "professional": 1000, "enterprise": 50
           2: {"free": 100, "starter": 300, "professional": 1000, "enterprise": 5000}}
 ALLOWANCE = {"free": 30, "starter": 150, "professional": 500, "enterprise": 2500}
 RULESETS = {"2026-01": {"dedup": 1, "limits": 1, "burst": False, "abuse": 10},
-            "2026-02": {"dedup": 2, "limits": 2, "burst": True, "abuse": 10}}
+            "2026-02": {"dedup": 2, "limits": 2, "burst": True, "abuse": 10},
+            "2026-03": {"dedup": 2, "limits": 2, "burst": True, "abuse": 10, "region": True}}
 
 
 def fold(bronze: list[dict[str, Any]], ruleset: str) -> dict[str, set[tuple]]:
@@ -107,7 +108,16 @@ def fold(bronze: list[dict[str, Any]], ruleset: str) -> dict[str, set[tuple]]:
             alerts.add((t, "over_limit", *row))
         if m["total"] >= rs["abuse"] * m["limit"]:
             alerts.add((t, "abuse", *row))
+    # SPEC 8: per tenant, hour and region (NULL is its own region)
+    regions: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
+    for v in silver:
+        hs = v["event_timestamp_us"] // HOUR * HOUR
+        c = regions[(v["tenant_id"], hs, v.get("data_residency_region"))]
+        c[0] += 1
+        c[1] += 1 if v["status_code"] >= 500 else 0
+    region_rows = {(t, hs, hs + HOUR, r, n, e) for (t, hs, r), (n, e) in regions.items()}
     return {
+        "region": region_rows if rs.get("region") else set(),
         "silver": {(*v["lin"], v["event_id"], v["tenant_id"], v["event_timestamp_us"],
                     v["subscription_plan"], v["status_code"]) for v in silver},
         "quarantine": quarantine, "duplicates": dups, "minute": minute_rows, "hourly": hourly,

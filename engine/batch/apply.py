@@ -215,9 +215,15 @@ def _commit(lake: Lake, plan: Plan, ruleset: Ruleset, out: JobOutput,
             conservation = None  # a scoped experiment holds only its scope
         counts[schemas.BRONZE] = bronze_rows
     silver_meta = lake.commit_metadata(schemas.SILVER)
+    gold_meta = {"layer": "gold", "silver_replay_id": silver_meta.get("replay_id")}
     for table, data in ((schemas.MINUTE, out.minute), (schemas.HOURLY, out.hourly),
                         (schemas.ALERTS, out.alerts)):
-        write(table, data, {"layer": "gold", "silver_replay_id": silver_meta.get("replay_id")})
+        write(table, data, gold_meta)
+    if schemas.REGION in plan.tables:
+        if out.region is None:  # the ruleset has no region rule: the table is retired (SPEC 8)
+            write(schemas.REGION, schemas.empty(schemas.REGION_SCHEMA), {**gold_meta, "retired": True})
+        else:
+            write(schemas.REGION, out.region, gold_meta)
     return versions, counts, conservation
 
 

@@ -81,6 +81,25 @@ STANDARD: dict[str, str] = {
           ON a.tenant_id = m.tenant_id AND a.window_start = m.window_start AND a.alert_type = 'over_limit'
         WHERE m.over_limit_count > 0 AND a.tenant_id IS NULL""",
 }
+REGION_CHECKS: dict[str, str] = {
+    f"unique_keys:{schemas.REGION}": f"""
+        SELECT tenant_id, window_start, data_residency_region, count(*) AS copies
+        FROM {schemas.REGION} GROUP BY ALL HAVING count(*) > 1""",
+    "region_hours_equal_silver_counts": f"""
+        WITH s AS (SELECT tenant_id, date_trunc('hour', event_timestamp) AS window_start,
+                          data_residency_region, count(*) AS n,
+                          count(*) FILTER (WHERE status_code >= 500) AS e
+                   FROM silver_api_usage GROUP BY ALL)
+        SELECT coalesce(s.tenant_id, r.tenant_id) AS tenant_id,
+               coalesce(s.window_start, r.window_start) AS window_start
+        FROM s FULL JOIN {schemas.REGION} r
+          ON s.tenant_id = r.tenant_id AND s.window_start = r.window_start
+         AND s.data_residency_region IS NOT DISTINCT FROM r.data_residency_region
+        WHERE s.n IS DISTINCT FROM r.total_requests OR s.e IS DISTINCT FROM r.error_requests
+           OR r.window_end <> r.window_start + INTERVAL 1 HOUR""",
+}
+
+
 def conservation(lake: Lake, pinned: dict[str, int]) -> CheckResult:
     """|bronze| = |silver| + |quarantine| + |duplicates| (SPEC 3), from the Parquet footers."""
     n = {t: lake.dataset(t, pinned.get(t)).count_rows() if lake.exists(t) else 0
@@ -109,9 +128,11 @@ def run_checks(lake: Lake, versions: dict[str, int], bronze_version: int | None,
     if bronze_version is not None:
         pinned[schemas.BRONZE] = bronze_version
     for table in QUERYABLE:
-        if lake.exists(table):
+        if lake.is_active(table):
             con.register(table, lake.dataset(table, pinned.get(table)))
     queries = dict(STANDARD)
+    if schemas.REGION in versions and lake.is_active(schemas.REGION):
+        queries.update(REGION_CHECKS)
     queries.update(user or {})
     out = [conservation(lake, pinned)] if full else []
     for name, sql in queries.items():

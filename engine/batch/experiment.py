@@ -81,7 +81,8 @@ def load_output(scratch: Lake) -> JobOutput:
         rows_in=scratch.dataset(schemas.BRONZE).count_rows(),
         quarantine=scratch.read(schemas.QUARANTINE), silver=scratch.read(schemas.SILVER),
         duplicates=scratch.read(schemas.DUPLICATES), minute=scratch.read(schemas.MINUTE),
-        hourly=scratch.read(schemas.HOURLY), alerts=scratch.read(schemas.ALERTS))
+        hourly=scratch.read(schemas.HOURLY), alerts=scratch.read(schemas.ALERTS),
+        region=scratch.read(schemas.REGION) if scratch.is_active(schemas.REGION) else None)
 
 
 @dataclass
@@ -98,10 +99,15 @@ class ExperimentResult:
         return diff_data(table, self.base_data[table], self.cand_data[table], sample=sample)
 
     def summary(self, top: int = 10) -> dict[str, pa.Table]:
-        return summarize({"minute_before": self.base_data[schemas.MINUTE],
-                          "alerts_before": self.base_data[schemas.ALERTS],
-                          "minute_after": self.cand_data[schemas.MINUTE],
-                          "alerts_after": self.cand_data[schemas.ALERTS]}, top)
+        data = {"minute_before": self.base_data[schemas.MINUTE],
+                "alerts_before": self.base_data[schemas.ALERTS],
+                "minute_after": self.cand_data[schemas.MINUTE],
+                "alerts_after": self.cand_data[schemas.ALERTS]}
+        if schemas.REGION in self.base_data or schemas.REGION in self.cand_data:
+            empty = schemas.empty(schemas.REGION_SCHEMA)
+            data["region_before"] = self.base_data.get(schemas.REGION, empty)
+            data["region_after"] = self.cand_data.get(schemas.REGION, empty)
+        return summarize(data, top)
 
     def connect(self) -> Any:
         """DuckDB with ``baseline_<table>`` and ``candidate_<table>`` registered."""
@@ -113,10 +119,11 @@ class ExperimentResult:
 
 
 def _restricted(lake: Lake, scope: Scope | None) -> dict[str, Any]:
+    tables = [*OUTPUTS, *(t for t in schemas.OPTIONAL_GOLD if lake.is_active(t))]
     if scope is None:
-        return {t: lake.dataset(t) for t in OUTPUTS}
+        return {t: lake.dataset(t) for t in tables}
     out = {}
-    for t in OUTPUTS:
+    for t in tables:
         data = lake.read(t)
         out[t] = data.filter(scope.mask(data, t))
     return out

@@ -179,10 +179,7 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
     chunks = max(1, -(-shard_bytes * WORK_FACTOR // cfg.task_memory))
     if chosen == "full" and not compiled.can_chunk:
         chunks = 1
-    tables = (
-        (*schemas.SILVER_TABLES, *schemas.GOLD_TABLES) if chosen == "full"
-        else schemas.GOLD_TABLES if chosen == "gold" else ()
-    )
+    tables = replaced_tables(lake, compiled, chosen, scope)
     plan = Plan(
         replay_id=new_replay_id(),
         lake=lake.root,
@@ -209,6 +206,19 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
     return with_reuse(lake, ruleset, plan) if reuse else plan
 
 
+def replaced_tables(lake: Lake, compiled: Compiled, mode: Mode | None,
+                    scope: Scope | None = None) -> tuple[str, ...]:
+    """The tables a replay in ``mode`` replaces. An optional Gold table (SPEC 8) is made while
+    the ruleset has its rule, and retired (emptied, marked) by an unscoped replay without it."""
+    if mode is None:
+        return ()
+    gold = list(schemas.GOLD_TABLES)
+    for table, slot in schemas.OPTIONAL_GOLD.items():
+        if compiled.ruleset.get(slot) is not None or (scope is None and lake.is_active(table)):
+            gold.append(table)
+    return (*schemas.SILVER_TABLES, *gold) if mode == "full" else tuple(gold)
+
+
 def new_replay_id() -> str:
     return datetime.now(UTC).strftime("r%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:8]
 
@@ -221,5 +231,5 @@ def with_reuse(lake: Lake, ruleset: Ruleset, p: Plan) -> Plan:
     if scratch is None:
         return p
     name = scratch.root.rsplit("/", 1)[-1]
-    return replace(p, reuse=name, mode="full", tables=(*schemas.SILVER_TABLES, *schemas.GOLD_TABLES),
+    return replace(p, reuse=name, mode="full", tables=replaced_tables(lake, Compiled.of(ruleset), "full"),
                    reasons=(*p.reasons, f"reusing experiment {name}: same ruleset, Bronze unchanged since"))

@@ -13,11 +13,17 @@ DUPLICATES = "silver_duplicates"
 MINUTE = "tenant_usage_1min"
 HOURLY = "tenant_usage_hourly"
 ALERTS = "enforcement_alerts"
+#: SPEC 8: exists only while the active ruleset has region_usage
+REGION = "tenant_usage_region_hourly"
 AUDIT = "reprocessing_audit"
 
 SILVER_TABLES = (SILVER, QUARANTINE, DUPLICATES)
 GOLD_TABLES = (MINUTE, HOURLY, ALERTS)
-ALL_TABLES = (BRONZE, *SILVER_TABLES, *GOLD_TABLES)
+#: Gold tables that only some rulesets make, by the rule slot that makes them
+OPTIONAL_GOLD: dict[str, str] = {REGION: "region_usage"}
+#: Tables keyed by a time window (scopes select their rows by window_start)
+WINDOWED = (*GOLD_TABLES, REGION)
+ALL_TABLES = (BRONZE, *SILVER_TABLES, *GOLD_TABLES, REGION)
 
 BRONZE_SCHEMA = pa.schema(
     [
@@ -128,6 +134,17 @@ ALERTS_SCHEMA = pa.schema(
     ]
 )
 
+REGION_SCHEMA = pa.schema(
+    [
+        ("tenant_id", pa.string()),
+        ("window_start", TS),
+        ("window_end", TS),
+        ("data_residency_region", pa.string()),
+        ("total_requests", pa.int64()),
+        ("error_requests", pa.int64()),
+    ]
+)
+
 #: The audit ledger (``reprocessing_audit``): one row per replay, rollback, recovery.
 AUDIT_SCHEMA = pa.schema([
     ("reprocessing_id", pa.string()),
@@ -165,6 +182,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     MINUTE: MINUTE_SCHEMA,
     HOURLY: HOURLY_SCHEMA,
     ALERTS: ALERTS_SCHEMA,
+    REGION: REGION_SCHEMA,
     AUDIT: AUDIT_SCHEMA,
 }
 
@@ -178,6 +196,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     MINUTE: ("tenant_id", "window_start"),
     HOURLY: ("tenant_id", "window_start"),
     ALERTS: ("tenant_id", "alert_type", "window_start"),
+    REGION: ("tenant_id", "window_start", "data_residency_region"),
 }
 
 

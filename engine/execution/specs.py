@@ -96,6 +96,8 @@ class ReduceResult:
     seconds: float
     node: str = ""
     chunks: int = 1
+    #: tenant_usage_region_hourly rows (None: the ruleset has no region rule)
+    region: Out | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class JobOutput:
     task_seconds: dict[str, float] = field(default_factory=dict)
     nodes: tuple[str, ...] = ()
     chunks: int = 0
+    region: Out | None = None
 
 
 Progress = Callable[[str, int, int], None]
@@ -151,4 +154,6 @@ def combine(maps: list[MapResult], reduces: list[ReduceResult], mode: Mode) -> J
         task_seconds={"map": sum(m.seconds for m in maps), "reduce": sum(r.seconds for r in reduces)},
         nodes=tuple(sorted({m.node for m in maps} | {r.node for r in reduces})),
         chunks=sum(r.chunks for r in reduces),
+        region=(cat("region", schemas.REGION) if any(r.region is not None for r in reduces)
+                else None),
     )

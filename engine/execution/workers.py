@@ -193,6 +193,7 @@ def reduce_shard(spec: ReduceSpec, *pieces: pa.Table) -> ReduceResult:
     silver_sink = _Sink(spec.target, schemas.SILVER, tag)
     dup_sink = _Sink(spec.target, schemas.DUPLICATES, tag)
     minutes: list[pa.Table] = []
+    regions: list[pa.Table] = []
     state = None
     for i, (lo, hi) in enumerate(bounds):
         rows = chunk_rows(pieces, lo, hi)
@@ -207,14 +208,20 @@ def reduce_shard(spec: ReduceSpec, *pieces: pa.Table) -> ReduceResult:
             dup_sink.add(duplicates)
             rows = silver
         minutes.append(compiled.minutes(rows))
+        region = compiled.region(rows)
+        if region is not None:
+            regions.append(region)
     minute, hourly, alerts = compiled.gold_from_minutes(compiled.merge_minutes(minutes))
     kill_once("reduce")
+    gold = [(schemas.MINUTE, minute), (schemas.HOURLY, hourly), (schemas.ALERTS, alerts)]
+    if regions:
+        gold.append((schemas.REGION, compiled.merge_region(regions)))
     outs: dict[str, Out] = {}
-    for table, data in ((schemas.MINUTE, minute), (schemas.HOURLY, hourly), (schemas.ALERTS, alerts)):
+    for table, data in gold:
         sink = _Sink(spec.target, table, tag)
         sink.add(data)
         outs[table] = sink.result()
     return ReduceResult(spec.bucket, silver_sink.result() if full else None,
                         dup_sink.result() if full else None, outs[schemas.MINUTE],
                         outs[schemas.HOURLY], outs[schemas.ALERTS], time.perf_counter() - t0,
-                        where(), len(bounds))
+                        where(), len(bounds), outs.get(schemas.REGION))

@@ -55,6 +55,14 @@ FROM parts
 GROUP BY ALL
 """
 
+#: Partial region-hour counts of several chunks -> one row per key (counts add; NULL is a region).
+MERGE_REGION_SQL = """
+SELECT tenant_id, window_start, any_value(window_end) AS window_end, data_residency_region,
+  sum(total_requests)::BIGINT AS total_requests, sum(error_requests)::BIGINT AS error_requests
+FROM parts
+GROUP BY ALL
+"""
+
 OVER_LIMIT_SQL = """
 SELECT tenant_id, 'over_limit' AS alert_type, window_start AS alert_time, window_start, window_end,
   subscription_plan, total_requests, plan_limit, over_limit_count
@@ -107,6 +115,25 @@ class Compiled:
         if isinstance(until, pa.Scalar):
             until = until.as_py()
         return rule.apply_chunk(params, valid, prior, until)
+
+    @property
+    def has_region(self) -> bool:
+        """Whether the ruleset makes ``tenant_usage_region_hourly`` (SPEC 8)."""
+        return self.ruleset.get("region_usage") is not None
+
+    def region(self, silver: pa.Table) -> pa.Table | None:
+        """Silver rows -> partial region-hour counts (None: the ruleset has no region rule)."""
+        slot = self._slot("region_usage")
+        if slot is None:
+            return None
+        return schemas.conform(slot[0].apply(slot[1], silver), schemas.REGION_SCHEMA)
+
+    @staticmethod
+    def merge_region(parts: list[pa.Table]) -> pa.Table:
+        if len(parts) == 1:
+            return parts[0]
+        merged = run_sql(MERGE_REGION_SQL, {"parts": pa.concat_tables(parts)})
+        return schemas.conform(merged, schemas.REGION_SCHEMA)
 
     @staticmethod
     def minutes(silver: pa.Table) -> pa.Table:

@@ -62,7 +62,7 @@ class Scope:
 
     def mask(self, table: pa.Table, name: str) -> pa.Array:
         """True for rows inside the scope (NULL-safe: unknown time or tenant is outside)."""
-        col = "window_start" if name in schemas.GOLD_TABLES else "event_timestamp"
+        col = "window_start" if name in schemas.WINDOWED else "event_timestamp"
         m = pa.array([True] * table.num_rows, pa.bool_())
         ts = table.column(col)
         if self.start is not None:

@@ -8,7 +8,8 @@ What a history holds, for a seed:
 - re-deliveries (``dup_rate``) with ingestion gaps under and over 10 minutes,
   some in chains of three;
 - late events ingested hours after they happened, non-UTC offsets, schema v2
-  fields (``user_id``, ``data_residency_region``) in the second half;
+  fields (``user_id``, ``data_residency_region``) in the second half, or from
+  ``v2_start`` on for a ``v2_share`` of the events;
 - invalid messages (``invalid_rate``) covering every SPEC quarantine reason.
 """
 
@@ -76,6 +77,10 @@ class GeneratorConfig(BaseModel):
     burst_share: float = Field(default=0.15, ge=0, le=1)
     plan_change_rate: float = Field(default=0.1, ge=0, le=1)
     start: AwareDatetime = datetime(2026, 3, 1, tzinfo=UTC)
+    #: schema v2 traffic (user_id, data_residency_region): events from this time on (None: the
+    #: second half of the history), a ``v2_share`` of them
+    v2_start: AwareDatetime | None = None
+    v2_share: float = Field(default=1.0, ge=0, le=1)
 
 
 def _digits(mat: np.ndarray, col: int, values: np.ndarray, width: int) -> None:
@@ -156,6 +161,19 @@ def _v2_fields(user: np.ndarray, region: np.ndarray, v2: np.ndarray) -> list[pa.
     _digits(mat, len(_V2_HEAD), user, 7)
     v2 = v2.astype(bool)
     return [_text(mat, v2), _V2_TAIL.take(pa.array(np.where(v2, region.astype(np.int64) + 1, 0)))]
+
+
+def _us(t: datetime) -> int:
+    return int(t.timestamp()) * US + t.microsecond
+
+
+def _v2_mask(cfg: GeneratorConfig, ts: np.ndarray, v2_from: int, salt: int) -> np.ndarray:
+    """Events carrying the schema v2 fields: from ``v2_from`` on, a ``v2_share`` of them (drawn
+    from a generator of their own, so the rest of the history does not change with the share)."""
+    v2 = ts >= v2_from
+    if cfg.v2_share < 1:
+        v2 &= np.random.default_rng([cfg.seed, salt, 2]).random(len(ts)) < cfg.v2_share
+    return v2
 
 
 def _offset_text(minutes: int) -> str:
@@ -249,6 +267,7 @@ def generate(cfg: GeneratorConfig) -> pa.Table:
     change_at = start_us + (trng.random(T) * span_us).astype(np.int64)
     tenant_names = pa.array([f"tenant-{i:05d}" for i in range(T)])  # T is small next to events
     n_chunks = max(1, -(-cfg.events // CHUNK_EVENTS))
+    v2_from = start_us + span_us // 2 if cfg.v2_start is None else _us(cfg.v2_start)
     chunks, base, inv_base = [], 0, 0
     row_src, row_ing = [], []
     for i in range(n_chunks):
@@ -256,7 +275,7 @@ def generate(cfg: GeneratorConfig) -> pa.Table:
         sub = cfg.model_copy(update={"events": events, "days": cfg.days / n_chunks,
                                      "start": cfg.start + timedelta(days=cfg.days * i / n_chunks)})
         chunk = _chunk(sub, np.random.default_rng([cfg.seed, i + 1]), tenant_names, plan0, plan1,
-                       change_at, base, start_us + span_us // 2)
+                       change_at, base, v2_from)
         src = chunk.row_src
         row_src.append(np.where(src >= 0, src + base, src - inv_base))
         row_ing.append(chunk.row_ing)
@@ -397,7 +416,7 @@ def _chunk(cfg: GeneratorConfig, rng: np.random.Generator, tenant_names: pa.Arra
         "plan": plan.astype(np.int8),
         "status": rng.choice([200, 201, 204, 400, 404, 429, 500, 503], n_base,
                              p=[0.7, 0.05, 0.03, 0.05, 0.05, 0.04, 0.05, 0.03]).astype(np.int16),
-        "v2": ts >= v2_from,  # schema v2 fields in the second half of the whole history
+        "v2": _v2_mask(cfg, ts, v2_from, id_offset),
         "endpoint": rng.integers(0, len(ENDPOINTS), n_base, dtype=np.int8),
         "method": rng.integers(0, len(METHODS), n_base, dtype=np.int8),
         "latency": rng.integers(1, 2000, n_base, dtype=np.int16),

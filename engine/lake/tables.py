@@ -76,6 +76,13 @@ class Lake:
         except Exception as exc:  # delta-rs raises generic errors for bad versions
             raise LakeError(f"cannot open {table} in {self.root}: {exc}", table=table) from None
 
+    def is_active(self, table: str) -> bool:
+        """The table exists and its latest commit did not retire it (an optional Gold table
+        is retired by a replay whose ruleset no longer makes it, SPEC 8)."""
+        if not self.exists(table):
+            return False
+        return table not in schemas.OPTIONAL_GOLD or not self.commit_metadata(table).get("retired")
+
     def version(self, table: str) -> int | None:
         return self.table(table).version() if self.exists(table) else None
 

@@ -97,13 +97,28 @@ def diff_data(table: str, a: Any, b: Any, v0: int = -1, v1: int = -1, sample: in
 
 
 def gold_versions(lake: Lake, ref: str | int | None) -> dict[str, int]:
-    """The Gold tables' versions at a reference (a replay id, ``ID:before``, or None = now)."""
+    """The Gold tables' versions at a reference (a replay id, ``ID:before``, or None = now).
+
+    ``tenant_usage_region_hourly`` is included where it was active at that reference.
+    """
     if ref is None:
-        return {t: lake.version(t) for t in (schemas.MINUTE, schemas.ALERTS)}
+        out = {t: lake.version(t) for t in (schemas.MINUTE, schemas.ALERTS)}
+        if lake.is_active(schemas.REGION):
+            out[schemas.REGION] = lake.version(schemas.REGION)
+        return out
     if str(ref).isdigit():
         raise UsageError("--summary compares replays: give replay ids (see 'replay history'), "
                          "not version numbers")
-    return {t: resolve_version(lake, t, ref) for t in (schemas.MINUTE, schemas.ALERTS)}
+    out = {t: resolve_version(lake, t, ref) for t in (schemas.MINUTE, schemas.ALERTS)}
+    if lake.exists(schemas.REGION):
+        try:
+            v = resolve_version(lake, schemas.REGION, ref)
+        except UsageError:  # that replay did not write the region table
+            v = None
+        if v is not None and v >= 0 and not lake.commit_metadata(schemas.REGION, v).get("retired") \
+                and lake.table(schemas.REGION, v).get_add_actions().num_rows:
+            out[schemas.REGION] = v
+    return out
 
 
 PLAN_SQL = """
@@ -179,13 +194,33 @@ FROM t
 """
 
 
+REGION_SQL = """
+WITH r AS (
+  SELECT 'before' AS side, * FROM region_before UNION ALL BY NAME SELECT 'after' AS side, * FROM region_after
+)
+SELECT data_residency_region,
+  coalesce(sum(total_requests) FILTER (WHERE side = 'before'), 0)::BIGINT AS requests_before,
+  coalesce(sum(total_requests) FILTER (WHERE side = 'after'), 0)::BIGINT AS requests_after,
+  coalesce(sum(error_requests) FILTER (WHERE side = 'before'), 0)::BIGINT AS errors_before,
+  coalesce(sum(error_requests) FILTER (WHERE side = 'after'), 0)::BIGINT AS errors_after,
+  count(DISTINCT tenant_id) FILTER (WHERE side = 'after') AS tenants_after
+FROM r GROUP BY 1 ORDER BY 1 NULLS FIRST
+"""
+
+
 def entitlement_summary(lake: Lake, before: dict[str, int], after: dict[str, int],
                         top: int = 10) -> dict[str, pa.Table]:
     """Per plan before vs after; tenants that flip; top tenants by change in overage."""
-    return summarize({"minute_before": lake.dataset(schemas.MINUTE, before[schemas.MINUTE]),
-                      "alerts_before": lake.dataset(schemas.ALERTS, before[schemas.ALERTS]),
-                      "minute_after": lake.dataset(schemas.MINUTE, after[schemas.MINUTE]),
-                      "alerts_after": lake.dataset(schemas.ALERTS, after[schemas.ALERTS])}, top)
+    data = {"minute_before": lake.dataset(schemas.MINUTE, before[schemas.MINUTE]),
+            "alerts_before": lake.dataset(schemas.ALERTS, before[schemas.ALERTS]),
+            "minute_after": lake.dataset(schemas.MINUTE, after[schemas.MINUTE]),
+            "alerts_after": lake.dataset(schemas.ALERTS, after[schemas.ALERTS])}
+    if schemas.REGION in before or schemas.REGION in after:
+        for side, versions in (("before", before), ("after", after)):
+            v = versions.get(schemas.REGION)
+            data[f"region_{side}"] = (lake.dataset(schemas.REGION, v) if v is not None
+                                      else schemas.empty(schemas.REGION_SCHEMA))
+    return summarize(data, top)
 
 
 def summarize(data: dict[str, Any], top: int = 10) -> dict[str, pa.Table]:
@@ -205,5 +240,7 @@ def summarize(data: dict[str, Any], top: int = 10) -> dict[str, pa.Table]:
         "tenant_changes": tenants,
         "daily": con.sql(DAILY_SQL).to_arrow_table(),
     }
+    if "region_after" in data:
+        out["regions"] = con.sql(REGION_SQL).to_arrow_table()
     con.close()
     return out

@@ -31,7 +31,7 @@ def connect(lake: Lake, versions: dict[str, int] | None = None) -> duckdb.DuckDB
     """A DuckDB connection with each existing lake table registered by name."""
     con = lake.storage.connect()
     for table in QUERYABLE:
-        if lake.exists(table):
+        if lake.is_active(table):
             con.register(table, lake.dataset(table, (versions or {}).get(table)))
     return con
 

@@ -15,7 +15,7 @@ from rules.registry import builtin_registry, default_registry, reset_default_reg
 from rules.ruleset import load_ruleset
 
 # Golden fingerprints: changing one means every recorded replay is seen as stale.
-GOLDEN = {"2026-01": "873cc6ff32f28aaf", "2026-02": "ef27fe0e084d801f"}
+GOLDEN = {"2026-01": "873cc6ff32f28aaf", "2026-02": "ef27fe0e084d801f", "2026-03": "6e05669021edffcf"}
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN))
@@ -33,7 +33,8 @@ def test_builtin_rulesets_contents():
 def test_every_spec_rule_version_is_registered():
     reg = builtin_registry()
     assert reg.versions() == [("abuse", 1), ("abuse", 2), ("burst_allowance", 1), ("dedup", 1),
-                          ("dedup", 2), ("plan_limits", 1), ("plan_limits", 2), ("validate", 1)]
+                          ("dedup", 2), ("plan_limits", 1), ("plan_limits", 2), ("region_usage", 1),
+                          ("validate", 1)]
     for n, v in reg.versions():
         cls = reg.get(n, v)
         assert cls.layer in ("silver", "gold")
