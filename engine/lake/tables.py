@@ -206,6 +206,10 @@ class Lake:
 
         A commit by anyone else since ``dt`` was read fails this one (CommitConflictError),
         so what the caller checked against ``dt`` (its offsets) still holds when it lands.
+        With ``max_commit_retries=0`` delta-rs reports every lost race as ``CommitFailedError``
+        (a newer version seen before writing, or the put-if-absent of the log entry failing:
+        ``MaxCommitAttempts``), on local, ``file://`` and S3 stores alike; any other error is
+        not a lost race and propagates as is.
         """
         data = schemas.conform(data, schemas.SCHEMAS[table])
         props = CommitProperties(custom_metadata=encode_metadata(metadata),
@@ -215,10 +219,6 @@ class Lake:
                             commit_properties=props, writer_properties=WRITER)
         except CommitFailedError as exc:
             raise CommitConflictError(f"concurrent commit on {table}: {exc}", table=table) from None
-        except Exception as exc:  # delta-rs reports a lost race as a generic transaction error too
-            if "version" in str(exc).lower() and "exist" in str(exc).lower():
-                raise CommitConflictError(f"concurrent commit on {table}: {exc}", table=table) from None
-            raise
         return dt.version()
 
     def commit_metadata(self, table: str, version: int | None = None) -> dict[str, Any]:
