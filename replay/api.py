@@ -286,6 +286,28 @@ def summary(lake: LakeArg, from_ref: str, to_ref: str | None = None, top: int = 
     return entitlement_summary(lk, gold_versions(lk, from_ref), gold_versions(lk, to_ref), top)
 
 
+def optimize(lake: LakeArg, tables: list[str] | None = None, zorder: list[str] | None = None,
+             dry_run: bool = False, reason: str = "optimize") -> dict[str, Any]:
+    """Compact small files; Z-order Bronze (and Silver) by (tenant_id, event_timestamp) unless
+    ``zorder`` names other columns. Neutral (SPEC 10): plans and replays do not change."""
+    from engine.lifecycle.optimize import apply_optimize, plan_optimize
+
+    lk = open_lake(lake)
+    p = plan_optimize(lk, tables, zorder)
+    return {"dry_run": True, **p.to_dict()} if dry_run else apply_optimize(lk, p, reason)
+
+
+def vacuum(lake: LakeArg, retain_hours: int = 168, dry_run: bool = False,
+           reason: str = "vacuum") -> dict[str, Any]:
+    """Remove files and log entries no version within ``retain_hours`` needs, everywhere
+    under the lake; older versions can no longer be read (a one-line error says so)."""
+    from engine.lifecycle.vacuum import apply_vacuum, plan_vacuum
+
+    lk = open_lake(lake)
+    p = plan_vacuum(lk, retain_hours)
+    return {"dry_run": True, **p.to_dict()} if dry_run else apply_vacuum(lk, p, reason)
+
+
 def rules_catalog() -> dict[str, Any]:
     """Every registered rule version and every built-in ruleset with its fingerprint."""
     reg = default_registry()

@@ -143,6 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="to_ref", help="replay id (default: the current tables)")
     p.add_argument("--out", required=True, help="HTML file to write")
 
+    p = sub.add_parser("optimize", help="compact small files and Z-order (rows move, never change)")
+    _common(p)
+    p.add_argument("--table", action="append", default=[], help="only this table (repeatable)")
+    p.add_argument("--zorder", metavar="COL,...",
+                   help="Z-order columns (default: tenant_id,event_timestamp for Bronze and Silver)")
+    p.add_argument("--dry-run", action="store_true", help="show the files per table, change nothing")
+
+    p = sub.add_parser("vacuum", help="remove files and log entries older than the retention")
+    _common(p)
+    p.add_argument("--retain-hours", type=int, default=168,
+                   help="keep what versions of the last H hours need (default 168; 0 purges)")
+    p.add_argument("--dry-run", action="store_true", help="count what would be removed")
+
     p = sub.add_parser("rules", help="list rule versions and built-in rulesets")
     _common(p, lake=False)
     return ap

@@ -244,9 +244,21 @@ def cmd_rules(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_optimize(args: argparse.Namespace) -> int:
+    zorder = [c.strip() for c in args.zorder.split(",") if c.strip()] if args.zorder else None
+    emit(api.optimize(args.lake, args.table or None, zorder, args.dry_run), args.json)
+    return 0
+
+
+def cmd_vacuum(args: argparse.Namespace) -> int:
+    emit(api.vacuum(args.lake, args.retain_hours, args.dry_run), args.json)
+    return 0
+
+
 COMMANDS = {
     "import": cmd_import, "plan": cmd_plan, "run": cmd_run, "recover": cmd_recover,
     "rollback": cmd_rollback, "history": cmd_history, "generate": cmd_generate,
     "ingest": cmd_ingest, "status": cmd_status, "sql": cmd_sql, "diff": cmd_diff,
     "experiment": cmd_experiment, "report": cmd_report, "rules": cmd_rules,
+    "optimize": cmd_optimize, "vacuum": cmd_vacuum,
 }

@@ -49,7 +49,8 @@ class RunResult:
 def map_specs(lake: Lake, plan: Plan, ruleset: Ruleset, cpus: int) -> list[MapSpec]:
     """Split the source's row groups into ``plan.map_tasks`` tasks of about equal size."""
     assert plan.mode is not None
-    units = file_units(lake.dataset(plan.source_table, plan.source_version))
+    flt = plan.scope.source_filter(plan.mode) if plan.scope else None
+    units = file_units(lake.dataset(plan.source_table, plan.source_version), flt)
     n = max(1, min(plan.map_tasks, len(units)))
     groups: list[list[tuple[str, tuple[int, ...]]]] = [[] for _ in range(n)]
     for i, u in enumerate(units):

@@ -142,7 +142,9 @@ def rollback(lake: Lake, rid: str, reason: str, operator: str, new_id: str) -> d
     tables = json.loads(r["tables"] or "[]")
     before = {k: int(v) for k, v in json.loads(r["versions_before"]).items()}
     after = {k: int(v) for k, v in json.loads(r["versions_after"]).items()}
-    moved = [t for t in tables if lake.version(t) != after[t]]
+    for t in tables:
+        lake.check_readable(t, before[t])
+    moved = [t for t in tables if lake.data_changed(t, after[t])]
     if moved:
         raise UsageError(f"cannot roll back {rid}: {', '.join(moved)} changed since (a later replay); "
                          "roll that one back first")

@@ -62,10 +62,10 @@ def drop_experiment(lake: Lake, name: str) -> None:
 
 def reusable(lake: Lake, ruleset: Ruleset) -> Lake | None:
     """A finished, unscoped experiment of exactly this ruleset on the current Bronze."""
-    bronze_v = lake.version(schemas.BRONZE)
     for exp in list_experiments(lake):
         scratch = lake.scratch(exp["name"])
-        if exp["ruleset_fingerprint"] != ruleset.fingerprint or exp["bronze_version"] != bronze_v \
+        if exp["ruleset_fingerprint"] != ruleset.fingerprint \
+                or lake.data_changed(schemas.BRONZE, exp["bronze_version"]) \
                 or exp["scope"] or not all(scratch.exists(t) for t in OUTPUTS):
             continue
         gold = scratch.commit_metadata(schemas.MINUTE)
@@ -142,7 +142,7 @@ def run_experiment(lake: Lake, candidate: Ruleset, baseline: Ruleset | None, sco
     scratch = lake.scratch(name)
     existing = scratch.commit_metadata(schemas.SILVER) if scratch.exists(schemas.SILVER) else {}
     fresh = (existing.get("ruleset_fingerprint") == candidate.fingerprint
-             and existing.get("bronze_version") == lake.version(schemas.BRONZE)
+             and not lake.data_changed(schemas.BRONZE, existing.get("bronze_version"))
              and existing.get("scope") == (scope.describe() if scope else None))
     if not fresh:
         if scratch.exists(schemas.SILVER):
@@ -161,7 +161,7 @@ def run_experiment(lake: Lake, candidate: Ruleset, baseline: Ruleset | None, sco
         base_lake = lake.scratch(base_name)
         meta = base_lake.commit_metadata(schemas.SILVER) if base_lake.exists(schemas.SILVER) else {}
         if meta.get("ruleset_fingerprint") != baseline.fingerprint \
-                or meta.get("bronze_version") != lake.version(schemas.BRONZE):
+                or lake.data_changed(schemas.BRONZE, meta.get("bronze_version")):
             run(base_lake, baseline, mode="full", executor=executor,
                 reason=f"experiment {name} baseline", **_scope_kwargs(scope))
         label = f"{baseline.name} ({baseline.fingerprint})"

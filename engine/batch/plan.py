@@ -15,7 +15,7 @@ from engine.config import ReplayConfig
 from engine.contract import schemas
 from engine.contract.errors import UsageError
 from engine.execution.specs import Mode
-from engine.execution.workers import file_units
+from engine.execution.workers import file_units, scan_units
 from engine.fold.chunks import WORK_FACTOR
 from engine.fold.pipeline import Compiled
 from engine.fold.scope import Scope
@@ -127,7 +127,7 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
                     f"plan_limits changes the set of known plans ({', '.join(sorted(old_plans))} -> "
                     f"{', '.join(sorted(compiled.known_plans))}); validate depends on it (SPEC 5)")
             chosen = "full"
-        if silver_meta.get("bronze_version") != bronze_v:
+        if lake.data_changed(schemas.BRONZE, silver_meta.get("bronze_version")):
             reasons.append(f"Bronze changed since Silver was built (version "
                            f"{silver_meta.get('bronze_version')} -> {bronze_v})")
             chosen = "full"
@@ -163,14 +163,19 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
     source = schemas.BRONZE if chosen != "gold" else schemas.SILVER
     source_v = lake.version(source)
     files: list[str] = []
-    rows = nbytes = 0
-    if chosen is not None:
+    rows = nbytes = n_units = 0
+    flt = scope.source_filter(chosen) if scope is not None and chosen is not None else None
+    if chosen is not None and flt is not None:  # scoped: only the row groups the scope can touch
+        units = scan_units(lake.dataset(source, source_v), flt)
+        files = sorted({u[0] for u in units})
+        rows, nbytes, n_units = sum(u[2] for u in units), sum(u[3] for u in units), len(units)
+    elif chosen is not None:
         for act in pa.table(lake.table(source, source_v).get_add_actions(flatten=True)).to_pylist():
             files.append(act["path"])
             nbytes += int(act.get("size_bytes") or 0)
             rows += int(act.get("num_records") or 0)
+        n_units = len(file_units(lake.dataset(source, source_v)))
     n_buckets = buckets or max(1, cpus * 2 if cpus > 1 else 1)
-    n_units = len(file_units(lake.dataset(source, source_v))) if chosen is not None else 0
     wanted = max(-(-rows // cfg.rows_per_map_task), cpus * 2 if cpus > 1 else 1)
     if cpus > 1:
         wanted = -(-wanted // cpus) * cpus  # whole waves: no CPU idles through the last one

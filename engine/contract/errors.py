@@ -67,6 +67,10 @@ class LakeError(ReplayError):
     """A Delta table is missing, unreadable or inconsistent."""
 
 
+class VersionGoneError(UsageError):
+    """A version that a vacuum or an erasure made unreadable was asked for."""
+
+
 class CommitConflictError(LakeError):
     """Another writer committed first; retrying with fresh state can help."""
 

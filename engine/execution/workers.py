@@ -91,13 +91,27 @@ def read_files(spec: MapSpec) -> pa.Table:
     return pa.concat_tables(parts)
 
 
-def file_units(ds: Any) -> list[tuple[str, tuple[int, ...]]]:
-    """Every (file, row group) of a dataset, in a stable order."""
-    units = []
-    for frag in ds.get_fragments():
+def file_units(ds: Any, flt: Any = None) -> list[tuple[str, tuple[int, ...]]]:
+    """Every (file, row group) of a dataset that may hold rows matching ``flt``, stably ordered."""
+    return sorted((path, (rg,)) for path, rg, _, _ in scan_units(ds, flt))
+
+
+def scan_units(ds: Any, flt: Any = None) -> list[tuple[str, int, int, int]]:
+    """(file, row group id, rows, compressed bytes) of the row groups that may match ``flt``.
+
+    Files are pruned by partition values, row groups by their Parquet statistics, so a
+    scoped replay over a Z-ordered table reads only the row groups its scope can touch.
+    """
+    out = []
+    for frag in ds.get_fragments(filter=flt) if flt is not None else ds.get_fragments():
         frag.ensure_complete_metadata()
-        units += [(frag.path, (rg.id,)) for rg in frag.row_groups]
-    return sorted(units)
+        sub = frag.subset(filter=flt) if flt is not None else frag
+        meta = frag.metadata
+        for rg in sub.row_groups:
+            group = meta.row_group(rg.id)
+            size = sum(group.column(c).total_compressed_size for c in range(group.num_columns))
+            out.append((frag.path, rg.id, rg.num_rows, size))
+    return out
 
 
 def _threads(n: int) -> None:

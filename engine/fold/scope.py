@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pds
 
 from engine.contract import schemas
 from engine.contract.errors import UsageError
@@ -59,6 +60,28 @@ class Scope:
         if self.tenants:
             parts.append(f"tenants {', '.join(self.tenants)}")
         return " and ".join(parts)
+
+    def source_filter(self, mode: str) -> pds.Expression | None:
+        """Rows a replay in ``mode`` must read from its source (None: all of them).
+
+        Gold mode reads Silver, whose tenant and event time are exact: both prune. Full mode
+        reads Bronze, whose tenant_id medallion's writers leave NULL where it could differ
+        from the tenant validate finds: the scope's tenants and NULLs are read, all times
+        (dedup must see every copy of a key).
+        """
+        tenant = pc.field("tenant_id")
+        expr = None
+        if self.tenants:
+            expr = tenant.isin(list(self.tenants))
+            if mode == "full":
+                expr = expr | tenant.is_null()
+        if mode == "gold":
+            ts = pc.field("event_timestamp")
+            for part in ((ts >= pa.scalar(self.start, schemas.TS)) if self.start else None,
+                         (ts < pa.scalar(self.end, schemas.TS)) if self.end else None):
+                if part is not None:
+                    expr = part if expr is None else expr & part
+        return expr
 
     def mask(self, table: pa.Table, name: str) -> pa.Array:
         """True for rows inside the scope (NULL-safe: unknown time or tenant is outside)."""

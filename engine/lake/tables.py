@@ -9,17 +9,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pds
 import pyarrow.fs as pafs
 from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from engine.contract import schemas
-from engine.contract.errors import CommitConflictError, LakeError
+from engine.contract.errors import CommitConflictError, LakeError, VersionGoneError
 from engine.lake.staging import PREFIX, Staged, add_actions, stage
 from engine.lake.storage import Storage
 
 META_PREFIX = "medallion."
+#: Delta operations that never change which rows a table holds.
+NEUTRAL_OPERATIONS = frozenset({"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES",
+                                "CHECKPOINT"})
 #: Row groups of ~128k rows: the unit a replay's map tasks split files into.
 ROW_GROUP_ROWS = 131_072
 WRITER = WriterProperties(max_row_group_size=ROW_GROUP_ROWS, compression="ZSTD")
@@ -68,13 +72,66 @@ class Lake:
     def table(self, table: str, version: int | None = None) -> DeltaTable:
         try:
             dt = DeltaTable(self.uri(table), storage_options=self._opts)
-            if version is not None:
+            if version is not None and version != dt.version():
+                self.check_readable(table, version)
                 dt.load_as_version(version)
             return dt
+        except VersionGoneError:
+            raise
         except TableNotFoundError:
             raise LakeError(f"table {table} does not exist in lake {self.root}", table=table) from None
         except Exception as exc:  # delta-rs raises generic errors for bad versions
             raise LakeError(f"cannot open {table} in {self.root}: {exc}", table=table) from None
+
+    @staticmethod
+    def _last_data_commit(dt: DeltaTable) -> dict[str, Any] | None:
+        """The newest commit that changed rows, or the newest carrier of its metadata (a log
+        cleanup leaves a carrier: :meth:`carry_metadata`); None when there is none."""
+        n = 4
+        while True:  # newest first, in growing windows
+            entries = dt.history(n)
+            for entry in entries:
+                if not _neutral(entry) or entry.get(META_PREFIX + "carried") == "true":
+                    return entry
+            if len(entries) < n:
+                return None
+            n *= 4
+
+    def carry_metadata(self, table: str) -> dict[str, str]:
+        """Custom metadata for a neutral commit that carries the last data commit's metadata
+        and version forward, so a log cleanup that removes that commit loses neither."""
+        dt = self.table(table)
+        entry = self._last_data_commit(dt)
+        if entry is None:
+            return {META_PREFIX + "neutral": "true"}
+        carried = {k: v for k, v in entry.items() if isinstance(k, str) and k.startswith(META_PREFIX)}
+        version = entry.get(META_PREFIX + "carried_data_version", entry.get("version"))
+        return {**carried, META_PREFIX + "neutral": "true", META_PREFIX + "carried": "true",
+                META_PREFIX + "carried_data_version": str(version)}
+
+    def data_changed(self, table: str, since: int | None) -> bool:
+        """Whether a commit after version ``since`` changed which rows ``table`` holds.
+
+        Neutral commits (SPEC 10: compaction, Z-ordering, vacuum, archiving, property
+        changes, each marked ``medallion.neutral`` or one of Delta's own maintenance
+        operations) move rows without changing them, so they do not count.
+        """
+        latest = self.version(table)
+        if latest is None or since is None:
+            return latest != since
+        if latest < since:
+            return True
+        if latest == since:
+            return False
+        for entry in self.history(table, latest - since):
+            v = entry.get("version")
+            if v is None or v <= since:
+                continue
+            if entry.get(META_PREFIX + "carried") == "true":  # older commits were cleaned up
+                return int(entry[META_PREFIX + "carried_data_version"]) > since
+            if not _neutral(entry):
+                return True
+        return False
 
     def is_active(self, table: str) -> bool:
         """The table exists and its latest commit did not retire it (an optional Gold table
@@ -82,6 +139,30 @@ class Lake:
         if not self.exists(table):
             return False
         return table not in schemas.OPTIONAL_GOLD or not self.commit_metadata(table).get("retired")
+
+    def readable_from(self, table: str) -> tuple[int, str] | None:
+        """The oldest version of ``table`` that may still be read, and what removed the older
+        ones (a vacuum past its retention, or an erasure: SPEC 9), from the ledger."""
+        if table == schemas.AUDIT or not self.exists(schemas.AUDIT):
+            return None
+        flt = pc.field("kind").isin(["vacuum", "erasure"]) & (pc.field("status") == "success")
+        rows = self.read(schemas.AUDIT, columns=["reprocessing_id", "kind", "end_time", "versions_after"],
+                         filter=flt).to_pylist()
+        best: tuple[int, str] | None = None
+        for r in rows:
+            floor = (json.loads(r["versions_after"] or "{}").get("readable_from") or {}).get(table)
+            if floor is not None and (best is None or floor > best[0]):
+                when = r["end_time"].strftime("%Y-%m-%d %H:%M UTC") if r["end_time"] else "?"
+                best = (int(floor), f"{r['kind']} {r['reprocessing_id']} ({when})")
+        return best
+
+    def check_readable(self, table: str, version: int) -> None:
+        """Refuse, in one line, a version that a vacuum or an erasure made unreadable."""
+        floor = self.readable_from(table)
+        if floor is not None and version < floor[0]:
+            raise VersionGoneError(
+                f"{table} version {version} cannot be read: {floor[1]} removed the versions before "
+                f"{floor[0]}", table=table, version=version)
 
     def version(self, table: str) -> int | None:
         return self.table(table).version() if self.exists(table) else None
@@ -194,6 +275,7 @@ class Lake:
 
     def restore(self, table: str, version: int, by: str) -> int:
         """Restore ``table`` to ``version``; the commit carries that version's metadata."""
+        self.check_readable(table, version)
         meta = self.commit_metadata(table, version)
         meta.update({"restored_by": by, "restored_from": version})
         self.table(table).restore(version, commit_properties=CommitProperties(
@@ -222,20 +304,32 @@ class Lake:
         return dt.version()
 
     def commit_metadata(self, table: str, version: int | None = None) -> dict[str, Any]:
-        """The medallion metadata of the commit that produced ``version`` (default: latest)."""
+        """The medallion metadata of the commit that produced ``version``; by default of the
+        latest commit that changed the rows (neutral maintenance commits are passed over)."""
         dt = self.table(table)
         latest = dt.version()
-        target = latest if version is None else version
-        if target > latest or target < 0:
+        if version is None:
+            entry = self._last_data_commit(dt)
+            if entry is None:
+                return {}
+            meta = decode_metadata(entry)
+            for key in ("neutral", "carried", "carried_data_version", "op"):
+                meta.pop(key, None) if entry.get(META_PREFIX + "carried") == "true" else None
+            return meta
+        if version > latest or version < 0:
             return {}
         # the newest commits first: read back only as far as the wanted version
-        for entry in dt.history(latest - target + 1):
-            if entry.get("version") == target:
+        for entry in dt.history(latest - version + 1):
+            if entry.get("version") == version:
                 return decode_metadata(entry)
         return {}
 
     def history(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
         return self.table(table).history(limit)
+
+
+def _neutral(entry: Mapping[str, Any]) -> bool:
+    return entry.get("operation") in NEUTRAL_OPERATIONS or entry.get(META_PREFIX + "neutral") == "true"
 
 
 def encode_metadata(meta: Mapping[str, Any]) -> dict[str, str]:

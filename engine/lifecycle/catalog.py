@@ -1,0 +1,74 @@
+"""Every Delta table a lake holds (its own, its experiment areas', its archives') and the
+bookkeeping every lifecycle operation shares: the lease, a ledger row, neutral commits."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from deltalake import CommitProperties
+
+from engine.batch import audit
+from engine.batch.apply import operator_name
+from engine.batch.experiment import list_experiments
+from engine.batch.plan import new_replay_id
+from engine.contract import schemas
+from engine.lake.lease import lease_for
+from engine.lake.tables import Lake, encode_metadata
+
+#: Tables of the lake besides SPEC's: the erasure tombstones and the lease.
+TOMBSTONES = "_medallion_erasures"
+LEASE_TABLE = "_medallion_lease"
+LAKE_TABLES = (*schemas.ALL_TABLES, schemas.AUDIT, TOMBSTONES, LEASE_TABLE)
+AREA_TABLES = (*schemas.SILVER_TABLES, *schemas.GOLD_TABLES, schemas.REGION, schemas.AUDIT)
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """One Delta table somewhere under (or registered with) the lake."""
+
+    label: str  # e.g. "silver_api_usage", "_experiments/x/silver_api_usage", "archive:bronze_api_usage"
+    lake: Lake
+    table: str
+
+
+def all_tables(lake: Lake) -> list[TableRef]:
+    """Every existing Delta table: the lake's and each experiment area's."""
+    out = [TableRef(t, lake, t) for t in LAKE_TABLES if lake.exists(t)]
+    for exp in list_experiments(lake):
+        area = lake.scratch(exp["name"])
+        out += [TableRef(f"_experiments/{exp['name']}/{t}", area, t) for t in AREA_TABLES
+                if area.exists(t)]
+    return out
+
+
+def neutral_commit(op: str, op_id: str) -> CommitProperties:
+    """Commit properties of a lifecycle commit that moves rows without changing them (SPEC 10)."""
+    return CommitProperties(custom_metadata=encode_metadata(
+        {"op": op, "replay_id": op_id, "neutral": "true"}))
+
+
+@contextmanager
+def lifecycle_operation(lake: Lake, kind: str, reason: str, *, tables: list[str] | None = None,
+                        **fields: Any) -> Iterator[tuple[str, Callable[..., None]]]:
+    """Lease + a ``running`` ledger row that ends ``success`` or ``failed`` (never ``running``).
+
+    Yields (operation id, ``finish(**fields)``) ; fields passed to ``finish`` land in the row.
+    """
+    op_id = new_replay_id()
+    done: dict[str, Any] = {}
+    with lease_for(lake, op_id):
+        audit.recover(lake, operator_name())
+        audit.append(lake, {"reprocessing_id": op_id, "kind": kind, "start_time": audit.now(),
+                            "status": "running", "operator": operator_name(), "reason": reason,
+                            "mode": kind, "tables": json.dumps(tables or []), **fields})
+        try:
+            yield op_id, done.update
+        except BaseException as exc:
+            audit.update(lake, op_id, status="failed", end_time=audit.now(),
+                         details=f"{type(exc).__name__}: {exc}"[:500])
+            raise
+        audit.update(lake, op_id, status="success", end_time=audit.now(), **done)

@@ -1,0 +1,91 @@
+"""``replay optimize``: compact small files and Z-order tables (SPEC 10: rows move, never change).
+
+Plan, then apply: :func:`plan_optimize` lists per table the files and bytes now and
+what will be done; :func:`apply_optimize` runs delta-rs ``optimize.compact`` or
+``optimize.z_order`` in neutral commits (marked ``medallion.neutral``), so ``replay plan``
+reports the same work after it as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pyarrow as pa
+from deltalake import WriterProperties
+
+from engine.contract import schemas
+from engine.contract.errors import UsageError
+from engine.lake.tables import WRITER, Lake
+from engine.lifecycle.catalog import lifecycle_operation, neutral_commit
+
+#: SPEC 10 / the seed's OPTIMIZE ... ZORDER BY (tenant_id, event_timestamp): Bronze by default.
+DEFAULT_ZORDER = {schemas.BRONZE: ("tenant_id", "event_timestamp"),
+                  schemas.SILVER: ("tenant_id", "event_timestamp")}
+OPTIMIZABLE = (*schemas.ALL_TABLES,)
+#: Z-ordered files get small row groups: their min/max statistics are what scoped replays
+#: prune by, so a row group should hold few tenants.
+ZORDER_WRITER = WriterProperties(max_row_group_size=16_384, compression="ZSTD")
+
+
+@dataclass(frozen=True)
+class TableWork:
+    table: str
+    files: int
+    bytes: int
+    zorder: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class OptimizePlan:
+    tables: tuple[TableWork, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tables": [asdict(t) for t in self.tables]}
+
+
+def plan_optimize(lake: Lake, tables: list[str] | None = None,
+                  zorder: list[str] | None = None) -> OptimizePlan:
+    """What ``optimize`` would do: per table, its files now and the Z-order columns (if any)."""
+    chosen = tables or [t for t in OPTIMIZABLE if lake.exists(t)]
+    work = []
+    for t in chosen:
+        if t not in OPTIMIZABLE:
+            raise UsageError(f"--table {t!r}: choose from {', '.join(OPTIMIZABLE)}")
+        if not lake.exists(t):
+            raise UsageError(f"--table {t}: no such table in lake {lake.root}")
+        cols = tuple(zorder) if zorder else DEFAULT_ZORDER.get(t, ())
+        bad = [c for c in cols if c not in schemas.SCHEMAS[t].names or c in schemas.PARTITIONS.get(t, [])]
+        if bad:
+            raise UsageError(f"--zorder {','.join(cols)}: {', '.join(bad)} is not a data column of {t}")
+        adds = pa.table(lake.table(t).get_add_actions(flatten=True))
+        work.append(TableWork(t, adds.num_rows, int(sum(adds.column("size_bytes").to_pylist() or [0])),
+                              cols))
+    return OptimizePlan(tuple(work))
+
+
+def apply_optimize(lake: Lake, plan: OptimizePlan, reason: str = "optimize") -> dict[str, Any]:
+    """Run the plan under the lake's lease; one neutral commit per table that changed."""
+    out: dict[str, Any] = {}
+    with lifecycle_operation(lake, "optimize", reason, tables=[w.table for w in plan.tables]) as (
+            op_id, finish):
+        before = {w.table: lake.version(w.table) for w in plan.tables}
+        for w in plan.tables:
+            dt = lake.table(w.table)
+            props = neutral_commit("optimize", op_id)
+            if w.zorder:
+                metrics = dt.optimize.z_order(list(w.zorder), commit_properties=props,
+                                              writer_properties=ZORDER_WRITER)
+            else:
+                metrics = dt.optimize.compact(commit_properties=props, writer_properties=WRITER)
+            adds = pa.table(lake.table(w.table).get_add_actions(flatten=True))
+            out[w.table] = {"files_before": w.files, "files_after": adds.num_rows,
+                            "files_removed": metrics.get("numFilesRemoved", 0),
+                            "files_added": metrics.get("numFilesAdded", 0), "zorder": list(w.zorder)}
+        import json
+
+        finish(versions_before=json.dumps(before),
+               versions_after=json.dumps({w.table: lake.version(w.table) for w in plan.tables}),
+               details=json.dumps(out)[:2000])
+        out["operation_id"] = op_id
+    return out

@@ -1,0 +1,110 @@
+"""``replay vacuum``: remove what no version within the retention needs, in every table.
+
+For each Delta table under the lake (its own, each experiment area's, each archive's):
+- files no version within the last H hours references, staged files of replays that
+  never committed included (delta-rs ``vacuum(full=True)``);
+- log files and checkpoints older than H, after writing a checkpoint (log retention set
+  to H on the table, then ``cleanup_metadata``).
+
+H defaults to 168 (a week); 0 purges everything but the current version (SPEC 9: after an
+erasure, nothing of an erased row can be read anywhere under the lake). The horizon is
+recorded in the ledger; reading, diffing or rolling back to a version before it is then
+refused in one line (``Lake.check_readable``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from typing import Any
+
+from deltalake import CommitProperties
+
+from engine.batch import audit
+from engine.contract.errors import UsageError
+from engine.lake.tables import Lake
+from engine.lifecycle.catalog import TableRef, all_tables, lifecycle_operation, neutral_commit
+
+DEFAULT_RETAIN_HOURS = 168
+
+
+@dataclass(frozen=True)
+class VacuumTable:
+    label: str
+    files: int  # files vacuum would delete now
+    version: int
+
+
+@dataclass(frozen=True)
+class VacuumPlan:
+    retain_hours: int
+    tables: tuple[VacuumTable, ...]
+
+    @property
+    def files(self) -> int:
+        return sum(t.files for t in self.tables)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"retain_hours": self.retain_hours, "files": self.files,
+                "tables": [asdict(t) for t in self.tables]}
+
+
+def _vacuum(ref: TableRef, hours: int, dry_run: bool, op_id: str = "") -> list[str]:
+    dt = ref.lake.table(ref.table)
+    kwargs: dict[str, Any] = {"retention_hours": hours, "dry_run": dry_run,
+                              "enforce_retention_duration": False, "full": True}
+    if not dry_run:
+        kwargs["commit_properties"] = neutral_commit("vacuum", op_id)
+    return dt.vacuum(**kwargs)
+
+
+def plan_vacuum(lake: Lake, retain_hours: int = DEFAULT_RETAIN_HOURS) -> VacuumPlan:
+    """What ``vacuum`` would delete now, table by table (changes nothing)."""
+    if retain_hours < 0:
+        raise UsageError("--retain-hours must be 0 or more")
+    tables = tuple(VacuumTable(ref.label, len(_vacuum(ref, retain_hours, True)),
+                               ref.lake.version(ref.table) or 0) for ref in all_tables(lake))
+    return VacuumPlan(retain_hours, tables)
+
+
+def _readable_from(ref: TableRef, horizon: Any) -> int:
+    """The oldest version whose commit is within the retention (the latest one at least)."""
+    latest = ref.lake.version(ref.table) or 0
+    oldest = latest
+    for entry in ref.lake.history(ref.table):
+        ts = entry.get("timestamp")
+        v = entry.get("version")
+        if v is None or ts is None:
+            continue
+        if ts / 1000 >= horizon.timestamp():
+            oldest = min(oldest, int(v))
+    return oldest
+
+
+def apply_vacuum(lake: Lake, plan: VacuumPlan, reason: str = "vacuum") -> dict[str, Any]:
+    """Vacuum every table under the lease; the horizon goes into the ledger."""
+    hours = plan.retain_hours
+    removed: dict[str, int] = {}
+    floors: dict[str, int] = {}
+    with lifecycle_operation(lake, "vacuum", reason) as (op_id, finish):
+        horizon = audit.now() - timedelta(hours=hours)
+        for ref in all_tables(lake):
+            dt = ref.lake.table(ref.table)
+            removed[ref.label] = len(_vacuum(ref, hours, False, op_id))
+            dt = ref.lake.table(ref.table)
+            # the log's retention is H too; this commit also carries the metadata of the last
+            # data commit forward (plans read it), since the cleanup may remove that commit
+            dt.alter.set_table_properties(
+                {"delta.logRetentionDuration": f"interval {hours} hours"}, raise_if_not_exists=False,
+                commit_properties=CommitProperties(custom_metadata=ref.lake.carry_metadata(ref.table)))
+            dt = ref.lake.table(ref.table)
+            dt.create_checkpoint()
+            dt.cleanup_metadata()
+            if ref.lake is lake:
+                floors[ref.table] = _readable_from(ref, horizon)
+        finish(details=json.dumps({"retain_hours": hours, "horizon": horizon.isoformat(),
+                                   "files_removed": removed}, sort_keys=True)[:4000],
+               versions_after=json.dumps({"readable_from": floors}, sort_keys=True))
+    return {"operation_id": op_id, "retain_hours": hours, "horizon": horizon.isoformat(),
+            "files_removed": sum(removed.values()), "tables": removed, "readable_from": floors}
