@@ -308,6 +308,22 @@ def vacuum(lake: LakeArg, retain_hours: int = 168, dry_run: bool = False,
     return {"dry_run": True, **p.to_dict()} if dry_run else apply_vacuum(lk, p, reason)
 
 
+def erase(lake: LakeArg, tenant: str, user: str | None = None, requested_at: Any = None,
+          reason: str = "erasure request", executor: Executor | None = None,
+          dry_run: bool = False) -> dict[str, Any]:
+    """SPEC 9: erase a tenant (or one person of it) as of ``requested_at`` (default now):
+    tombstone, Bronze delete, the tenant's Silver and Gold recomputed, one audited operation."""
+    from engine.fold.scope import parse_time
+    from engine.lifecycle.erasure import apply_erasure, plan_erasure
+
+    lk = open_lake(lake)
+    when = parse_time(requested_at, "--requested-at") if isinstance(requested_at, str) else requested_at
+    p = plan_erasure(lk, tenant, user, when)
+    if dry_run:
+        return {"dry_run": True, **p.to_dict()}
+    return apply_erasure(lk, p, executor or LocalExecutor(), reason)
+
+
 def rules_catalog() -> dict[str, Any]:
     """Every registered rule version and every built-in ruleset with its fingerprint."""
     reg = default_registry()

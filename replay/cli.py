@@ -143,6 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="to_ref", help="replay id (default: the current tables)")
     p.add_argument("--out", required=True, help="HTML file to write")
 
+    p = sub.add_parser("erase", help="GDPR erasure of a tenant or one person (SPEC 9), audited")
+    _common(p)
+    p.add_argument("--tenant", required=True, help="the tenant to erase (or the person's tenant)")
+    p.add_argument("--user", help="erase only this person (user_id) of the tenant")
+    p.add_argument("--requested-at", help="when the request was received, RFC 3339 (default: now)")
+    p.add_argument("--reason", required=True, help="why (recorded in the ledger)")
+    p.add_argument("--executor", choices=["local", "ray"], default="ray")
+    p.add_argument("--address", help="Ray cluster address to join")
+    p.add_argument("--dry-run", action="store_true", help="count the rows, change nothing")
+
     p = sub.add_parser("optimize", help="compact small files and Z-order (rows move, never change)")
     _common(p)
     p.add_argument("--table", action="append", default=[], help="only this table (repeatable)")

@@ -244,6 +244,13 @@ def cmd_rules(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_erase(args: argparse.Namespace) -> int:
+    ex = None if args.dry_run else api.make_executor(args.executor, args.address)
+    emit(api.erase(args.lake, args.tenant, args.user, args.requested_at, args.reason, ex,
+                   args.dry_run), args.json)
+    return 0
+
+
 def cmd_optimize(args: argparse.Namespace) -> int:
     zorder = [c.strip() for c in args.zorder.split(",") if c.strip()] if args.zorder else None
     emit(api.optimize(args.lake, args.table or None, zorder, args.dry_run), args.json)
@@ -260,5 +267,5 @@ COMMANDS = {
     "rollback": cmd_rollback, "history": cmd_history, "generate": cmd_generate,
     "ingest": cmd_ingest, "status": cmd_status, "sql": cmd_sql, "diff": cmd_diff,
     "experiment": cmd_experiment, "report": cmd_report, "rules": cmd_rules,
-    "optimize": cmd_optimize, "vacuum": cmd_vacuum,
+    "optimize": cmd_optimize, "vacuum": cmd_vacuum, "erase": cmd_erase,
 }

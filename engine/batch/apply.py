@@ -170,6 +170,7 @@ def _commit(lake: Lake, plan: Plan, ruleset: Ruleset, out: JobOutput,
         "replay_id": plan.replay_id,
         "ruleset_name": ruleset.name,
         "ruleset_fingerprint": ruleset.fingerprint,
+        "ruleset": ruleset.model_dump(mode="json"),  # the whole ruleset: the lake's active one
         "silver_fingerprint": plan.silver_fingerprint,
         "known_plans": sorted(Compiled.of(ruleset).known_plans),
         "rules": list(plan.rules),
@@ -211,7 +212,9 @@ def _commit(lake: Lake, plan: Plan, ruleset: Ruleset, out: JobOutput,
             write(table, data, {"layer": "silver"})
         # count Bronze itself, not what the tasks read: a lost file or row group must show
         bronze_rows = lake.dataset(schemas.BRONZE, plan.bronze_version).count_rows()
-        conservation = bronze_rows == out.rows_in == sum(counts[t] for t in schemas.SILVER_TABLES)
+        conservation = bronze_rows == sum(counts[t] for t in schemas.SILVER_TABLES)
+        if scope is None:  # a scoped replay reads only the row groups its scope can touch
+            conservation = conservation and bronze_rows == out.rows_in
         if scope is not None and lake.bronze_root:
             conservation = None  # a scoped experiment holds only its scope
         counts[schemas.BRONZE] = bronze_rows

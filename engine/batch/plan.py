@@ -211,6 +211,25 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
     return with_reuse(lake, ruleset, plan) if reuse else plan
 
 
+def active_ruleset(lake: Lake) -> Ruleset:
+    """The ruleset the lake's current Gold was built with (recorded whole in its commits)."""
+    meta = lake.commit_metadata(schemas.MINUTE) if lake.exists(schemas.MINUTE) else {}
+    if meta.get("ruleset"):
+        return Ruleset.model_validate(meta["ruleset"])
+    name, fp = meta.get("ruleset_name"), meta.get("ruleset_fingerprint")
+    if name:
+        from rules.ruleset import load_ruleset
+
+        try:
+            rs = load_ruleset(name)
+        except UsageError:
+            rs = None
+        if rs is not None and rs.fingerprint == fp:
+            return rs
+    raise UsageError(f"lake {lake.root} has no active ruleset (no Gold built by a replay that "
+                     "recorded it); give --ruleset")
+
+
 def replaced_tables(lake: Lake, compiled: Compiled, mode: Mode | None,
                     scope: Scope | None = None) -> tuple[str, ...]:
     """The tables a replay in ``mode`` replaces. An optional Gold table (SPEC 8) is made while

@@ -16,6 +16,8 @@ ALERTS = "enforcement_alerts"
 #: SPEC 8: exists only while the active ruleset has region_usage
 REGION = "tenant_usage_region_hourly"
 AUDIT = "reprocessing_audit"
+#: SPEC 9: the tombstones of erasure requests (hashed subjects, no clear identifier)
+ERASURES = "_medallion_erasures"
 
 SILVER_TABLES = (SILVER, QUARANTINE, DUPLICATES)
 GOLD_TABLES = (MINUTE, HOURLY, ALERTS)
@@ -174,6 +176,15 @@ AUDIT_SCHEMA = pa.schema([
     ("details", pa.string()),
 ])
 
+ERASURES_SCHEMA = pa.schema([
+    ("subject_hash", pa.string()),
+    ("tenant_hash", pa.string()),
+    ("kind", pa.string()),  # tenant | user
+    ("requested_at", TS),
+    ("erasure_id", pa.string()),
+    ("recorded_at", TS),
+])
+
 SCHEMAS: dict[str, pa.Schema] = {
     BRONZE: BRONZE_SCHEMA,
     SILVER: SILVER_SCHEMA,
@@ -184,6 +195,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     ALERTS: ALERTS_SCHEMA,
     REGION: REGION_SCHEMA,
     AUDIT: AUDIT_SCHEMA,
+    ERASURES: ERASURES_SCHEMA,
 }
 
 PARTITIONS: dict[str, list[str]] = {BRONZE: ["ingestion_date"], SILVER: ["event_date"]}

@@ -105,7 +105,7 @@ def scan_units(ds: Any, flt: Any = None) -> list[tuple[str, int, int, int]]:
     out = []
     for frag in ds.get_fragments(filter=flt) if flt is not None else ds.get_fragments():
         frag.ensure_complete_metadata()
-        sub = frag.subset(filter=flt) if flt is not None else frag
+        sub = frag.subset(filter=flt, schema=ds.schema) if flt is not None else frag
         meta = frag.metadata
         for rg in sub.row_groups:
             group = meta.row_group(rg.id)

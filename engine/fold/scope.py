@@ -36,6 +36,9 @@ class Scope:
     start: datetime | None = None
     end: datetime | None = None
     tenants: tuple[str, ...] = ()
+    #: how the scope is described in commits and the ledger (None: its times and tenants);
+    #: an erasure's scope names no tenant in clear (SPEC 9)
+    label: str | None = None
 
     @classmethod
     def of(cls, start: datetime | str | None = None, end: datetime | str | None = None,
@@ -54,6 +57,8 @@ class Scope:
         return cls(s, e, tuple(sorted(set(tenants or ()))))
 
     def describe(self) -> str:
+        if self.label is not None:
+            return self.label
         parts = []
         if self.start or self.end:
             parts.append(f"event time [{self.start or '-inf'}, {self.end or '+inf'})")

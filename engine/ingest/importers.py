@@ -37,6 +37,8 @@ class ImportResult:
     rows_added: int
     rows_skipped: int
     bronze_version: int | None
+    #: rows dropped because they belong to an erased subject (SPEC 9)
+    rows_erased: int = 0
 
 
 def extract_fields(raw: pa.Array) -> pa.Table:
@@ -78,7 +80,10 @@ def _existing_keys(lake: Lake, topics: list[str]) -> pa.Table:
 
 def append_new(lake: Lake, rows: pa.Table, source: str, metadata: dict[str, str]) -> ImportResult:
     """Append the rows whose (topic, partition, offset) Bronze does not hold yet."""
+    from engine.lifecycle.tombstones import drop_erased
+
     read = rows.num_rows
+    rows, erased = drop_erased(lake, rows)  # SPEC 9: erased data never comes back
     rows = _first_per_key(rows)
     if rows.num_rows:
         topics = pc.unique(rows.column("kafka_topic")).to_pylist()
@@ -89,7 +94,7 @@ def append_new(lake: Lake, rows: pa.Table, source: str, metadata: dict[str, str]
     version = lake.version(schemas.BRONZE)
     if rows.num_rows:
         version = lake.write(schemas.BRONZE, rows, mode="append", metadata={**metadata, "op": "import"})
-    return ImportResult(source, read, rows.num_rows, read - rows.num_rows, version)
+    return ImportResult(source, read, rows.num_rows, read - rows.num_rows - erased, version, erased)
 
 
 def _first_per_key(rows: pa.Table) -> pa.Table:

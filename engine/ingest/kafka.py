@@ -30,6 +30,7 @@ from engine.contract import schemas
 from engine.contract.errors import CommitConflictError, UsageError
 from engine.ingest.importers import bronze_rows
 from engine.lake.tables import Lake
+from engine.lifecycle.tombstones import drop_erased
 
 SECRET_WORDS = ("password", "secret", "key", "token", "credential")
 
@@ -66,6 +67,8 @@ class IngestStats:
     messages: int = 0
     batches: int = 0
     dropped_batches: int = 0
+    #: messages dropped because they belong to an erased subject (SPEC 9)
+    erased: int = 0
     started: float = field(default_factory=time.monotonic)
     first_message_at: float | None = None  # after the group join: when data started flowing
     lag: dict[str, int] = field(default_factory=dict)
@@ -215,6 +218,10 @@ class Ingester:
         if not keep:
             return
         rows = self._rows({p: ms for p, ms in by_part.items() if p in kept})
+        # SPEC 9: rows of erased subjects are dropped (tombstones read after the snapshot: an
+        # erasure committed since makes this commit fail, and the batch is read again)
+        rows, erased = drop_erased(self.lake, rows)
+        self.stats.erased += erased
         try:
             self.lake.append_fenced(snapshot, schemas.BRONZE, rows, {
                 "op": "ingest", "topic": self.cfg.topic,

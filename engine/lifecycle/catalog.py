@@ -20,7 +20,7 @@ from engine.lake.lease import lease_for
 from engine.lake.tables import Lake, encode_metadata
 
 #: Tables of the lake besides SPEC's: the erasure tombstones and the lease.
-TOMBSTONES = "_medallion_erasures"
+TOMBSTONES = schemas.ERASURES
 LEASE_TABLE = "_medallion_lease"
 LAKE_TABLES = (*schemas.ALL_TABLES, schemas.AUDIT, TOMBSTONES, LEASE_TABLE)
 AREA_TABLES = (*schemas.SILVER_TABLES, *schemas.GOLD_TABLES, schemas.REGION, schemas.AUDIT)

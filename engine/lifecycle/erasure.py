@@ -1,0 +1,157 @@
+"""``replay erase``: SPEC 9 right-to-erasure, as one audited, atomic operation.
+
+Plan, then apply. :func:`plan_erasure` finds the Bronze rows that belong to the subject
+(a tenant, or one person of a tenant, as of the request time R) and says what will be
+recomputed. :func:`apply_erasure`, under the lake's lease and one ledger row of kind
+``erasure`` (holding only hashes):
+
+1. records the tombstone (no clear identifier), so every later write into Bronze drops
+   the subject's rows (file import, Kafka ingest);
+2. deletes those rows from Bronze (a Delta merge-delete on their keys: Bronze's only
+   non-append change) and their quarantine rows (whose tenant may be unknown);
+3. recomputes Silver and Gold for the subject's tenant only, with the lake's active
+   ruleset (a tenant-scoped replay whose commits name the erasure, not the tenant);
+4. drops every experiment area (scratch copies may hold the rows);
+5. records, per table, the first version after it: older versions are refused in one line.
+
+A failure restores every table it changed and leaves the ledger row ``failed`` (the
+tombstone stays: erased data cannot come back in between; run the erasure again).
+After ``replay vacuum --retain-hours 0`` nothing of an erased row is left under the lake.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import CommitProperties
+
+from engine.batch import audit
+from engine.batch.apply import _commit, _compute, operator_name
+from engine.batch.experiment import drop_experiment, list_experiments
+from engine.batch.plan import active_ruleset, build_plan
+from engine.contract import schemas
+from engine.contract.errors import UsageError
+from engine.execution.specs import Executor
+from engine.fold.scope import Scope
+from engine.lake.tables import Lake, encode_metadata
+from engine.lifecycle import tombstones
+from engine.lifecycle.catalog import lifecycle_operation
+
+KEY = list(schemas.BRONZE_KEY)
+KEY_MATCH = " AND ".join(f"t.{k} = s.{k}" for k in KEY)
+
+
+@dataclass(frozen=True)
+class ErasurePlan:
+    """What an erasure will do (holds the clear subject in memory only, never in the lake)."""
+
+    tenant_id: str
+    user_id: str | None
+    requested_at: datetime
+    subject_hash: str
+    rows: int  # Bronze rows that belong to the subject
+    bronze_version: int | None
+    ruleset_name: str
+    experiments: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("tenant_id"), d.pop("user_id")
+        d["subject"] = "person of a tenant" if self.user_id is not None else "tenant"
+        return d
+
+
+def _keys(lake: Lake, stone: tombstones.Tombstone) -> pa.Table:
+    """The keys of the Bronze rows that belong to ``stone``'s subject (a scan of raw payloads)."""
+    if not lake.exists(schemas.BRONZE):
+        return pa.table({k: pa.array([], schemas.BRONZE_SCHEMA.field(k).type) for k in KEY})
+    parts = []
+    for batch in lake.dataset(schemas.BRONZE).to_batches(columns=[*KEY, "raw_payload"]):
+        mask = tombstones.belonging_mask(batch.column("raw_payload"), [stone])
+        if pc.any(mask).as_py():
+            parts.append(pa.Table.from_batches([batch]).filter(mask).select(KEY))
+    if not parts:
+        return pa.table({k: pa.array([], schemas.BRONZE_SCHEMA.field(k).type) for k in KEY})
+    return pa.concat_tables(parts)
+
+
+def plan_erasure(lake: Lake, tenant_id: str, user_id: str | None = None,
+                 requested_at: datetime | None = None) -> ErasurePlan:
+    if not tenant_id:
+        raise UsageError("--tenant must not be empty")
+    if user_id == "":
+        raise UsageError("--user must not be empty")
+    if not lake.exists(schemas.BRONZE):
+        raise UsageError(f"no {schemas.BRONZE} table in lake {lake.root}")
+    if lake.bronze_root:
+        raise UsageError("erase in the production lake; its experiment areas are dropped")
+    r = (requested_at or datetime.now(UTC)).astimezone(UTC)
+    stone = tombstones.Tombstone(tombstones.subject_hash(tenant_id, user_id),
+                                 tombstones.subject_hash(tenant_id), "",
+                                 int(r.timestamp()) * 1_000_000 + r.microsecond)
+    rows = _keys(lake, stone).num_rows
+    return ErasurePlan(tenant_id, user_id, r, stone.subject_hash, rows, lake.version(schemas.BRONZE),
+                       active_ruleset(lake).name if lake.exists(schemas.MINUTE) else "",
+                       tuple(e["name"] for e in list_experiments(lake)))
+
+
+def _merge_delete(lake: Lake, table: str, keys: pa.Table, op_id: str) -> None:
+    if not keys.num_rows or not lake.exists(table):
+        return
+    props = CommitProperties(custom_metadata=encode_metadata({"op": "erasure", "replay_id": op_id}))
+    (lake.table(table).merge(keys, KEY_MATCH, source_alias="s", target_alias="t",
+                             commit_properties=props)
+     .when_matched_delete().execute())
+
+
+def apply_erasure(lake: Lake, plan: ErasurePlan, executor: Executor, reason: str) -> dict[str, Any]:
+    """Apply ``plan`` (see the module docstring); returns what was done (hashes only)."""
+    touched = [schemas.BRONZE, schemas.QUARANTINE]
+    with lifecycle_operation(lake, "erasure", reason, tenants=plan.subject_hash) as (op_id, finish):
+        before = {t: lake.version(t) for t in (*touched, *schemas.SILVER_TABLES, *schemas.GOLD_TABLES,
+                                               schemas.REGION) if lake.exists(t)}
+        # what a recovery needs if this process dies midway: every table back as it was
+        audit.update(lake, op_id, tables=json.dumps(sorted(before)), versions_before=json.dumps(before))
+        try:
+            stone = tombstones.record(lake, plan.tenant_id, plan.user_id, plan.requested_at, op_id)
+            keys = _keys(lake, stone)
+            for table in touched:
+                _merge_delete(lake, table, keys, op_id)
+            versions: dict[str, int] = {}
+            if lake.exists(schemas.MINUTE):
+                ruleset = active_ruleset(lake)
+                scope = Scope(tenants=(plan.tenant_id,),
+                              label=f"erasure {op_id} (subject {plan.subject_hash[:16]})")
+                replay = build_plan(lake, ruleset, "full", executor=executor.name, cpus=executor.cpus(),
+                                    scope=scope, reuse=False)
+                replay = replace(replay, replay_id=op_id)
+                out = _compute(lake, replay, ruleset, executor, None)
+                versions, _, conservation = _commit(lake, replay, ruleset, out, operator_name())
+                if conservation is False:
+                    raise RuntimeError("conservation failed after the recomputation")
+                for table in replay.tables:
+                    lake.sweep(table, op_id)
+        except BaseException:
+            for table, v in before.items():  # every table as it was (the tombstone stays)
+                if lake.version(table) != v:
+                    lake.restore(table, v, op_id)
+            raise
+        dropped = []
+        for name in plan.experiments:
+            drop_experiment(lake, name)
+            dropped.append(name)
+        after = {t: lake.version(t) for t in before}
+        floors = {t: v for t, v in after.items() if v != before[t]}
+        finish(versions_before=json.dumps(before), versions_after=json.dumps(
+            {**after, "readable_from": floors}, sort_keys=True), record_count=keys.num_rows,
+            ruleset_name=plan.ruleset_name,
+            details=json.dumps({"rows_erased": keys.num_rows, "experiments_dropped": len(dropped),
+                                "requested_at": plan.requested_at.isoformat()}))
+    return {"erasure_id": op_id, "subject_hash": plan.subject_hash, "rows_erased": keys.num_rows,
+            "requested_at": plan.requested_at.isoformat(), "versions": versions,
+            "experiments_dropped": dropped}
