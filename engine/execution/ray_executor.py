@@ -4,15 +4,26 @@ Map tasks return one object per tenant bucket (``num_returns``), so each reduce
 task pulls only its bucket from the object store. Tasks are retried when a
 worker process dies; a retried task recomputes its whole output from its
 immutable spec, so nothing is counted twice.
+
+Errors: a task that raises a :class:`ReplayError` (a ``LakeError``, a ``RuleError`` ...)
+fails the replay with that very error (class, message, data, exit code, ``retryable``);
+Ray does not retry a task's exceptions (``retry_exceptions`` is off), only worker deaths.
+A task whose worker died on every attempt fails it with a :class:`ShardError` saying so.
+
+Rules registered in this process only (the Python API's experiments with a plugin class)
+are unknown to the workers' own registries: the driver ships those classes with the tasks,
+pickled by value, and each task resolves the ruleset against them (:func:`ship_rules`).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from engine.config import environment, quiet_ray_auth_notice
-from engine.contract.errors import ShardError, UsageError
+from engine.contract.errors import RegistryError, ReplayError, ShardError, UsageError
 from engine.execution.specs import (
     JobOutput,
     MapResult,
@@ -23,6 +34,8 @@ from engine.execution.specs import (
     combine,
 )
 from engine.execution.workers import map_shard_parts, reduce_shard, warm_up
+from rules.base import Rule
+from rules.ruleset import Ruleset
 
 MAX_RETRIES = 3
 
@@ -34,6 +47,112 @@ def warm_worker() -> int:
     """
     warm_up()
     return os.getpid()
+
+
+def ship_rules(rulesets: Iterable[Ruleset]) -> bytes | None:
+    """The rule classes of ``rulesets`` that a worker's own registry (built-ins plus installed
+    entry points) would not resolve to the same class, pickled by value; None: no such rule.
+
+    Such a class was registered in this process only (a plugin class in a script, a notebook
+    or a test). cloudpickle ships classes of ``__main__`` and local classes by value already;
+    a class of an importable module would go by reference (a worker may not have that module),
+    so its module is pickled by value for this one dump. A class that cannot be pickled is
+    refused here, before any task runs.
+    """
+    from ray import cloudpickle
+
+    from rules.registry import builtin_registry
+
+    installed = builtin_registry()
+    installed.load_entry_points()
+    ship: dict[str, type[Rule]] = {}
+    for rs in rulesets:
+        for ref in rs.rules:
+            cls = ref.rule()
+            try:
+                if installed.get(ref.name, ref.version) is cls:
+                    continue
+            except RegistryError:
+                pass
+            ship[ref.key] = cls
+    if not ship:
+        return None
+    names = {c.__module__ for c in ship.values()} - {"__main__"}
+    mods = [sys.modules[n] for n in names if n in sys.modules]
+    added = [m for m in mods if m.__name__ not in cloudpickle.list_registry_pickle_by_value()]
+    for m in added:
+        cloudpickle.register_pickle_by_value(m)
+    try:
+        return cloudpickle.dumps(tuple(ship.values()))
+    except Exception as exc:
+        raise RegistryError(
+            f"rule(s) {', '.join(sorted(ship))} registered in this process cannot be shipped to "
+            f"Ray workers ({type(exc).__name__}: {exc}); install them as a plugin (entry point "
+            "group medallion_replay.rules) or use the local executor", rules=sorted(ship)) from None
+    finally:
+        for m in added:
+            cloudpickle.unregister_pickle_by_value(m)
+
+
+def _with_rules(rules: bytes | None, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn`` with the shipped rule classes registered (a Ray worker runs one task at a
+    time: the process's registry is swapped for the task and restored after it)."""
+    if rules is None:
+        return fn(*args)
+    from ray import cloudpickle
+
+    from rules.registry import default_registry, swap_default_registry
+
+    try:
+        classes = cloudpickle.loads(rules)
+    except Exception as exc:
+        raise RegistryError(f"a Ray worker cannot load the rule classes registered in the driver "
+                            f"({type(exc).__name__}: {exc}); install them as a plugin") from None
+    registry = default_registry().copy()
+    for cls in classes:
+        registry.register(cls)
+    previous = swap_default_registry(registry)
+    try:
+        return fn(*args)
+    finally:
+        swap_default_registry(previous)
+
+
+def map_task(rules: bytes | None, spec: MapSpec) -> tuple[object, ...]:
+    """The map shard task (:func:`map_shard_parts`) with the driver's in-process rules."""
+    return _with_rules(rules, map_shard_parts, spec)
+
+
+def reduce_task(rules: bytes | None, spec: ReduceSpec, *pieces: Any) -> ReduceResult:
+    """The reduce shard task (:func:`reduce_shard`) with the driver's in-process rules."""
+    return _with_rules(rules, reduce_shard, spec, *pieces)
+
+
+def task_error(exc: Exception) -> ReplayError:
+    """The error a failed shard task raises in the driver.
+
+    The task's own :class:`ReplayError` itself, as the task raised it (Ray pickles it with its
+    data; the remote traceback is added as a note), not Ray's exception that wraps it. A task
+    whose worker died on every attempt (Ray retries only those, MAX_RETRIES times): a
+    ShardError with the number of attempts. Anything else: a ShardError naming the exception
+    (a task's exception is never retried, so no retries are claimed).
+    """
+    import ray
+
+    header = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        cause = exc.cause  # the task's exception as it was raised (Ray's dual class is ``exc``)
+        if isinstance(cause, ReplayError):
+            cause.add_note(f"raised in a Ray task: {exc}")  # Ray's text: the remote traceback
+            return cause
+        if cause is not None:
+            first = (str(cause).strip().splitlines() or [""])[0]
+            return ShardError(f"a shard task raised {type(cause).__name__}: {first}",
+                              task=header, traceback=str(exc))
+    if isinstance(exc, ray.exceptions.WorkerCrashedError):
+        return ShardError(f"a shard task's worker died on all {MAX_RETRIES + 1} attempts "
+                          f"({MAX_RETRIES} retries): {header}", attempts=MAX_RETRIES + 1)
+    return ShardError(f"a shard task failed: {header}")
 
 
 def _task_options() -> dict[str, Any]:
@@ -87,11 +206,13 @@ class RayExecutor:
         ray = self._ray
         n = len(reduces)
         opts = {"max_retries": MAX_RETRIES, **_task_options()}
-        map_task = ray.remote(num_cpus=1, num_returns=1 + n, **opts)(map_shard_parts)
-        reduce_task = ray.remote(num_cpus=1, **opts)(reduce_shard)
+        map_fn = ray.remote(num_cpus=1, num_returns=1 + n, **opts)(map_task)
+        reduce_fn = ray.remote(num_cpus=1, **opts)(reduce_task)
+        shipped = ship_rules({s.ruleset.fingerprint: s.ruleset for s in [*maps, *reduces]}.values())
+        rules = None if shipped is None else ray.put(shipped)
         map_refs = []
         for spec in maps:
-            refs = map_task.remote(spec)
+            refs = map_fn.remote(rules, spec)
             map_refs.append(refs if isinstance(refs, list) else [refs])
         summaries = [m[0] for m in map_refs]
         total = len(summaries) + n
@@ -114,11 +235,10 @@ class RayExecutor:
             size = {s.bucket: sum(m.bucket_rows[s.bucket] for m in map_out if m.bucket_rows)
                     for s in reduces}
             order = sorted(reduces, key=lambda s: -size[s.bucket])
-            red_refs = {s.bucket: reduce_task.remote(s, *[m[1 + s.bucket] for m in map_refs])
+            red_refs = {s.bucket: reduce_fn.remote(rules, s, *[m[1 + s.bucket] for m in map_refs])
                         for s in order}
             drain(list(red_refs.values()))
             red_out: list[ReduceResult] = ray.get([red_refs[s.bucket] for s in reduces])
         except ray.exceptions.RayError as exc:
-            raise ShardError(f"a shard task failed after {MAX_RETRIES} retries: "
-                             f"{str(exc).splitlines()[0]}") from None
+            raise task_error(exc) from None
         return combine(map_out, red_out, reduces[0].mode if reduces else "full")
