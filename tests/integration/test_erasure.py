@@ -1,0 +1,135 @@
+"""SPEC 9 end to end: erase, equal to a replay without the rows, nothing comes back, purge."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from engine.contract import schemas
+from engine.contract.errors import VersionGoneError
+from engine.ingest.generator import GeneratorConfig, generate
+from engine.ingest.importers import append_new
+from replay import api
+from tests.helpers import T0, bronze, event
+from tests.lakes import assert_same_tables
+
+R = "2026-03-02T12:30:00Z"
+
+
+def crafted() -> pa.Table:
+    """The subject's edge cases, around the request time R = T0 + 30 min."""
+    ts = lambda m: (T0 + timedelta(minutes=m)).strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
+    rows = [
+        event(event_id="ERASE-ME-1", tenant_id="acme", user_id="u1", event_timestamp=ts(1)),
+        event(event_id="ERASE-ME-2", tenant_id="acme", user_id="u2", event_timestamp=ts(2)),
+        event(event_id="KEEP-AFTER-R", tenant_id="acme", user_id="u1", event_timestamp=ts(45)),
+        event(event_id="KEEP-OTHER-TENANT", tenant_id="beta", user_id="u1", event_timestamp=ts(3)),
+        # a copy of one key before R and one after R: the later copy survives and is kept
+        event(event_id="ERASE-ME-DUP", tenant_id="acme", user_id="u1", event_timestamp=ts(4)),
+        event(event_id="ERASE-ME-DUP", tenant_id="acme", user_id="u1", event_timestamp=ts(50)),
+        b'{"event_id": "ERASE-ME-NAN", "tenant_id": "acme", "user_id": "u1", "latency_ms": NaN}',
+        b'\xef\xbb\xbf{"event_id": "ERASE-ME-BOM", "tenant_id": "acme", "user_id": "u1"}',
+        event(event_id="ERASE-ME-BADTS", tenant_id="acme", user_id="u1", event_timestamp="noon"),
+        event(event_id="ERASE-ME-NUMTS", tenant_id="acme", user_id="u1", event_timestamp=5),
+    ]
+    ing = [T0 + timedelta(minutes=i) for i in range(len(rows))]
+    ing[2], ing[5] = T0 + timedelta(minutes=46), T0 + timedelta(minutes=51)
+    return bronze(rows, ing, topic="crafted")
+
+
+@pytest.fixture
+def lake(tmp_path):
+    lk = api.open_lake(tmp_path / "lake")
+    append_new(lk, generate(GeneratorConfig(events=8000, tenants=6, days=0.2, seed=4)), "gen",
+               {"source": "gen"})
+    append_new(lk, crafted(), "crafted", {"source": "crafted"})
+    return lk
+
+
+def replayed_without_erased(lake, tmp_path, ruleset: str):
+    """A fresh lake holding the remaining Bronze, replayed in full: what the tables must equal."""
+    ref = api.open_lake(tmp_path / "ref")
+    append_new(ref, lake.read(schemas.BRONZE), "ref", {"source": "ref"})
+    api.run(ref, ruleset, reason="reference")
+    return ref
+
+
+def event_ids(lake) -> set[str]:
+    return set(api.sql(lake, "SELECT event_id FROM silver_api_usage").column("event_id").to_pylist())
+
+
+@pytest.mark.parametrize("ruleset", ["2026-01", "2026-02"])
+def test_person_erasure_equals_a_replay_without_the_rows(lake, tmp_path, ruleset):
+    first = api.run(lake, ruleset, reason="before")
+    exp = api.Experiment(lake, "2026-03" if ruleset == "2026-02" else "free-100").run()
+    res = api.erase(lake, "acme", "u1", R, reason="art. 17 request")
+    assert res["rows_erased"] == 6  # u1's rows at or before R, the NaN/BOM/bad-timestamp ones too
+    assert res["experiments_dropped"] == [exp.name] and api.experiments(lake) == []
+    assert_same_tables(lake, replayed_without_erased(lake, tmp_path, ruleset))
+    ids = event_ids(lake)
+    assert {"KEEP-AFTER-R", "KEEP-OTHER-TENANT", "ERASE-ME-2", "ERASE-ME-DUP"} <= ids  # DUP: later copy
+    assert not {"ERASE-ME-1", "ERASE-ME-NAN", "ERASE-ME-BOM"} & ids
+    assert api.plan(lake, ruleset).up_to_date
+    # the ledger and the tombstone hold no clear identifier
+    row = [r for r in api.history(lake) if r["kind"] == "erasure"][0]
+    assert row["status"] == "success" and "acme" not in json.dumps(row, default=str)
+    assert "acme" not in json.dumps(lake.read(schemas.ERASURES).to_pylist(), default=str)
+    # rollback, time travel and diffs to a state before it are refused, naming it
+    for refused in (lambda: api.rollback(lake, first.plan.replay_id, "undo"),
+                    lambda: api.sql(lake, f'SELECT * FROM "silver_api_usage@{first.plan.replay_id}"'),
+                    lambda: api.diff(lake, schemas.SILVER, f"{first.plan.replay_id}:before")):
+        with pytest.raises(VersionGoneError, match=f"erasure {res['erasure_id']}"):
+            refused()
+
+
+def test_tenant_erasure_and_re_import_drops_the_subject(lake, tmp_path):
+    api.run(lake, "2026-02", reason="before")
+    res = api.erase(lake, "acme", requested_at=R, reason="tenant leaves")
+    assert res["rows_erased"] == 7
+    assert_same_tables(lake, replayed_without_erased(lake, tmp_path, "2026-02"))
+    again = append_new(lake, crafted(), "crafted", {"source": "re-import of an old archive"})
+    assert again.rows_erased == 7 and again.rows_added == 0  # the rest is already there
+    assert api.plan(lake, "2026-02").up_to_date
+
+
+def test_a_failed_recomputation_restores_every_table(lake, monkeypatch):
+    api.run(lake, "2026-01", reason="before")
+    before = {t: lake.version(t) for t in (schemas.BRONZE, *schemas.SILVER_TABLES, *schemas.GOLD_TABLES)}
+    import engine.lifecycle.erasure as erasure
+
+    def boom(*a, **k):
+        raise RuntimeError("worker lost")
+
+    monkeypatch.setattr(erasure, "_compute", boom)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        api.erase(lake, "acme", requested_at=R, reason="x")
+    row = [r for r in api.history(lake) if r["kind"] == "erasure"][0]
+    assert row["status"] == "failed"
+    assert all(lake.read(t).num_rows == lake.dataset(t, v).count_rows() for t, v in before.items())
+    assert {r["status"] for r in api.history(lake)} == {"success", "failed"}
+
+
+def test_after_vacuum_nothing_of_an_erased_row_is_left_under_the_lake(lake):
+    api.run(lake, "2026-01", reason="before")
+    api.optimize(lake)
+    api.run(lake, "2026-02", reason="more versions")
+    api.erase(lake, "acme", "u1", R, reason="purge")
+    api.vacuum(lake, retain_hours=0)
+    secrets = [b"ERASE-ME-1", b"ERASE-ME-NAN", b"ERASE-ME-BOM", b"ERASE-ME-BADTS"]
+    scanned = 0
+    for d, _, files in os.walk(lake.root):
+        for f in files:
+            path = os.path.join(d, f)
+            data = open(path, "rb").read()  # noqa: SIM115
+            assert not any(s in data for s in secrets), path
+            if f.endswith(".parquet"):
+                text = json.dumps(pq.read_table(path).to_pylist(), default=repr).encode()
+                assert not any(s in text for s in secrets), path
+                scanned += 1
+    assert scanned > 5
+    assert "ERASE-ME-2" in event_ids(lake)  # u2's rows are not the subject's
