@@ -19,7 +19,7 @@ from engine.contract.errors import ChecksFailedError, UsageError
 from engine.execution.faults import die_after_commits
 from engine.execution.specs import Executor, JobOutput, MapSpec, Out, Progress, ReduceSpec, Target
 from engine.execution.workers import file_units
-from engine.fold.pipeline import Compiled
+from engine.fold.pipeline import FOLD_VERSION, Compiled
 from engine.fold.scope import Scope
 from engine.lake.lease import lease_for
 from engine.lake.staging import Staged
@@ -173,6 +173,7 @@ def _commit(lake: Lake, plan: Plan, ruleset: Ruleset, out: JobOutput,
         "ruleset": ruleset.model_dump(mode="json"),  # the whole ruleset: the lake's active one
         "silver_fingerprint": plan.silver_fingerprint,
         "known_plans": sorted(Compiled.of(ruleset).known_plans),
+        "fold_version": FOLD_VERSION,
         "rules": list(plan.rules),
         "bronze_version": plan.bronze_version,
         "mode": plan.mode,

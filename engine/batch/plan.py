@@ -17,7 +17,7 @@ from engine.contract.errors import UsageError
 from engine.execution.specs import Mode
 from engine.execution.workers import file_units, scan_units
 from engine.fold.chunks import WORK_FACTOR
-from engine.fold.pipeline import Compiled
+from engine.fold.pipeline import FOLD_VERSION, Compiled
 from engine.fold.scope import Scope
 from engine.lake.tables import Lake
 from rules.base import canonical_json
@@ -30,9 +30,13 @@ ROW_BYTES = 170
 
 
 def silver_fingerprint(ruleset: Ruleset) -> str:
-    """What Silver depends on: the silver-layer rules and the set of known plans (SPEC 5)."""
+    """What Silver depends on: the silver-layer rules, the set of known plans (SPEC 5) and the
+    fold's version (fold version 1 is implied: fingerprints recorded before it existed hold)."""
     plans = sorted(Compiled.of(ruleset).known_plans)
-    payload = canonical_json({"silver": ruleset.layer_fingerprint("silver"), "plans": plans})
+    parts: dict[str, object] = {"silver": ruleset.layer_fingerprint("silver"), "plans": plans}
+    if FOLD_VERSION != 1:
+        parts["fold"] = FOLD_VERSION
+    payload = canonical_json(parts)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -121,6 +125,9 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
     else:
         if silver_meta["silver_fingerprint"] != sfp:
             reasons += _changed_rules(silver_meta.get("rules"), ruleset, "silver")
+            if silver_meta.get("fold_version", 1) != FOLD_VERSION:
+                reasons.append(f"the fold changed since Silver was built (fold version "
+                               f"{silver_meta.get('fold_version', 1)} -> {FOLD_VERSION})")
             old_plans = set(silver_meta.get("known_plans") or [])
             if old_plans != set(compiled.known_plans):
                 reasons.append(
@@ -144,6 +151,10 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
             if gold_meta["ruleset_fingerprint"] != ruleset.fingerprint:
                 reasons += _changed_rules(gold_meta.get("rules"), ruleset, "gold") or [
                     "ruleset fingerprint changed"]
+                chosen = "gold"
+            if gold_meta.get("fold_version", 1) != FOLD_VERSION:  # none recorded: version 1
+                reasons.append(f"the fold changed since Gold was built (fold version "
+                               f"{gold_meta.get('fold_version', 1)} -> {FOLD_VERSION})")
                 chosen = "gold"
             if gold_meta.get("silver_replay_id") != silver_id:
                 reasons.append(f"Silver changed since Gold was built (Silver now from replay "

@@ -18,6 +18,15 @@ from rules.base import Registry
 from rules.registry import default_registry
 from rules.ruleset import Ruleset
 
+FOLD_VERSION = 1
+"""The version of the fold's own SQL and merging (minutes, hourly, alerts, chunk merges).
+
+Bump it whenever a change here changes any output row (a rule change is a new rule version
+instead): plans then see every Silver and Gold table built by the previous fold as stale
+(``silver_fingerprint`` and the ``fold_version`` of Gold's commits), and the golden files of
+tests/unit/test_golden_outputs.py are recorded anew for the new version.
+"""
+
 #: Greatest (event_timestamp, event_id); ties of both broken by ingestion order, latest wins.
 LATEST = ("struct_pack(ts := event_timestamp, id := event_id, i := ingestion_timestamp, "
           "t := kafka_topic, p := kafka_partition, o := kafka_offset)")
