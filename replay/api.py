@@ -35,6 +35,7 @@ from engine.fold.scope import Scope
 from engine.ingest import kafka
 from engine.ingest.generator import GeneratorConfig, generate, to_jsonl
 from engine.ingest.importers import ImportResult, append_new, import_bronze_parquet, import_jsonl
+from engine.lake.bronze import bronze_parts
 from engine.lake.storage import storage_options
 from engine.lake.tables import Lake
 from engine.query.diff import TableDiff, diff_table, entitlement_summary, gold_versions
@@ -204,6 +205,12 @@ def status(lake: LakeArg) -> list[dict[str, Any]]:
             "ruleset": meta.get("ruleset_name"), "ruleset_fingerprint": meta.get("ruleset_fingerprint"),
             "replay_id": meta.get("replay_id"),
         })
+        parts = bronze_parts(lk) if table == schemas.BRONZE else []
+        if len(parts) > 1:  # hot and archived parts, as replays read them
+            for name, part in zip(("bronze (hot)", "bronze (archive)"), parts, strict=True):
+                out.append({"table": name, "exists": part.exists(), "version": part.version,
+                            "rows": part.count_rows(), "location": part.lake.root,
+                            "ingestion_dates": f">= {part.after}" if part.after else f"< {part.before}"})
     return out
 
 
@@ -322,6 +329,17 @@ def erase(lake: LakeArg, tenant: str, user: str | None = None, requested_at: Any
     if dry_run:
         return {"dry_run": True, **p.to_dict()}
     return apply_erasure(lk, p, executor or LocalExecutor(), reason)
+
+
+def archive(lake: LakeArg, before: Any, to: str, dry_run: bool = False,
+            reason: str = "archive") -> dict[str, Any]:
+    """Move Bronze rows ingested before ``before`` (a date) to the archive at ``to``; every
+    replay keeps reading hot and archive as one Bronze (SPEC 10)."""
+    from engine.lifecycle.archive import apply_archive, plan_archive
+
+    lk = open_lake(lake)
+    p = plan_archive(lk, before, to)
+    return {"dry_run": True, **p.to_dict()} if dry_run else apply_archive(lk, p, reason)
 
 
 def rules_catalog() -> dict[str, Any]:

@@ -153,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address to join")
     p.add_argument("--dry-run", action="store_true", help="count the rows, change nothing")
 
+    p = sub.add_parser("archive", help="move Bronze rows ingested before a date to an archive")
+    _common(p)
+    p.add_argument("--before", required=True, help="ingestion date (YYYY-MM-DD): older rows move")
+    p.add_argument("--to", required=True, help="archive location: a directory or an object-store URI")
+    p.add_argument("--dry-run", action="store_true", help="show the dates and rows, change nothing")
+
     p = sub.add_parser("optimize", help="compact small files and Z-order (rows move, never change)")
     _common(p)
     p.add_argument("--table", action="append", default=[], help="only this table (repeatable)")

@@ -251,6 +251,11 @@ def cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_archive(args: argparse.Namespace) -> int:
+    emit(api.archive(args.lake, args.before, args.to, args.dry_run), args.json)
+    return 0
+
+
 def cmd_optimize(args: argparse.Namespace) -> int:
     zorder = [c.strip() for c in args.zorder.split(",") if c.strip()] if args.zorder else None
     emit(api.optimize(args.lake, args.table or None, zorder, args.dry_run), args.json)
@@ -267,5 +272,5 @@ COMMANDS = {
     "rollback": cmd_rollback, "history": cmd_history, "generate": cmd_generate,
     "ingest": cmd_ingest, "status": cmd_status, "sql": cmd_sql, "diff": cmd_diff,
     "experiment": cmd_experiment, "report": cmd_report, "rules": cmd_rules,
-    "optimize": cmd_optimize, "vacuum": cmd_vacuum, "erase": cmd_erase,
+    "optimize": cmd_optimize, "vacuum": cmd_vacuum, "erase": cmd_erase, "archive": cmd_archive,
 }

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.batch import audit, checks
-from engine.batch.plan import ModeArg, Plan, build_plan, new_replay_id
+from engine.batch.plan import NO_VERSION, ModeArg, Plan, build_plan, new_replay_id, source_parts
 from engine.config import ReplayConfig
 from engine.contract import schemas
 from engine.contract.errors import ChecksFailedError, UsageError
@@ -21,6 +21,7 @@ from engine.execution.specs import Executor, JobOutput, MapSpec, Out, Progress, 
 from engine.execution.workers import file_units
 from engine.fold.pipeline import FOLD_VERSION, Compiled
 from engine.fold.scope import Scope
+from engine.lake.bronze import bronze_rows as count_bronze
 from engine.lake.lease import lease_for
 from engine.lake.staging import Staged
 from engine.lake.tables import Lake
@@ -50,16 +51,27 @@ def map_specs(lake: Lake, plan: Plan, ruleset: Ruleset, cpus: int) -> list[MapSp
     """Split the source's row groups into ``plan.map_tasks`` tasks of about equal size."""
     assert plan.mode is not None
     flt = plan.scope.source_filter(plan.mode) if plan.scope else None
-    units = file_units(lake.dataset(plan.source_table, plan.source_version), flt)
+    parts = source_parts(lake, plan.mode, plan.source_version, plan.archive_version)
+    units = [(i, u) for i, part in enumerate(parts)
+             for u in file_units(part.dataset(), part.scan_filter(flt))]
     n = max(1, min(plan.map_tasks, len(units)))
-    groups: list[list[tuple[str, tuple[int, ...]]]] = [[] for _ in range(n)]
+    groups: list[list[tuple[int, tuple[str, tuple[int, ...]]]]] = [[] for _ in range(n)]
     for i, u in enumerate(units):
         groups[i % n].append(u)
     opts = tuple(sorted((lake.storage_options or {}).items()))
     threads = max(1, cpus // n)  # DuckDB threads per task: the executor runs ~cpus at once
-    return [MapSpec(lake.root, opts, plan.source_table, plan.source_version or 0, tuple(g), plan.mode,
-                    ruleset, plan.buckets, plan.scope, threads, lake.bronze_root, plan.replay_id)
-            for g in groups if g]
+    specs = []
+    for g in groups:
+        for i, part in enumerate(parts):  # a task reads one table: split its group by part
+            mine = tuple(u for j, u in g if j == i)
+            if not mine:
+                continue
+            own = part.lake.root == lake.uri(part.table).rsplit("/", 1)[0]
+            specs.append(MapSpec(lake.root, opts, part.table, part.version or 0, mine, plan.mode,
+                                 ruleset, plan.buckets, plan.scope, threads, lake.bronze_root,
+                                 plan.replay_id, None if own else part.lake.root, part.after,
+                                 part.before))
+    return specs
 
 
 def execute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
@@ -176,6 +188,7 @@ def _commit(lake: Lake, plan: Plan, ruleset: Ruleset, out: JobOutput,
         "fold_version": FOLD_VERSION,
         "rules": list(plan.rules),
         "bronze_version": plan.bronze_version,
+        "archive_version": plan.archive_version if plan.archive_version is not None else NO_VERSION,
         "mode": plan.mode,
         "operator": operator,
     }
@@ -212,7 +225,7 @@ def _commit(lake: Lake, plan: Plan, ruleset: Ruleset, out: JobOutput,
                             (schemas.DUPLICATES, out.duplicates)):
             write(table, data, {"layer": "silver"})
         # count Bronze itself, not what the tasks read: a lost file or row group must show
-        bronze_rows = lake.dataset(schemas.BRONZE, plan.bronze_version).count_rows()
+        bronze_rows = count_bronze(lake, plan.bronze_version, plan.archive_version)
         conservation = bronze_rows == sum(counts[t] for t in schemas.SILVER_TABLES)
         if scope is None:  # a scoped replay reads only the row groups its scope can touch
             conservation = conservation and bronze_rows == out.rows_in

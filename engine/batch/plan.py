@@ -19,6 +19,7 @@ from engine.execution.workers import file_units, scan_units
 from engine.fold.chunks import WORK_FACTOR
 from engine.fold.pipeline import FOLD_VERSION, Compiled
 from engine.fold.scope import Scope
+from engine.lake.bronze import SourcePart, archive_of, bronze_parts
 from engine.lake.tables import Lake
 from rules.base import canonical_json
 from rules.ruleset import Ruleset
@@ -68,6 +69,8 @@ class Plan:
     scope: Scope | None = None
     #: an experiment whose output this replay publishes instead of recomputing it
     reuse: str | None = None
+    #: the archive's Bronze version read with the hot one (None: the lake has no archive)
+    archive_version: int | None = None
 
     @property
     def up_to_date(self) -> bool:
@@ -113,6 +116,8 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
     if not lake.exists(schemas.BRONZE):
         raise UsageError(f"no {schemas.BRONZE} table in lake {lake.root}; run 'replay import' first")
     bronze_v = lake.version(schemas.BRONZE)
+    arch = archive_of(lake)
+    archive_v = arch.lake.version(schemas.BRONZE) if arch is not None else None
     reasons: list[str] = []
     chosen: Mode | None = None
     silver_meta = lake.commit_metadata(schemas.SILVER) if lake.exists(schemas.SILVER) else {}
@@ -137,6 +142,10 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
         if lake.data_changed(schemas.BRONZE, silver_meta.get("bronze_version")):
             reasons.append(f"Bronze changed since Silver was built (version "
                            f"{silver_meta.get('bronze_version')} -> {bronze_v})")
+            chosen = "full"
+        elif arch is not None and arch.lake.data_changed(schemas.BRONZE, silver_meta.get(
+                "archive_version", NO_VERSION)):
+            reasons.append("archived Bronze changed since Silver was built (rows imported into it)")
             chosen = "full"
     if chosen is None:
         gold_meta = lake.commit_metadata(schemas.MINUTE) if lake.exists(schemas.MINUTE) else {}
@@ -176,8 +185,10 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
     files: list[str] = []
     rows = nbytes = n_units = 0
     flt = scope.source_filter(chosen) if scope is not None and chosen is not None else None
-    if chosen is not None and flt is not None:  # scoped: only the row groups the scope can touch
-        units = scan_units(lake.dataset(source, source_v), flt)
+    parts = source_parts(lake, chosen, source_v, archive_v) if chosen is not None else []
+    if chosen is not None and (flt is not None or len(parts) > 1):
+        # scoped or archived: only the row groups the scope (and the archive cutoff) can touch
+        units = [u for part in parts for u in scan_units(part.dataset(), part.scan_filter(flt))]
         files = sorted({u[0] for u in units})
         rows, nbytes, n_units = sum(u[2] for u in units), sum(u[3] for u in units), len(units)
     elif chosen is not None:
@@ -218,8 +229,21 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
         scope=scope,
         task_memory=cfg.task_memory,
         chunks_per_shard=chunks if chosen is not None else 0,
+        archive_version=archive_v,
     )
     return with_reuse(lake, ruleset, plan) if reuse else plan
+
+
+#: what a Silver commit from before the lake had an archive "read" of it: nothing
+NO_VERSION = -1
+
+
+def source_parts(lake: Lake, mode: Mode, source_version: int | None,
+                 archive_version: int | None = None) -> list[SourcePart]:
+    """The tables a replay in ``mode`` reads: Silver; or Bronze, hot and archived."""
+    if mode == "gold":
+        return [SourcePart(lake, source_version, table=schemas.SILVER)]
+    return bronze_parts(lake, source_version, archive_version)
 
 
 def active_ruleset(lake: Lake) -> Ruleset:

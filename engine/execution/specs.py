@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Literal, Protocol
 
 import pyarrow as pa
@@ -47,6 +48,11 @@ class MapSpec:
     bronze_root: str | None = None
     #: set: stage output files in the lake under this replay id instead of returning rows
     replay_id: str | None = None
+    #: where the table is read from when not the lake's own (an archive of Bronze)
+    read_root: str | None = None
+    #: rows read: ingestion_date in [after, before) (Bronze split at an archive cutoff)
+    after: date | None = None
+    before: date | None = None
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from engine.execution.specs import (
 from engine.fold.chunks import chunk_rows, time_chunks
 from engine.fold.pipeline import Compiled, split_buckets
 from engine.fold.scope import Scope
+from engine.lake.bronze import SourcePart
 from engine.lake.staging import Staged
 from engine.lake.tables import Lake
 
@@ -75,8 +76,10 @@ def warm_up() -> None:
 
 
 def read_files(spec: MapSpec) -> pa.Table:
-    lake = Lake(spec.lake_root, dict(spec.storage_options) or None, spec.bronze_root)
+    opts = dict(spec.storage_options) or None
+    lake = Lake(spec.read_root, opts) if spec.read_root else Lake(spec.lake_root, opts, spec.bronze_root)
     ds = lake.dataset(spec.table, spec.version)
+    flt = SourcePart(lake, spec.version, spec.after, spec.before, spec.table).filter()
     wanted: dict[str, list[int]] = {}
     for path, groups in spec.units:  # a file's row groups may be spread over several units
         wanted.setdefault(path, []).extend(groups)
@@ -85,7 +88,7 @@ def read_files(spec: MapSpec) -> pa.Table:
     for frag in ds.get_fragments():
         if frag.path in wanted:
             part = frag.subset(row_group_ids=sorted(wanted[frag.path]))
-            parts.append(part.to_table(columns=cols, schema=ds.schema))
+            parts.append(part.to_table(columns=cols, schema=ds.schema, filter=flt))
     if not parts:
         return ds.schema.empty_table().select(cols)
     return pa.concat_tables(parts)

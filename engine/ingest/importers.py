@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from engine.contract import schemas
 from engine.contract.errors import InputError
 from engine.contract.sql import run_sql
+from engine.lake.bronze import archive_of, bronze_parts
 from engine.lake.tables import Lake
 
 EXTRACT_SQL = """
@@ -72,10 +73,10 @@ def bronze_rows(raw: pa.Array, topic: str, partition: int, offsets: pa.Array,
 
 
 def _existing_keys(lake: Lake, topics: list[str]) -> pa.Table:
-    if not lake.exists(schemas.BRONZE):
-        return pa.table({k: pa.array([], schemas.BRONZE_SCHEMA.field(k).type) for k in schemas.BRONZE_KEY})
+    """Keys Bronze holds for these topics: hot and archived alike."""
     flt = pc.field("kafka_topic").isin(topics)
-    return lake.read(schemas.BRONZE, columns=list(schemas.BRONZE_KEY), filter=flt)
+    parts = [p.read(list(schemas.BRONZE_KEY), flt) for p in bronze_parts(lake)]
+    return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
 
 def append_new(lake: Lake, rows: pa.Table, source: str, metadata: dict[str, str]) -> ImportResult:
@@ -92,9 +93,18 @@ def append_new(lake: Lake, rows: pa.Table, source: str, metadata: dict[str, str]
             rows = rows.join(existing, list(schemas.BRONZE_KEY), join_type="left anti")
             rows = rows.sort_by([(k, "ascending") for k in schemas.BRONZE_KEY])
     version = lake.version(schemas.BRONZE)
+    added = rows.num_rows
+    arch = archive_of(lake)
+    if arch is not None and rows.num_rows:  # rows ingested before the archive's cutoff go there
+        old = pc.less(rows.column("ingestion_date"), pa.scalar(arch.cutoff, pa.date32()))
+        if pc.any(old).as_py():
+            arch.lake.write(schemas.BRONZE, rows.filter(old), mode="append",
+                            metadata={**metadata, "op": "import"})
+            rows = rows.filter(pc.invert(old))
+            version = lake.version(schemas.BRONZE)
     if rows.num_rows:
         version = lake.write(schemas.BRONZE, rows, mode="append", metadata={**metadata, "op": "import"})
-    return ImportResult(source, read, rows.num_rows, read - rows.num_rows - erased, version, erased)
+    return ImportResult(source, read, added, read - added - erased, version, erased)
 
 
 def _first_per_key(rows: pa.Table) -> pa.Table:

@@ -23,7 +23,7 @@ from engine.lake.storage import Storage
 META_PREFIX = "medallion."
 #: Delta operations that never change which rows a table holds.
 NEUTRAL_OPERATIONS = frozenset({"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES",
-                                "CHECKPOINT"})
+                                "CHECKPOINT", "CREATE TABLE"})
 #: Row groups of ~128k rows: the unit a replay's map tasks split files into.
 ROW_GROUP_ROWS = 131_072
 WRITER = WriterProperties(max_row_group_size=ROW_GROUP_ROWS, compression="ZSTD")
@@ -119,6 +119,7 @@ class Lake:
         latest = self.version(table)
         if latest is None or since is None:
             return latest != since
+        since = max(since, -1)
         if latest < since:
             return True
         if latest == since:

@@ -16,6 +16,7 @@ from engine.batch.apply import operator_name
 from engine.batch.experiment import list_experiments
 from engine.batch.plan import new_replay_id
 from engine.contract import schemas
+from engine.lake.bronze import archive_of
 from engine.lake.lease import lease_for
 from engine.lake.tables import Lake, encode_metadata
 
@@ -36,12 +37,15 @@ class TableRef:
 
 
 def all_tables(lake: Lake) -> list[TableRef]:
-    """Every existing Delta table: the lake's and each experiment area's."""
+    """Every existing Delta table: the lake's, each experiment area's and the archive's."""
     out = [TableRef(t, lake, t) for t in LAKE_TABLES if lake.exists(t)]
     for exp in list_experiments(lake):
         area = lake.scratch(exp["name"])
         out += [TableRef(f"_experiments/{exp['name']}/{t}", area, t) for t in AREA_TABLES
                 if area.exists(t)]
+    arch = archive_of(lake)
+    if arch is not None and arch.lake.exists(schemas.BRONZE):
+        out.append(TableRef(f"archive:{arch.lake.root}", arch.lake, schemas.BRONZE))
     return out
 
 

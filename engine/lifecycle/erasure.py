@@ -38,6 +38,7 @@ from engine.contract import schemas
 from engine.contract.errors import UsageError
 from engine.execution.specs import Executor
 from engine.fold.scope import Scope
+from engine.lake.bronze import archive_of
 from engine.lake.tables import Lake, encode_metadata
 from engine.lifecycle import tombstones
 from engine.lifecycle.catalog import lifecycle_operation
@@ -66,12 +67,14 @@ class ErasurePlan:
         return d
 
 
-def _keys(lake: Lake, stone: tombstones.Tombstone) -> pa.Table:
-    """The keys of the Bronze rows that belong to ``stone``'s subject (a scan of raw payloads)."""
-    if not lake.exists(schemas.BRONZE):
-        return pa.table({k: pa.array([], schemas.BRONZE_SCHEMA.field(k).type) for k in KEY})
+def _keys(lake: Lake, stone: tombstones.Tombstone, table_lake: Lake | None = None) -> pa.Table:
+    """The keys of the rows of a Bronze table (the lake's, or an archive's) that belong to
+    ``stone``'s subject: a scan of every raw payload, hot and archived, read or not."""
+    src = table_lake or lake
     parts = []
-    for batch in lake.dataset(schemas.BRONZE).to_batches(columns=[*KEY, "raw_payload"]):
+    batches = src.dataset(schemas.BRONZE).to_batches(columns=[*KEY, "raw_payload"]) \
+        if src.exists(schemas.BRONZE) else []
+    for batch in batches:
         mask = tombstones.belonging_mask(batch.column("raw_payload"), [stone])
         if pc.any(mask).as_py():
             parts.append(pa.Table.from_batches([batch]).filter(mask).select(KEY))
@@ -94,7 +97,8 @@ def plan_erasure(lake: Lake, tenant_id: str, user_id: str | None = None,
     stone = tombstones.Tombstone(tombstones.subject_hash(tenant_id, user_id),
                                  tombstones.subject_hash(tenant_id), "",
                                  int(r.timestamp()) * 1_000_000 + r.microsecond)
-    rows = _keys(lake, stone).num_rows
+    arch = archive_of(lake)
+    rows = _keys(lake, stone).num_rows + (_keys(lake, stone, arch.lake).num_rows if arch else 0)
     return ErasurePlan(tenant_id, user_id, r, stone.subject_hash, rows, lake.version(schemas.BRONZE),
                        active_ruleset(lake).name if lake.exists(schemas.MINUTE) else "",
                        tuple(e["name"] for e in list_experiments(lake)))
@@ -119,9 +123,14 @@ def apply_erasure(lake: Lake, plan: ErasurePlan, executor: Executor, reason: str
         audit.update(lake, op_id, tables=json.dumps(sorted(before)), versions_before=json.dumps(before))
         try:
             stone = tombstones.record(lake, plan.tenant_id, plan.user_id, plan.requested_at, op_id)
-            keys = _keys(lake, stone)
-            for table in touched:
-                _merge_delete(lake, table, keys, op_id)
+            hot = _keys(lake, stone)
+            arch = archive_of(lake)
+            archived = _keys(lake, stone, arch.lake) if arch is not None else hot.slice(0, 0)
+            keys = pa.concat_tables([hot, archived])
+            _merge_delete(lake, schemas.BRONZE, hot, op_id)
+            if arch is not None:  # archived rows of the subject go too (SPEC 9)
+                _merge_delete(arch.lake, schemas.BRONZE, archived, op_id)
+            _merge_delete(lake, schemas.QUARANTINE, keys, op_id)
             versions: dict[str, int] = {}
             if lake.exists(schemas.MINUTE):
                 ruleset = active_ruleset(lake)

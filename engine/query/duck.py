@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from engine.contract import schemas
 from engine.contract.errors import LakeError, QueryError
+from engine.lake.bronze import bronze_parts
 from engine.lake.tables import Lake
 
 QUERYABLE = (*schemas.ALL_TABLES, schemas.AUDIT)
@@ -30,10 +31,28 @@ QUERYABLE = (*schemas.ALL_TABLES, schemas.AUDIT)
 def connect(lake: Lake, versions: dict[str, int] | None = None) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with each existing lake table registered by name."""
     con = lake.storage.connect()
-    for table in QUERYABLE:
-        if lake.is_active(table):
-            con.register(table, lake.dataset(table, (versions or {}).get(table)))
+    register_all(con, lake, versions or {})
     return con
+
+
+def register_all(con: duckdb.DuckDBPyConnection, lake: Lake, versions: dict[str, int]) -> None:
+    """Register every active table at ``versions`` (default: current). Bronze is the hot table
+    and its archive together, split at the archive's cutoff, as replays read it."""
+    for table in QUERYABLE:
+        if table == schemas.BRONZE and lake.exists(table):
+            parts = bronze_parts(lake, versions.get(table))
+            if len(parts) == 1:
+                con.register(table, parts[0].dataset())
+                continue
+            hot, archived = parts
+            con.register("_bronze_hot", hot.dataset())
+            con.register("_bronze_archive", archived.dataset())
+            cutoff = hot.after.isoformat()  # a date from the ledger: no user text in the SQL
+            con.execute(f"CREATE TEMP VIEW {table} AS SELECT * FROM _bronze_hot WHERE "
+                        f"ingestion_date >= DATE '{cutoff}' UNION ALL BY NAME SELECT * FROM "
+                        f"_bronze_archive WHERE ingestion_date < DATE '{cutoff}'")
+        elif lake.is_active(table):
+            con.register(table, lake.dataset(table, versions.get(table)))
 
 
 def register_version(con: duckdb.DuckDBPyConnection, lake: Lake, table: str, version: int,
