@@ -54,6 +54,36 @@ def gold_matches(lake: api.Lake, con: duckdb.DuckDBPyConnection) -> bool:
     return con.sql(q).fetchall()[0][0] == 0
 
 
+def validate_bench(bronze, rows: int) -> None:
+    """validate@1 alone, one thread, on the history's first ``rows`` messages: the fast path
+    (rules._fastpath) against every row through the DuckDB query. Printed, not asserted."""
+    from engine.contract.sql import set_threads
+    from engine.fold.pipeline import Compiled
+    from rules import _fastpath
+    from rules.ruleset import load_ruleset
+
+    part = bronze.slice(0, rows)
+    n = part.num_rows
+    compiled = Compiled.of(load_ruleset("2026-02"))
+    set_threads(1)
+    try:
+        compiled.validate(part.slice(0, 10_000))  # warm-up
+        t0 = time.perf_counter()
+        compiled.validate(part)
+        fast_s = time.perf_counter() - t0
+        with _fastpath.disabled():
+            t0 = time.perf_counter()
+            compiled.validate(part)
+            duck_s = time.perf_counter() - t0
+    finally:
+        set_threads(0)
+    _, taken = _fastpath.accept(part, compiled.known_plans, 3600 * 1_000_000)  # default tolerance
+    print(f"validate@1, 1 thread, fast path: {n / fast_s:12,.0f} events/s  ({fast_s / n * 1e6:.2f} us/event, "
+          f"{taken.mean():.1%} of {n:,} rows on the fast path)")
+    print(f"validate@1, 1 thread, DuckDB:    {n / duck_s:12,.0f} events/s  ({duck_s / n * 1e6:.2f} us/event, "
+          f"{duck_s / fast_s:.1f}x the fast path's time)")
+
+
 def timed_run(lake: api.Lake, mode: str, executor) -> float:
     t0 = time.perf_counter()
     api.run(lake, "2026-02", mode=mode, executor=executor, reason=f"bench {mode}")
@@ -111,6 +141,8 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=5_000_000)
     ap.add_argument("--tenants", type=int, default=2000)
     ap.add_argument("--days", type=float, default=3)
+    ap.add_argument("--validate-events", type=int, default=1_000_000,
+                    help="validate@1 micro-measure on this many of the history's events (0: skip)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="mr-bench-"))
     try:
@@ -122,9 +154,11 @@ def main() -> None:
         n = bronze.num_rows
         lake = api.open_lake(tmp / "lake")
         append_new(lake, bronze, "bench", {"source": "bench"})
-        del bronze
         print(f"history: {n:,} Bronze messages, {args.tenants} tenants, {args.days} days")
         print(f"generator:                    {n / gen_s:12,.0f} events/s")
+        if args.validate_events:
+            validate_bench(bronze, args.validate_events)
+        del bronze
         base_s, con = baseline(lake)
         print(f"duckdb script (baseline):     {n / base_s:12,.0f} events/s  ({base_s:.2f}s)")
         import ray

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 
 from engine.contract import schemas
 from engine.contract.sql import run_sql
+from rules import _fastpath
 from rules._event import (
     FIELDS,
     INT64_MAX,
@@ -213,11 +214,28 @@ class Validate(Rule):
     @staticmethod
     def apply(params: Validate.Params, bronze: pa.Table, known_plans: frozenset[str]
               ) -> tuple[pa.Table, pa.Table]:
-        """Bronze rows -> (valid typed events with lineage, quarantine rows)."""
+        """Bronze rows -> (valid typed events with lineage, quarantine rows).
+
+        The common, well-formed event is accepted by :mod:`rules._fastpath`; the rest
+        is judged by the DuckDB query (+ strict reference). Rows come in no promised
+        order (fast-path rows, then the others'); callers order by ingestion order.
+        """
+        tolerance = params.future_tolerance_seconds * US
+        if not _fastpath.enabled or not bronze.num_rows:
+            return Validate._judge(bronze, known_plans, tolerance)
+        fast, accepted = _fastpath.accept(bronze, known_plans, tolerance)
+        if accepted.all():
+            return fast, schemas.empty(schemas.QUARANTINE_SCHEMA)
+        valid, quarantine = Validate._judge(bronze.filter(pa.array(~accepted)), known_plans, tolerance)
+        return pa.concat_tables([fast, valid]), quarantine
+
+    @staticmethod
+    def _judge(bronze: pa.Table, known_plans: frozenset[str], tolerance: int
+              ) -> tuple[pa.Table, pa.Table]:
+        """The DuckDB query (+ strict reference for the rows it cannot judge), every row."""
         n = bronze.num_rows
         raw_bin = bronze.column("raw_payload").combine_chunks()
         ing_us = pc.cast(pc.cast(bronze.column("ingestion_timestamp"), schemas.TS), pa.int64())
-        tolerance = params.future_tolerance_seconds * US
         raw, sql = utf8_or_null(raw_bin), SQL_TEXT
         row_ids = pa.array(np.arange(n, dtype=np.int64))
         judged = run_sql(

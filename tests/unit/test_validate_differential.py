@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
+import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rules._event import strict_validate
+from rules import _fastpath
+from rules._event import parse_timestamp_us, strict_validate
+from rules._fastpath import parse_timestamps
 from tests.helpers import T0, bronze, compiled
 
 PLANS = frozenset({"free", "starter", "professional", "enterprise"})
 ING_US = int(T0.timestamp()) * 1_000_000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
@@ -55,3 +60,147 @@ def test_vectorized_equals_strict_reference(items):
     for i, p in enumerate(payloads):
         expected, _ = strict_validate(p, ING_US, PLANS, 3600 * 1_000_000)
         assert got.get(i) == expected, p
+
+
+# --- the fast path (rules._fastpath) + fallback vs the DuckDB path vs the reference -------------
+
+FIELD_NAMES = ["event_id", "event_timestamp", "tenant_id", "subscription_plan", "endpoint",
+               "status_code", "method", "latency_ms", "request_bytes", "response_bytes", "user_id",
+               "data_residency_region"]
+TIMESTAMPS = ["2026-03-02T12:00:00Z", "2026-03-02t12:00:00z", "2026-03-02T12:00:00.1Z",
+              "2026-03-02T12:00:00.123456789-23:59", "2026-03-02T12:00:00.1234567890Z",
+              "2026-03-02T13:00:00Z", "2026-03-02T13:00:00.000001Z", "2026-03-02T14:00:00+01:00",
+              "2026-03-02T14:00:00.0000019+01:00", "2026-03-02T12:00:60Z", "2026-02-29T00:00:00Z",
+              "2024-02-29T00:00:00Z", "1900-02-29T00:00:00Z", "2000-02-29T00:00:00Z",
+              "0000-01-01T00:00:00Z", "0001-01-01T00:00:00Z", "0001-01-01T00:30:00+01:00",
+              "0001-01-01T00:00:00-00:01", "9999-12-31T23:59:59.999999Z", "2026-03-02T12:00:00+24:00",
+              "2026-03-02T12:00:00+23:60", "2026-03-02T12:00:00-00:00", "2026-03-02T12:00:00",
+              "2026-03-02 12:00:00Z", "2026-03-02T12:00:00.Z", "2026-03-02T12:00:00+0100",
+              "2026-03-02T24:00:00Z", "2026-13-02T12:00:00Z", "2026-00-02T12:00:00Z", "", " "]
+
+
+@st.composite
+def timestamps(draw) -> str:
+    """A timestamp from its parts, each sometimes out of its calendar range."""
+    y = draw(st.integers(0, 9999))
+    mo, d = draw(st.integers(0, 13)), draw(st.integers(0, 32))
+    h, mi, s = draw(st.integers(0, 24)), draw(st.integers(0, 60)), draw(st.integers(0, 60))
+    frac = draw(st.text("0123456789", max_size=10))
+    zone = draw(st.one_of(st.sampled_from(["Z", "z", "+00:00", "-00:00", ""]),
+                          st.builds("{}{:02d}:{:02d}".format, st.sampled_from("+-"),
+                                    st.integers(0, 24), st.integers(0, 60))))
+    sep = draw(st.sampled_from("TTTt "))
+    return f"{y:04d}-{mo:02d}-{d:02d}{sep}{h:02d}:{mi:02d}:{s:02d}{'.' + frac if frac else ''}{zone}"
+
+
+def _long(n: int) -> str:
+    return "😀" * n
+
+
+#: raw JSON texts of a value: every type, the strict-JSON traps and the range edges
+json_values = st.builds(json.dumps, st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.text(max_size=5),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(["free", "starter", "gold", "Free", "", _long(128), _long(129), "x" * 129]),
+    st.sampled_from([-1, 0, 99, 100, 599, 600, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1])))
+traps = st.sampled_from(["NaN", "-Infinity", "Infinity", '"\\ud800"', '"x\\udc00"', '"\\ud83d\\ude00"',
+                         "200.0", "2e2", "2E2", "-0", "true", "[200]", '{"v": 200}', '"\\u0000"',
+                         '"a\\u00e9\\/"', '"a\nb"', "1e999", "1" + "0" * 30, "01", '"\\q"', "[1,]"])
+any_value = st.one_of(json_values, json_values, json_values, traps)
+#: mostly a value of the field's own kind (so that rows get past the first checks)
+own_value = {
+    "event_timestamp": st.builds(json.dumps, st.one_of(st.sampled_from(TIMESTAMPS), timestamps())),
+    "subscription_plan": st.builds(json.dumps, st.sampled_from(["free", "starter", "gold", ""])),
+    "status_code": st.builds(json.dumps, st.integers(90, 610)),
+    "latency_ms": st.builds(json.dumps, st.one_of(st.none(), st.integers(-2, 2**64))),
+    "request_bytes": st.builds(json.dumps, st.one_of(st.none(), st.integers(-2, 2**64))),
+    "response_bytes": st.builds(json.dumps, st.one_of(st.none(), st.integers(-2, 2**64))),
+    "event_id": st.builds(json.dumps, st.one_of(st.text(min_size=0, max_size=3),
+                                                 st.sampled_from([_long(128), _long(129)]))),
+    "tenant_id": st.builds(json.dumps, st.one_of(st.text(max_size=3), st.sampled_from([_long(129)]))),
+}
+
+
+@st.composite
+def pairs_of(draw, key: str) -> tuple[str, str]:
+    own = own_value.get(key, st.builds(json.dumps, st.one_of(st.none(), st.text(max_size=4))))
+    return key, draw(st.one_of(own, own, any_value))
+
+
+known = st.sampled_from(FIELD_NAMES).flatmap(pairs_of)
+fields = st.one_of(known, known, known, st.tuples(
+    st.sampled_from(["other", "more", "event\\u005fid", "\\ud800"]), any_value))
+
+
+@st.composite
+def payloads(draw) -> bytes:
+    """A message as raw text: a mostly valid event, with duplicated keys, extra fields and a
+    wrapper that may break it (BOM, invalid UTF-8, not an object, trailing garbage)."""
+    base = {"event_id": '"e"', "event_timestamp": '"2026-03-02T12:00:00Z"', "tenant_id": '"t"',
+            "subscription_plan": '"free"', "endpoint": '"/x"', "status_code": "200"}
+    pairs = [] if draw(st.integers(0, 9)) == 0 else list(base.items())
+    drop = draw(st.sampled_from([None] * 12 + FIELD_NAMES[:6]))
+    pairs = [(k, v) for k, v in pairs if k != drop]
+    pairs += draw(st.lists(fields, max_size=4))
+    if draw(st.booleans()):  # shuffle: a duplicated key may come first or last
+        pairs = draw(st.permutations(pairs))
+    text = "{" + ", ".join(f'"{k}": {v}' for k, v in pairs) + "}"
+    raw = text.encode("utf-8", "surrogatepass")
+    wrap = draw(st.integers(0, 50))
+    if wrap == 1:
+        raw = b"\xef\xbb\xbf" + raw
+    elif wrap == 2:
+        raw = b" \r\n\t" + raw + b"\n "
+    elif wrap == 3:
+        raw = raw[:-1] + b', "bad": "\xff\xfe"}'
+    elif wrap == 4:
+        raw = raw[:-1] + b', "\xc3\x28": 1}'
+    elif wrap == 5:
+        raw = b"[" + raw + b"]"
+    elif wrap == 6:
+        raw = raw + b" {}"
+    elif wrap == 7:
+        raw = raw[:-1] + b", }"
+    elif wrap == 8:
+        raw = raw.replace(b'"/x"', b'"/\xed\xa0\x80"')  # an encoded surrogate: invalid UTF-8
+    return raw
+
+
+def _rows(table) -> list[dict]:
+    return sorted(table.to_pylist(), key=lambda r: r["kafka_offset"])
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(payloads(), min_size=1, max_size=30))
+def test_fast_path_and_fallback_equal_the_duckdb_path_and_the_reference(raws):
+    b = bronze(raws, ingestion=[T0] * len(raws))
+    valid, quarantine = compiled().validate(b)
+    with _fastpath.disabled():
+        old_valid, old_quarantine = compiled().validate(b)
+    assert valid.schema == old_valid.schema and quarantine.schema == old_quarantine.schema
+    assert _rows(valid) == _rows(old_valid)
+    assert _rows(quarantine) == _rows(old_quarantine)
+    got = {r["kafka_offset"]: r["reason"] for r in quarantine.to_pylist()}
+    rows = {r["kafka_offset"]: r for r in valid.to_pylist()}
+    for i, p in enumerate(raws):
+        expected, vals = strict_validate(p, ING_US, PLANS, 3600 * 1_000_000)
+        assert got.get(i) == expected, p
+        if expected is None:
+            row = rows[i]
+            assert row["event_timestamp"] == EPOCH + timedelta(microseconds=vals["event_timestamp_us"]), p
+            assert {f: row[f] for f in FIELD_NAMES if f != "event_timestamp"} == \
+                {f: vals[f] for f in FIELD_NAMES if f != "event_timestamp"}, p
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(timestamps(), st.sampled_from(TIMESTAMPS),
+                          st.text("0123456789-:.TtZz+ é\x00", max_size=36)), max_size=40))
+def test_vectorized_timestamp_parser_equals_the_reference(texts):
+    arr = pa.array(["pad", *texts, None], pa.string()).slice(1)  # a sliced array, and a NULL
+    us, ok = parse_timestamps(arr)
+    assert not ok[-1]
+    for text, u, o in zip(texts, us, ok, strict=False):
+        expected = parse_timestamp_us(text)
+        assert (expected is not None) == bool(o), text
+        if o:
+            assert int(u) == expected, text
