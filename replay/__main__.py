@@ -1,5 +1,3 @@
-import sys
+from replay.cli import run
 
-from replay.cli import main
-
-sys.exit(main())
+run()

@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 failure, 2 usage error. Errors are one line on stderr;
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 
@@ -222,5 +223,22 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def run() -> None:
+    """The ``replay`` executable: :func:`main`, then a clean process exit.
+
+    delta-rs's and Arrow's native threads can abort the interpreter's teardown ("terminate
+    called without an active exception", a SIGABRT after the work is done and its output
+    printed). The exit code must be the command's, so the process leaves without that
+    teardown, after flushing its output and shutting down an embedded Ray.
+    """
+    code = main()
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

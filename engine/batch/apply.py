@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,7 +94,7 @@ def execute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
     if plan.mode is None:
         return RunResult(plan, {}, {}, None, 0.0, operator)
     user_checks = checks.load_user_checks(checks_dir)
-    with lease_for(lake, plan.replay_id):
+    with lease_for(lake, plan.replay_id) as lease:
         audit.recover(lake, operator)
         for table in plan.tables:
             lake.ensure(table)
@@ -116,37 +117,50 @@ def execute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
                 lake.sweep(table, plan.replay_id)  # nothing was committed: drop staged files
             raise
         try:
-            versions, counts, conservation = _commit(lake, plan, ruleset, out, operator)
+            versions, counts, conservation = _commit(lake, plan, ruleset, out, operator, lease.check)
         except BaseException as exc:
             audit.recover(lake, operator)  # restores whatever this replay had committed
             audit.update(lake, plan.replay_id,
                          details=f"failed while committing: {type(exc).__name__}: {exc}"[:500])
             raise
-        for table in plan.tables:
-            lake.sweep(table, plan.replay_id)  # files of killed and retried task attempts
-        rng = _affected(out)
-        whole = plan.scope is None or lake.bronze_root is None  # a scoped experiment holds a part
-        results = checks.run_checks(lake, versions, plan.bronze_version, plan.mode == "full" and whole,
-                                    user_checks, before)
+        try:
+            for table in plan.tables:
+                lake.sweep(table, plan.replay_id)  # files of killed and retried task attempts
+            rng = _affected(out)
+            whole = plan.scope is None or lake.bronze_root is None  # a scoped experiment holds a part
+            results = checks.run_checks(lake, versions, plan.bronze_version,
+                                        plan.mode == "full" and whole, user_checks, before)
+        except BaseException as exc:  # the gate could not run: nothing unchecked is published
+            _undo(lake, plan, before, {}, f"failed after committing: {type(exc).__name__}: {exc}")
+            raise
         failed = [r.name for r in results if not r.passed]
         record = dict(versions_after=json.dumps(versions), conservation_ok=conservation,
                       record_count=counts.get(schemas.SILVER, counts.get(schemas.MINUTE)),
                       affected_start=rng[0], affected_end=rng[1], allow_failed_checks=allow_failed_checks,
                       checks=json.dumps([r.to_dict() for r in results], default=str))
         if failed and not allow_failed_checks:
-            for table in plan.tables:
-                lake.restore(table, before[table], plan.replay_id)
-            audit.update(lake, plan.replay_id, status="failed", end_time=audit.now(), **{
-                **record, "versions_after": json.dumps({t: lake.version(t) for t in plan.tables})},
-                details=f"validation gate failed: {', '.join(failed)}; every table restored")
+            _undo(lake, plan, before, record,
+                  f"validation gate failed: {', '.join(failed)}; every table restored")
             raise ChecksFailedError(
                 f"validation gate failed ({', '.join(failed)}); replay {plan.replay_id} rolled back "
                 "(see 'replay history --json'; --allow-failed-checks publishes anyway)",
                 failed=failed, replay_id=plan.replay_id)
+        lease.check()  # a driver that lost the lease does not declare success
         audit.update(lake, plan.replay_id, status="success", end_time=audit.now(), **record,
                      details=f"published despite failed checks: {', '.join(failed)}" if failed else None)
     return RunResult(plan, versions, counts, conservation, time.perf_counter() - t0, operator,
                      tuple(results), out.chunks)
+
+
+def _undo(lake: Lake, plan: Plan, before: dict[str, int], record: dict[str, Any],
+          details: str) -> None:
+    """Restore every table of a committed replay and end its ledger row ``failed``."""
+    for table in plan.tables:
+        if lake.version(table) != before[table]:
+            lake.restore(table, before[table], plan.replay_id)
+    audit.update(lake, plan.replay_id, status="failed", end_time=audit.now(), **{
+        **record, "versions_after": json.dumps({t: lake.version(t) for t in plan.tables})},
+        details=details[:500])
 
 
 def _compute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
@@ -176,8 +190,11 @@ def _affected(out: JobOutput) -> tuple[Any, Any]:
             pc.max(out.minute.column("window_end")).as_py())
 
 
-def _commit(lake: Lake, plan: Plan, ruleset: Ruleset, out: JobOutput,
-            operator: str) -> tuple[dict[str, int], dict[str, int], bool | None]:
+def _commit(lake: Lake, plan: Plan, ruleset: Ruleset, out: JobOutput, operator: str,
+            guard: Callable[[], None] | None = None
+            ) -> tuple[dict[str, int], dict[str, int], bool | None]:
+    """Commit every table of the replay; ``guard`` runs before each commit (the lease's
+    ``check``: a driver that lost the lake's lease stops before writing, never after)."""
     meta: dict[str, Any] = {
         "replay_id": plan.replay_id,
         "ruleset_name": ruleset.name,
@@ -198,6 +215,8 @@ def _commit(lake: Lake, plan: Plan, ruleset: Ruleset, out: JobOutput,
     scope = plan.scope
 
     def write(table: str, data: Out, extra: dict[str, Any]) -> None:
+        if guard is not None:
+            guard()
         m = {**meta, **extra}
         if scope is not None:
             prev = lake.commit_metadata(table)

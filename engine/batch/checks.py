@@ -137,7 +137,12 @@ def run_checks(lake: Lake, versions: dict[str, int], bronze_version: int | None,
     out = [conservation(lake, pinned)] if full else []
     for name, sql in queries.items():
         try:
-            rel = con.sql(sql)
+            kinds = [s.type for s in duckdb.extract_statements(sql)]
+            rel = con.sql(sql) if kinds == [duckdb.StatementType.SELECT] else None
+            if rel is None:  # a statement, not one query: it cannot say which rows fail
+                out.append(CheckResult(name, False, -1, [], "not a query: a check is one SELECT "
+                                       "returning the failing rows (nothing was run)"))
+                continue
             n = rel.aggregate("count(*)").fetchall()[0][0]
             sample = rel.limit(SAMPLE).to_arrow_table().to_pylist() if n else []
             out.append(CheckResult(name, n == 0, int(n), sample))

@@ -64,7 +64,7 @@ def lifecycle_operation(lake: Lake, kind: str, reason: str, *, tables: list[str]
     """
     op_id = new_replay_id()
     done: dict[str, Any] = {}
-    with lease_for(lake, op_id):
+    with lease_for(lake, op_id) as lease:
         audit.recover(lake, operator_name())
         audit.append(lake, {"reprocessing_id": op_id, "kind": kind, "start_time": audit.now(),
                             "status": "running", "operator": operator_name(), "reason": reason,
@@ -75,4 +75,5 @@ def lifecycle_operation(lake: Lake, kind: str, reason: str, *, tables: list[str]
             audit.update(lake, op_id, status="failed", end_time=audit.now(),
                          details=f"{type(exc).__name__}: {exc}"[:500])
             raise
+        lease.check()  # a process that lost the lease does not declare success
         audit.update(lake, op_id, status="success", end_time=audit.now(), **done)

@@ -141,6 +141,7 @@ def apply_erasure(lake: Lake, plan: ErasurePlan, executor: Executor, reason: str
                 replay = replace(replay, replay_id=op_id)
                 out = _compute(lake, replay, ruleset, executor, None)
                 versions, _, conservation = _commit(lake, replay, ruleset, out, operator_name())
+                # (the lifecycle operation checks the lease before it records success)
                 if conservation is False:
                     raise RuntimeError("conservation failed after the recomputation")
                 for table in replay.tables:

@@ -24,7 +24,13 @@ from deltalake import CommitProperties
 from engine.batch import audit
 from engine.contract.errors import UsageError
 from engine.lake.tables import Lake
-from engine.lifecycle.catalog import TableRef, all_tables, lifecycle_operation, neutral_commit
+from engine.lifecycle.catalog import (
+    LEASE_TABLE,
+    TableRef,
+    all_tables,
+    lifecycle_operation,
+    neutral_commit,
+)
 
 DEFAULT_RETAIN_HOURS = 168
 
@@ -91,6 +97,10 @@ def apply_vacuum(lake: Lake, plan: VacuumPlan, reason: str = "vacuum") -> dict[s
         horizon = audit.now() - timedelta(hours=hours)
         for ref in all_tables(lake):
             dt = ref.lake.table(ref.table)
+            if ref.table == LEASE_TABLE:  # it is in use: no commit here, only the log's tail
+                dt.create_checkpoint()
+                dt.cleanup_metadata()
+                continue
             removed[ref.label] = len(_vacuum(ref, hours, False, op_id))
             dt = ref.lake.table(ref.table)
             # the log's retention is H too; this commit also carries the metadata of the last

@@ -126,3 +126,34 @@ def test_rows_lost_by_a_plugin_fail_conservation_and_roll_back(loaded):
     (cons,) = [c for c in json.loads(row["checks"]) if c["name"] == "conservation"]
     s = cons["sample"][0]
     assert not cons["passed"] and s["bronze"] > s["silver"] + s["quarantine"] + s["duplicates"]
+
+
+def test_a_user_check_that_is_not_a_query_fails_the_gate_and_rolls_back(loaded, tmp_path):
+    d = tmp_path / "checks"
+    d.mkdir()
+    (d / "statement.sql").write_text("CREATE TABLE scratch AS SELECT 1 AS x")
+    before = snapshot(loaded)
+    with pytest.raises(ChecksFailedError, match="user:statement"):
+        api.run(loaded, "2026-02", reason="statement check", checks=str(d))
+    row = api.history(loaded)[-1]
+    info = {c["name"]: c for c in json.loads(row["checks"])}
+    assert row["status"] == "failed" and "not a query" in info["user:statement"]["info"]
+    assert snapshot(loaded) == before
+    assert not [r for r in api.history(loaded) if r["status"] == "running"]
+
+
+def test_an_error_while_the_gate_runs_restores_every_table(loaded, monkeypatch):
+    import engine.batch.checks as checks_module
+
+    before = snapshot(loaded)
+
+    def broken(*a, **k):
+        raise OSError("the lake went away while checking")
+
+    monkeypatch.setattr(checks_module, "run_checks", broken)
+    with pytest.raises(OSError, match="went away"):
+        api.run(loaded, "2026-02", reason="broken gate")
+    row = api.history(loaded)[-1]
+    assert row["status"] == "failed" and "after committing" in row["details"]
+    assert snapshot(loaded) == before and api.plan(loaded, "2026-01").up_to_date
+    assert not [r for r in api.history(loaded) if r["status"] == "running"]
