@@ -225,17 +225,19 @@ def _commit(lake: Lake, plan: Plan, ruleset: Ruleset, out: JobOutput, operator: 
             mixed.discard(None)
             m.update(scope=scope.describe(), mixed_with=sorted(mixed))
             if isinstance(data, pa.Table):
-                data = scope.merge(lake.read(table), data, table)
-            else:  # the tasks staged only rows inside the scope; keep the old rows outside it
-                old = lake.read(table)
-                keep = lake.stage(table, old.filter(pc.invert(scope.mask(old, table))),
-                                  f"{plan.replay_id}-keep")
-                data = Staged.merge(table, [data, keep])
-        if isinstance(data, pa.Table):
+                data = lake.stage(table, data.filter(scope.mask(data, table)), f"{plan.replay_id}-s")
+            # the rows outside the scope stay where they are: one commit removes the old rows
+            # inside it (files without any are not read) and adds the new ones
+            versions[table] = lake.rewrite(table, lambda t, n=table: scope.mask(t, n),
+                                           tag=f"{plan.replay_id}-keep", metadata=m,
+                                           prune=scope.table_filter(table), add=data)
+        elif isinstance(data, pa.Table):
             versions[table] = lake.write(table, data, mode="overwrite", metadata=m)
         else:
             versions[table] = lake.commit_staged(table, data, metadata=m)
-        counts[table] = data.num_rows
+        # a scoped replay added only its scope's rows: count the table it leaves
+        counts[table] = (lake.dataset(table, versions[table]).count_rows() if scope is not None
+                         else data.num_rows)
         die_after_commits(len(versions))
 
     if plan.mode == "full":

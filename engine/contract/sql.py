@@ -34,6 +34,7 @@ def run_sql(sql: str, tables: dict[str, pa.Table], params: dict[str, Any] | None
     con = duckdb.connect(config={"threads": threads()})
     try:
         con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET enable_progress_bar = false")  # rules and tasks print nothing
         for name, tbl in tables.items():
             con.register(name, _rechunk(tbl))
         rel = con.sql(sql, params=params or None) if params else con.sql(sql)

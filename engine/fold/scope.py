@@ -88,6 +88,19 @@ class Scope:
                     expr = part if expr is None else expr & part
         return expr
 
+    def table_filter(self, name: str) -> pds.Expression:
+        """An expression no row of table ``name`` inside the scope fails (for pruning files and
+        row groups; :meth:`mask` decides row by row)."""
+        col = pc.field("window_start" if name in schemas.WINDOWED else "event_timestamp")
+        expr = pc.scalar(True)
+        if self.tenants:
+            expr = expr & pc.field("tenant_id").isin(list(self.tenants))
+        if self.start is not None:
+            expr = expr & (col >= pa.scalar(self.start, schemas.TS))
+        if self.end is not None:
+            expr = expr & (col < pa.scalar(self.end, schemas.TS))
+        return expr
+
     def mask(self, table: pa.Table, name: str) -> pa.Array:
         """True for rows inside the scope (NULL-safe: unknown time or tenant is outside)."""
         col = "window_start" if name in schemas.WINDOWED else "event_timestamp"

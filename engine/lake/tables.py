@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ import pyarrow.dataset as pds
 import pyarrow.fs as pafs
 from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.transaction import RemoveAction
 
 from engine.contract import schemas
 from engine.contract.errors import CommitConflictError, LakeError, VersionGoneError
@@ -219,14 +221,63 @@ class Lake:
             raise CommitConflictError(f"concurrent commit on {table}: {exc}", table=table) from None
         return self.table(table).version()
 
-    def commit_staged(self, table: str, staged: Staged, *, metadata: Mapping[str, Any]) -> int:
-        """Replace ``table`` with the staged files in one Delta commit; returns the new version."""
+    def commit_staged(self, table: str, staged: Staged, *, metadata: Mapping[str, Any],
+                      mode: str = "overwrite") -> int:
+        """Replace ``table`` with (or append to it) the staged files in one Delta commit;
+        returns the new version."""
         if table == schemas.BRONZE:
             raise LakeError("Bronze is append-only; staged files never replace it")
         dt = self.ensure(table)
         try:
             dt.create_write_transaction(
-                add_actions(staged), mode="overwrite", schema=schemas.SCHEMAS[table],
+                add_actions(staged), mode=mode,  # type: ignore[arg-type]
+                schema=schemas.SCHEMAS[table],
+                partition_by=schemas.PARTITIONS.get(table),
+                commit_properties=CommitProperties(custom_metadata=encode_metadata(metadata)))
+        except CommitFailedError as exc:
+            raise CommitConflictError(f"concurrent commit on {table}: {exc}", table=table) from None
+        return self.table(table).version()
+
+    def rewrite(self, table: str, hit: Callable[[pa.Table], pa.Array], *, tag: str,
+                metadata: Mapping[str, Any], prune: pds.Expression | None = None,
+                add: Staged | None = None) -> int:
+        """Delete the rows ``hit`` selects and add the ``add`` files, in one Delta commit.
+
+        Copy on write, done here rather than by delta-rs (whose rewrites store strings as
+        Arrow views, which pyarrow cannot filter next to plain strings): each file that holds
+        a hit row is removed and its other rows are written again as a staged file; files
+        ``prune`` (partition values, then row-group statistics) rules out are not read.
+        Returns the new version.
+        """
+        dt = self.ensure(table)
+        ds = dt.to_pyarrow_dataset()
+        actions: list[Any] = []
+        kept: list[Staged] = []
+        adds = {a["path"]: a for a in pa.table(dt.get_add_actions(flatten=True)).to_pylist()}
+        now = int(time.time() * 1000)
+        for frag in ds.get_fragments(filter=prune) if prune is not None else ds.get_fragments():
+            if prune is not None:
+                frag.ensure_complete_metadata()
+                if not frag.subset(filter=prune, schema=ds.schema).row_groups:
+                    continue
+            data = frag.to_table(schema=ds.schema)
+            mask = hit(data)
+            if not pc.any(mask).as_py():
+                continue
+            rel = next(p for p in adds if frag.path == p or frag.path.endswith("/" + p))
+            act = adds[rel]
+            parts = {k[len("partition."):]: (None if v is None else _partition_text(v))
+                     for k, v in act.items() if k.startswith("partition.")}
+            actions.append(RemoveAction(rel, True, now, act.get("size_bytes"), parts or None))
+            rest = data.filter(pc.invert(mask))
+            if rest.num_rows:
+                kept.append(self.stage(table, rest, f"{tag}-k{len(kept)}"))
+        staged = Staged.merge(table, [*kept, *([add] if add is not None else [])])
+        if not actions and not staged.files:
+            return dt.version()
+        try:
+            dt.create_write_transaction(
+                [*actions, *add_actions(staged)], mode="append", schema=schemas.SCHEMAS[table],
                 partition_by=schemas.PARTITIONS.get(table),
                 commit_properties=CommitProperties(custom_metadata=encode_metadata(metadata)))
         except CommitFailedError as exc:
@@ -327,6 +378,11 @@ class Lake:
 
     def history(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
         return self.table(table).history(limit)
+
+
+def _partition_text(value: Any) -> str:
+    """A partition value as Delta writes it in the log."""
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
 def _neutral(entry: Mapping[str, Any]) -> bool:

@@ -7,8 +7,9 @@ recomputed. :func:`apply_erasure`, under the lake's lease and one ledger row of 
 
 1. records the tombstone (no clear identifier), so every later write into Bronze drops
    the subject's rows (file import, Kafka ingest);
-2. deletes those rows from Bronze (a Delta merge-delete on their keys: Bronze's only
-   non-append change) and their quarantine rows (whose tenant may be unknown);
+2. deletes those rows from Bronze and its archive (a copy-on-write commit that removes the
+   files holding them and writes their other rows again: Bronze's only non-append change)
+   and their quarantine rows (whose tenant may be unknown);
 3. recomputes Silver and Gold for the subject's tenant only, with the lake's active
    ruleset (a tenant-scoped replay whose commits name the erasure, not the tenant);
 4. drops every experiment area (scratch copies may hold the rows);
@@ -26,9 +27,9 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import CommitProperties
 
 from engine.batch import audit
 from engine.batch.apply import _commit, _compute, operator_name
@@ -39,12 +40,11 @@ from engine.contract.errors import UsageError
 from engine.execution.specs import Executor
 from engine.fold.scope import Scope
 from engine.lake.bronze import archive_of
-from engine.lake.tables import Lake, encode_metadata
+from engine.lake.tables import Lake
 from engine.lifecycle import tombstones
 from engine.lifecycle.catalog import lifecycle_operation
 
 KEY = list(schemas.BRONZE_KEY)
-KEY_MATCH = " AND ".join(f"t.{k} = s.{k}" for k in KEY)
 
 
 @dataclass(frozen=True)
@@ -104,13 +104,24 @@ def plan_erasure(lake: Lake, tenant_id: str, user_id: str | None = None,
                        tuple(e["name"] for e in list_experiments(lake)))
 
 
-def _merge_delete(lake: Lake, table: str, keys: pa.Table, op_id: str) -> None:
+def _delete_keys(lake: Lake, table: str, keys: pa.Table, op_id: str) -> None:
+    """Delete the rows with these Bronze keys from ``table`` (one copy-on-write commit)."""
     if not keys.num_rows or not lake.exists(table):
         return
-    props = CommitProperties(custom_metadata=encode_metadata({"op": "erasure", "replay_id": op_id}))
-    (lake.table(table).merge(keys, KEY_MATCH, source_alias="s", target_alias="t",
-                             commit_properties=props)
-     .when_matched_delete().execute())
+    keys = keys.select(KEY)
+
+    def hit(data: pa.Table) -> pa.Array:
+        rows = data.select(KEY).append_column("_i", pa.array(np.arange(data.num_rows)))
+        found = rows.join(keys, KEY, join_type="inner").column("_i").to_numpy()
+        mask = np.zeros(data.num_rows, dtype=bool)
+        mask[found] = True
+        return pa.array(mask)
+
+    offsets = pc.min_max(keys.column("kafka_offset"))
+    prune = (pc.field("kafka_topic").isin(pc.unique(keys.column("kafka_topic")))
+             & (pc.field("kafka_offset") >= offsets["min"]) & (pc.field("kafka_offset") <= offsets["max"]))
+    lake.rewrite(table, hit, tag=f"{op_id}-erase", prune=prune,
+                 metadata={"op": "erasure", "replay_id": op_id})
 
 
 def apply_erasure(lake: Lake, plan: ErasurePlan, executor: Executor, reason: str) -> dict[str, Any]:
@@ -127,10 +138,10 @@ def apply_erasure(lake: Lake, plan: ErasurePlan, executor: Executor, reason: str
             arch = archive_of(lake)
             archived = _keys(lake, stone, arch.lake) if arch is not None else hot.slice(0, 0)
             keys = pa.concat_tables([hot, archived])
-            _merge_delete(lake, schemas.BRONZE, hot, op_id)
+            _delete_keys(lake, schemas.BRONZE, hot, op_id)
             if arch is not None:  # archived rows of the subject go too (SPEC 9)
-                _merge_delete(arch.lake, schemas.BRONZE, archived, op_id)
-            _merge_delete(lake, schemas.QUARANTINE, keys, op_id)
+                _delete_keys(arch.lake, schemas.BRONZE, archived, op_id)
+            _delete_keys(lake, schemas.QUARANTINE, keys, op_id)
             versions: dict[str, int] = {}
             if lake.exists(schemas.MINUTE):
                 ruleset = active_ruleset(lake)

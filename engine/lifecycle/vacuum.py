@@ -69,8 +69,10 @@ def plan_vacuum(lake: Lake, retain_hours: int = DEFAULT_RETAIN_HOURS) -> VacuumP
     """What ``vacuum`` would delete now, table by table (changes nothing)."""
     if retain_hours < 0:
         raise UsageError("--retain-hours must be 0 or more")
+    # the lease table's files are never vacuumed (apply_vacuum leaves them): not counted
     tables = tuple(VacuumTable(ref.label, len(_vacuum(ref, retain_hours, True)),
-                               ref.lake.version(ref.table) or 0) for ref in all_tables(lake))
+                               ref.lake.version(ref.table) or 0) for ref in all_tables(lake)
+                   if ref.table != LEASE_TABLE)
     return VacuumPlan(retain_hours, tables)
 
 

@@ -70,6 +70,7 @@ def test_poison_messages_land_byte_for_byte_and_are_quarantined(lake, broker, to
     assert reasons == {"malformed_json"} and lake.read(schemas.QUARANTINE).num_rows == len(poison)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_batch_then_restart(lake, broker, topic):
     vals = values(20000, "k")
     produce_values(broker, topic, vals)
@@ -84,6 +85,7 @@ def test_sigkill_mid_batch_then_restart(lake, broker, topic):
     assert bronze_payloads(lake) == Counter(vals)
 
 
+@pytest.mark.slow
 def test_broker_restart_mid_stream(lake, broker, topic):
     first, second = values(4000, "a"), values(4000, "b")
     produce_values(broker, topic, first)
@@ -101,6 +103,7 @@ def test_broker_restart_mid_stream(lake, broker, topic):
     assert bronze_payloads(lake) == Counter(first + second)
 
 
+@pytest.mark.slow
 def test_two_ingesters_and_a_rebalance(lake, broker, topic):
     first, second = values(6000, "x"), values(6000, "y")
     produce_values(broker, topic, first)
