@@ -72,9 +72,21 @@ def bronze_rows(raw: pa.Array, topic: str, partition: int, offsets: pa.Array,
     }, schema=schemas.BRONZE_SCHEMA)
 
 
-def _existing_keys(lake: Lake, topics: list[str]) -> pa.Table:
-    """Keys Bronze holds for these topics: hot and archived alike."""
-    flt = pc.field("kafka_topic").isin(topics)
+def _existing_keys(lake: Lake, rows: pa.Table) -> pa.Table:
+    """Keys Bronze (hot and archived) holds among the offset ranges of ``rows``.
+
+    Only the row groups whose statistics overlap each (topic, partition)'s offset range are
+    read, so the check costs what the new rows cover, not what Bronze holds.
+    """
+    ranges = rows.group_by(["kafka_topic", "kafka_partition"]).aggregate(
+        [("kafka_offset", "min"), ("kafka_offset", "max")]).to_pylist()
+    flt = None
+    for r in ranges:
+        one = ((pc.field("kafka_topic") == r["kafka_topic"])
+               & (pc.field("kafka_partition") == r["kafka_partition"])
+               & (pc.field("kafka_offset") >= r["kafka_offset_min"])
+               & (pc.field("kafka_offset") <= r["kafka_offset_max"]))
+        flt = one if flt is None else flt | one
     parts = [p.read(list(schemas.BRONZE_KEY), flt) for p in bronze_parts(lake)]
     return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
@@ -87,8 +99,7 @@ def append_new(lake: Lake, rows: pa.Table, source: str, metadata: dict[str, str]
     rows, erased = drop_erased(lake, rows)  # SPEC 9: erased data never comes back
     rows = _first_per_key(rows)
     if rows.num_rows:
-        topics = pc.unique(rows.column("kafka_topic")).to_pylist()
-        existing = _existing_keys(lake, topics)
+        existing = _existing_keys(lake, rows)
         if existing.num_rows:
             rows = rows.join(existing, list(schemas.BRONZE_KEY), join_type="left anti")
             rows = rows.sort_by([(k, "ascending") for k in schemas.BRONZE_KEY])
