@@ -135,12 +135,71 @@ def kafka_bench(messages: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def lifecycle_bench(lake: api.Lake) -> None:
+    """Bytes a one-tenant replay reads before and after ``replay optimize`` (plans, printed)."""
+    tenant = lake.read(schemas.SILVER, columns=["tenant_id"]).column("tenant_id")[0].as_py()
+
+    def scoped() -> list[tuple[str, api.Plan]]:
+        return [(rs, api.plan(lake, rs, tenants=[tenant])) for rs in ("2026-03", "2026-01")]
+
+    before = scoped()
+    t0 = time.perf_counter()
+    api.optimize(lake)
+    opt_s = time.perf_counter() - t0
+    after = scoped()
+    print(f"optimize (compaction, Z-order): {opt_s:.2f}s")
+    for (rs, b), (_, a) in zip(before, after, strict=True):
+        print(f"one-tenant {b.mode} replay ({rs}): reads {b.rows:,} rows / {b.bytes / 1e6:,.1f} MB "
+              f"before optimize, {a.rows:,} rows / {a.bytes / 1e6:,.1f} MB after")
+
+
+def memory_bench(events: int, tenants: int, days: float, tmp: Path) -> None:
+    """Peak RSS of a driver importing ``events`` events and running a one-tenant replay, each in a
+    process of its own (ru_maxrss of the child), next to the history's size on disk."""
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = tmp / "memory-history"
+    src.mkdir()
+    step = 2_000_000
+    for i in range(0, events, step):  # chunks on their own topics: distinct Bronze keys
+        t = generate(GeneratorConfig(events=min(step, events - i), tenants=tenants, days=days, seed=i + 1))
+        t = t.set_column(t.schema.get_field_index("kafka_topic"), "kafka_topic",
+                         pa.array([f"bench-{i}"] * t.num_rows))
+        pq.write_table(t, src / f"part-{i:012d}.parquet")
+        del t
+    lake = tmp / "memory-lake"
+    cmds = [("import", ["import", "--lake", str(lake), "--format", "bronze-parquet"]),
+            ("run 2026-01", ["run", "--lake", str(lake), "--ruleset", "2026-01", "--executor", "local",
+                             "--reason", "bench", "--json"]),
+            ("one-tenant run", ["run", "--lake", str(lake), "--ruleset", "2026-02", "--executor",
+                                "local", "--tenant", "tenant-00001", "--reason", "bench", "--json"])]
+    files = sorted(src.glob("*.parquet"))
+    for name, args in cmds:
+        steps = [[*args, str(f)] for f in files] if name == "import" else [args]
+        peak = 0
+        t0 = time.perf_counter()
+        for step in steps:  # a fresh parent per command: its children's peak is that command's
+            probe = ("import resource, subprocess, sys; subprocess.run([sys.executable, '-m', 'replay', "
+                     f"*{step!r}], check=True, capture_output=True); "
+                     "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+            out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)
+            peak = max(peak, int(out.stdout.split()[-1]))
+        print(f"{events:,} events: {name}: peak driver RSS {peak / 1024:,.0f} MiB "
+              f"({time.perf_counter() - t0:.1f}s)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--kafka-messages", type=int, default=1_000_000)
     ap.add_argument("--events", type=int, default=5_000_000)
     ap.add_argument("--tenants", type=int, default=2000)
     ap.add_argument("--days", type=float, default=3)
+    ap.add_argument("--memory-events", type=int, default=20_000_000,
+                    help="events of the import + one-tenant replay peak-RSS measure (0: skip)")
     ap.add_argument("--validate-events", type=int, default=1_000_000,
                     help="validate@1 micro-measure on this many of the history's events (0: skip)")
     args = ap.parse_args()
@@ -184,6 +243,9 @@ def main() -> None:
                   f"({gold_s:.2f}s, {gold_s / base_s:.2f}x the baseline)")
         if ray.is_initialized():
             ray.shutdown()
+        lifecycle_bench(lake)
+        if args.memory_events:
+            memory_bench(args.memory_events, args.tenants, args.days, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if args.kafka_messages:
