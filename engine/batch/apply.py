@@ -169,7 +169,7 @@ def _compute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
     if plan.reuse:
         from engine.batch.experiment import load_output
 
-        return load_output(lake.scratch(plan.reuse))
+        return load_output(lake.scratch(plan.reuse), lake, plan.replay_id)
     maps = map_specs(lake, plan, ruleset, executor.cpus())
     cpus = executor.cpus()
     target = Target(lake.root, tuple(sorted((lake.storage_options or {}).items())), lake.bronze_root,

@@ -17,6 +17,7 @@ from engine.contract import schemas
 from engine.contract.errors import UsageError
 from engine.execution.specs import Executor, JobOutput
 from engine.fold.scope import Scope
+from engine.lake.staging import Staged, copy_files
 from engine.lake.tables import Lake
 from engine.query.diff import TableDiff, diff_data, summarize
 from rules.ruleset import Ruleset
@@ -75,14 +76,20 @@ def reusable(lake: Lake, ruleset: Ruleset) -> Lake | None:
     return None
 
 
-def load_output(scratch: Lake) -> JobOutput:
-    """An experiment's tables as a replay's output (for promotion without recomputing)."""
+def load_output(scratch: Lake, lake: Lake, replay_id: str) -> JobOutput:
+    """An experiment's tables as a replay's output, for promotion without recomputing: their
+    files are copied into ``lake``'s tables as staged files (rows are never read)."""
+    def files(table: str) -> Staged:
+        adds = pa.table(scratch.table(table).get_add_actions(flatten=True))
+        return copy_files(scratch.table_storage(table), lake.table_storage(table), table, adds,
+                          f"{replay_id}-promote")
+
     return JobOutput(
         rows_in=scratch.dataset(schemas.BRONZE).count_rows(),
-        quarantine=scratch.read(schemas.QUARANTINE), silver=scratch.read(schemas.SILVER),
-        duplicates=scratch.read(schemas.DUPLICATES), minute=scratch.read(schemas.MINUTE),
-        hourly=scratch.read(schemas.HOURLY), alerts=scratch.read(schemas.ALERTS),
-        region=scratch.read(schemas.REGION) if scratch.is_active(schemas.REGION) else None)
+        quarantine=files(schemas.QUARANTINE), silver=files(schemas.SILVER),
+        duplicates=files(schemas.DUPLICATES), minute=files(schemas.MINUTE),
+        hourly=files(schemas.HOURLY), alerts=files(schemas.ALERTS),
+        region=files(schemas.REGION) if scratch.is_active(schemas.REGION) else None)
 
 
 @dataclass

@@ -176,6 +176,37 @@ def stage(where: Storage, table: str, data: pa.Table, tag: str, row_group_rows: 
     return Staged(table, tuple(out))
 
 
+def copy_files(src: Storage, dst: Storage, table: str, adds: pa.Table, tag: str) -> Staged:
+    """Copy a table's data files (``get_add_actions(flatten=True)`` rows) from one table root to
+    another as staged files, byte for byte, with their Delta statistics: files move, rows are
+    never read."""
+    sfs, sbase = src.filesystem()
+    dfs, dbase = dst.filesystem()
+    parts = [c[len("partition."):] for c in adds.column_names if c.startswith("partition.")]
+    out = []
+    for act in adds.to_pylist():
+        pvals = tuple((c, None if act[f"partition.{c}"] is None else _stat_value(act[f"partition.{c}"]))
+                      for c in parts)
+        sub = "/".join(f"{k}={'__HIVE_DEFAULT_PARTITION__' if v is None else v}" for k, v in pvals)
+        name = f"{PREFIX}{tag}-{uuid.uuid4().hex[:12]}.zstd.parquet"
+        rel = f"{sub}/{name}" if sub else name
+        full = f"{dbase}/{rel}" if dbase else rel
+        if isinstance(dfs, pafs.LocalFileSystem):
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+        source = f"{sbase}/{act['path']}" if sbase else act["path"]
+        with sfs.open_input_stream(source) as fin, dfs.open_output_stream(full) as fout:
+            while chunk := fin.read(8 << 20):
+                fout.write(chunk)
+        stats = {"numRecords": act["num_records"], "minValues": {}, "maxValues": {}, "nullCount": {}}
+        for key, val in act.items():
+            for prefix, field in (("min.", "minValues"), ("max.", "maxValues"), ("null_count.", "nullCount")):
+                if key.startswith(prefix) and val is not None:
+                    stats[field][key[len(prefix):]] = _stat_value(val)
+        out.append(StagedFile(rel, int(act["size_bytes"]), pvals, int(act["num_records"] or 0),
+                              json.dumps(stats)))
+    return Staged(table, tuple(out))
+
+
 def add_actions(staged: Staged) -> list[Any]:
     from deltalake.transaction import AddAction
 

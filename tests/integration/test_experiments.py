@@ -76,6 +76,9 @@ def test_promotion_reuses_the_experiment_output(prod):
     for t in OUTPUTS:
         key = [(k, "ascending") for k in schemas.KEYS[t]]
         assert prod.read(t).sort_by(key).equals(res.scratch.read(t).sort_by(key)), t
+        # the experiment's files were copied, not its rows rewritten
+        assert prod.files(t) and all("-promote-" in f for f in prod.files(t)), t
+        assert len(prod.files(t)) == len(res.scratch.files(t)), t
 
 
 def test_no_reuse_after_bronze_changed(prod, tmp_path):
