@@ -161,12 +161,7 @@ def stage(where: Storage, table: str, data: pa.Table, tag: str, row_group_rows: 
         groups = [((), data)]
     out = []
     for pvals, part in groups:
-        sub = "/".join(f"{k}={'__HIVE_DEFAULT_PARTITION__' if v is None else v}" for k, v in pvals)
-        name = f"{PREFIX}{tag}-{uuid.uuid4().hex[:12]}.zstd.parquet"
-        rel = f"{sub}/{name}" if sub else name
-        full = f"{base}/{rel}" if base else rel
-        if isinstance(fs, pafs.LocalFileSystem):
-            os.makedirs(os.path.dirname(full), exist_ok=True)
+        rel, full = _new_file(fs, base, pvals, tag)
         with fs.open_output_stream(full) as sink:
             pq.write_table(part, sink, compression="zstd", compression_level=1,
                            row_group_size=row_group_rows,
@@ -174,6 +169,18 @@ def stage(where: Storage, table: str, data: pa.Table, tag: str, row_group_rows: 
         size = fs.get_file_info(full).size
         out.append(StagedFile(rel, int(size or 0), pvals, part.num_rows, file_stats(part)))
     return Staged(table, tuple(out))
+
+
+def _new_file(fs: pafs.FileSystem, base: str, pvals: tuple[tuple[str, str | None], ...],
+              tag: str) -> tuple[str, str]:
+    """(path relative to the table root, path in ``fs``) of a new staged file of a partition."""
+    sub = "/".join(f"{k}={'__HIVE_DEFAULT_PARTITION__' if v is None else v}" for k, v in pvals)
+    name = f"{PREFIX}{tag}-{uuid.uuid4().hex[:12]}.zstd.parquet"
+    rel = f"{sub}/{name}" if sub else name
+    full = f"{base}/{rel}" if base else rel
+    if isinstance(fs, pafs.LocalFileSystem):
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+    return rel, full
 
 
 def copy_files(src: Storage, dst: Storage, table: str, adds: pa.Table, tag: str) -> Staged:
@@ -187,12 +194,7 @@ def copy_files(src: Storage, dst: Storage, table: str, adds: pa.Table, tag: str)
     for act in adds.to_pylist():
         pvals = tuple((c, None if act[f"partition.{c}"] is None else _stat_value(act[f"partition.{c}"]))
                       for c in parts)
-        sub = "/".join(f"{k}={'__HIVE_DEFAULT_PARTITION__' if v is None else v}" for k, v in pvals)
-        name = f"{PREFIX}{tag}-{uuid.uuid4().hex[:12]}.zstd.parquet"
-        rel = f"{sub}/{name}" if sub else name
-        full = f"{dbase}/{rel}" if dbase else rel
-        if isinstance(dfs, pafs.LocalFileSystem):
-            os.makedirs(os.path.dirname(full), exist_ok=True)
+        rel, full = _new_file(dfs, dbase, pvals, tag)
         source = f"{sbase}/{act['path']}" if sbase else act["path"]
         with sfs.open_input_stream(source) as fin, dfs.open_output_stream(full) as fout:
             while chunk := fin.read(8 << 20):
