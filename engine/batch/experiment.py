@@ -16,6 +16,7 @@ import pyarrow as pa
 from engine.contract import schemas
 from engine.contract.errors import UsageError
 from engine.execution.specs import Executor, JobOutput
+from engine.fold.pipeline import FOLD_VERSION
 from engine.fold.scope import Scope
 from engine.lake.staging import Staged, copy_files
 from engine.lake.tables import Lake
@@ -71,7 +72,8 @@ def reusable(lake: Lake, ruleset: Ruleset) -> Lake | None:
             continue
         gold = scratch.commit_metadata(schemas.MINUTE)
         if gold.get("ruleset_fingerprint") == ruleset.fingerprint and not gold.get("scope") \
-                and gold.get("silver_replay_id") == exp["replay_id"]:
+                and gold.get("silver_replay_id") == exp["replay_id"] \
+                and gold.get("fold_version", 1) == FOLD_VERSION:  # built by this fold
             return scratch
     return None
 

@@ -83,6 +83,11 @@ class ShardError(ReplayError):
     retryable = True
 
 
+class TaskError(ReplayError):
+    """A shard task raised an unexpected exception (a bug, not a lost worker): retrying the
+    same task on the same data would fail the same way."""
+
+
 class LeaseHeldError(ReplayError):
     """Another writer holds the lake's lease; retry once it has finished."""
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from engine.config import environment, quiet_ray_auth_notice
-from engine.contract.errors import RegistryError, ReplayError, ShardError, UsageError
+from engine.contract.errors import RegistryError, ReplayError, ShardError, TaskError, UsageError
 from engine.execution.specs import (
     JobOutput,
     MapResult,
@@ -147,7 +147,7 @@ def task_error(exc: Exception) -> ReplayError:
             return cause
         if cause is not None:
             first = (str(cause).strip().splitlines() or [""])[0]
-            return ShardError(f"a shard task raised {type(cause).__name__}: {first}",
+            return TaskError(f"a shard task raised {type(cause).__name__}: {first}",
                               task=header, traceback=str(exc))
     if isinstance(exc, ray.exceptions.WorkerCrashedError):
         return ShardError(f"a shard task's worker died on all {MAX_RETRIES + 1} attempts "

@@ -12,7 +12,7 @@ import pytest
 import ray
 
 from engine.contract import schemas
-from engine.contract.errors import LakeError, RegistryError, RuleError, ShardError
+from engine.contract.errors import LakeError, RegistryError, RuleError, ShardError, TaskError
 from engine.execution.local import LocalExecutor
 from engine.execution.ray_executor import MAX_RETRIES, RayExecutor, ship_rules
 from engine.execution.specs import MapSpec, ReduceSpec
@@ -147,3 +147,19 @@ def test_a_worker_dead_on_every_attempt_fails_with_a_shard_error_that_counts_the
     msg = str(info.value)
     assert f"died on all {MAX_RETRIES + 1} attempts ({MAX_RETRIES} retries)" in msg, msg
     assert info.value.data["attempts"] == MAX_RETRIES + 1 and info.value.retryable
+
+
+def test_a_bug_in_a_task_is_a_task_error_that_is_not_retryable(loaded, ray_ex):
+    class Buggy(validate_v1.Validate):
+        version = 11
+
+        @staticmethod
+        def apply(params, bronze, known_plans):
+            raise ZeroDivisionError("a bug in a plugin")
+
+    default_registry().register(Buggy)
+    rs = load_ruleset("2026-01").with_rule("validate", 11)
+    with pytest.raises(TaskError, match="ZeroDivisionError: a bug in a plugin") as info:
+        api.run(loaded, rs, executor=ray_ex)
+    assert not info.value.retryable and info.value.exit_code == 1
+    assert "retries" not in str(info.value)
