@@ -14,7 +14,7 @@ import ray
 from engine.contract import schemas
 from engine.contract.errors import LakeError, RegistryError, RuleError, ShardError, TaskError
 from engine.execution.local import LocalExecutor
-from engine.execution.ray_executor import MAX_RETRIES, RayExecutor, ship_rules
+from engine.execution.ray_executor import MAX_RETRIES, ship_rules
 from engine.execution.specs import MapSpec, ReduceSpec
 from replay import api
 from rules import abuse_v2, dedup_v2, plan_limits_v2, validate_v1
@@ -24,12 +24,6 @@ from tests.lakes import FIXTURE, assert_same_tables, make_lake
 
 pytestmark = pytest.mark.ray
 
-
-@pytest.fixture(scope="module")
-def ray_ex():
-    ex = RayExecutor(num_cpus=2)
-    yield ex
-    ray.shutdown()
 
 
 @pytest.fixture

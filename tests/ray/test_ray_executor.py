@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import pytest
-import ray  # noqa: E402
 
 from engine.execution.local import LocalExecutor  # noqa: E402
-from engine.execution.ray_executor import RayExecutor  # noqa: E402
 from replay import api  # noqa: E402
 from tests.lakes import assert_same_tables, make_lake, staged_orphans  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
-
-@pytest.fixture(scope="module")
-def ray_ex():
-    ex = RayExecutor(num_cpus=2)
-    yield ex
-    ray.shutdown()
 
 
 @pytest.mark.parametrize("ruleset", ["2026-01", "2026-02"])
