@@ -12,8 +12,10 @@ Ratios measured in the same run are what compare across machines.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -27,13 +29,14 @@ from replay import api
 HERE = Path(__file__).resolve().parent
 
 
-def baseline(lake: api.Lake) -> tuple[float, duckdb.DuckDBPyConnection]:
+def baseline(lake: api.Lake) -> tuple[float, duckdb.DuckDBPyConnection, str]:
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.register("bronze", lake.dataset(schemas.BRONZE))
     t0 = time.perf_counter()
-    con.execute((HERE / "duckdb_gold.sql").read_text())
-    return time.perf_counter() - t0, con
+    with RssSampler() as rss:
+        con.execute((HERE / "duckdb_gold.sql").read_text())
+    return time.perf_counter() - t0, con, rss.report().replace("driver", "script")
 
 
 def gold_matches(lake: api.Lake, con: duckdb.DuckDBPyConnection) -> bool:
@@ -84,10 +87,69 @@ def validate_bench(bronze, rows: int) -> None:
           f"{duck_s / fast_s:.1f}x the fast path's time)")
 
 
-def timed_run(lake: api.Lake, mode: str, executor) -> float:
+class RssSampler:
+    """Peak resident memory of this process and of every process below it, sampled from /proc
+    (Linux) every 0.2 s while a ``with`` block runs: the driver and each Ray worker apart."""
+
+    def __init__(self) -> None:
+        self.peaks: dict[int, tuple[int, str]] = {}
+        self._stop = threading.Event()
+
+    @staticmethod
+    def _family() -> list[int]:
+        parent: dict[int, int] = {}
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/stat") as f:
+                        parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+        out, todo = [], [os.getpid()]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            todo += [c for c, p in parent.items() if p == pid]
+        return out
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.2):
+            for pid in self._family():
+                try:
+                    with open(f"/proc/{pid}/status") as f:
+                        rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        name = f.read().split(b"\0")[0].decode(errors="replace")
+                except (OSError, StopIteration):
+                    continue
+                if rss > self.peaks.get(pid, (0, ""))[0]:
+                    self.peaks[pid] = (rss, name)
+
+    def __enter__(self) -> RssSampler:
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def report(self) -> str:
+        me = self.peaks.get(os.getpid(), (0, ""))[0]
+        workers = sorted((rss for pid, (rss, name) in self.peaks.items() if name.startswith("ray::")),
+                         reverse=True)
+        text = f"driver peak RSS {me / 1024:,.0f} MiB"
+        if workers:
+            text += (f", Ray workers {len(workers)}: largest {workers[0] / 1024:,.0f} MiB, "
+                     f"above 2 GiB: {sum(w > 2 << 20 for w in workers)}")
+        return text
+
+
+def timed_run(lake: api.Lake, mode: str, executor) -> tuple[float, str]:
     t0 = time.perf_counter()
-    api.run(lake, "2026-02", mode=mode, executor=executor, reason=f"bench {mode}")
-    return time.perf_counter() - t0
+    with RssSampler() as rss:
+        api.run(lake, "2026-02", mode=mode, executor=executor, reason=f"bench {mode}")
+    return time.perf_counter() - t0, rss.report()
 
 
 def kafka_bench(messages: int) -> None:
@@ -218,8 +280,8 @@ def main() -> None:
         if args.validate_events:
             validate_bench(bronze, args.validate_events)
         del bronze
-        base_s, con = baseline(lake)
-        print(f"duckdb script (baseline):     {n / base_s:12,.0f} events/s  ({base_s:.2f}s)")
+        base_s, con, base_rss = baseline(lake)
+        print(f"duckdb script (baseline):     {n / base_s:12,.0f} events/s  ({base_s:.2f}s; {base_rss})")
         import ray
 
         from engine.execution.local import LocalExecutor
@@ -232,13 +294,13 @@ def main() -> None:
             if ray.is_initialized():
                 ray.shutdown()
             ex = make()
-            full_s = timed_run(lake, "full", ex)
+            full_s, full_rss = timed_run(lake, "full", ex)
             if not checked:
                 print(f"engine Gold equals the baseline's: {gold_matches(lake, con)}")
                 checked = True
-            gold_s = timed_run(lake, "gold", ex)
+            gold_s, _ = timed_run(lake, "gold", ex)
             print(f"full replay ({name}):{' ' * (16 - len(name))}{n / full_s:12,.0f} events/s  "
-                  f"({full_s:.2f}s, {full_s / base_s:.2f}x the baseline)")
+                  f"({full_s:.2f}s, {full_s / base_s:.2f}x the baseline; {full_rss})")
             print(f"gold-only ({name}):{' ' * (18 - len(name))}{n / gold_s:12,.0f} events/s  "
                   f"({gold_s:.2f}s, {gold_s / base_s:.2f}x the baseline)")
         if ray.is_initialized():
