@@ -119,6 +119,8 @@ def execute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
         try:
             versions, counts, conservation = _commit(lake, plan, ruleset, out, operator, lease.check)
         except BaseException as exc:
+            if lease.lost:  # another driver owns the lake now: its ledger is not ours to settle
+                raise
             audit.recover(lake, operator)  # restores whatever this replay had committed
             audit.update(lake, plan.replay_id,
                          details=f"failed while committing: {type(exc).__name__}: {exc}"[:500])

@@ -93,8 +93,15 @@ def recover(lake: Lake, operator: str) -> list[dict[str, Any]]:
         rid = r["reprocessing_id"]
         tables = json.loads(r["tables"] or "[]")
         before = {k: int(v) for k, v in json.loads(r["versions_before"] or "{}").items()}
+        tables = [t for t in tables if t in before]  # a table without a version before: not ours
         started = now()
-        if r["kind"] == "rollback":
+        if r["kind"] in ("optimize", "vacuum", "archive"):
+            # neutral operations: what they committed moved rows without changing them; an
+            # archive's switch is its success row, which a dead one never wrote
+            update(lake, rid, status="failed", end_time=now(),
+                   details="interrupted; neutral operation left as it was (run it again)")
+            outcome = "marked failed (neutral operation, nothing to undo)"
+        elif r["kind"] == "rollback":
             restored = [t for t in tables if lake.version(t) != before[t]]
             for t in restored:
                 lake.restore(t, before[t], rid)

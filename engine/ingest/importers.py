@@ -13,7 +13,7 @@ import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
 from engine.contract import schemas
-from engine.contract.errors import InputError
+from engine.contract.errors import CommitConflictError, InputError
 from engine.contract.sql import run_sql
 from engine.lake.bronze import archive_of, bronze_parts
 from engine.lake.tables import Lake
@@ -72,7 +72,7 @@ def bronze_rows(raw: pa.Array, topic: str, partition: int, offsets: pa.Array,
     }, schema=schemas.BRONZE_SCHEMA)
 
 
-def _existing_keys(lake: Lake, rows: pa.Table) -> pa.Table:
+def _existing_keys(lake: Lake, rows: pa.Table, hot_version: int | None = None) -> pa.Table:
     """Keys Bronze (hot and archived) holds among the offset ranges of ``rows``.
 
     Only the row groups whose statistics overlap each (topic, partition)'s offset range are
@@ -87,23 +87,43 @@ def _existing_keys(lake: Lake, rows: pa.Table) -> pa.Table:
                & (pc.field("kafka_offset") >= r["kafka_offset_min"])
                & (pc.field("kafka_offset") <= r["kafka_offset_max"]))
         flt = one if flt is None else flt | one
-    parts = [p.read(list(schemas.BRONZE_KEY), flt) for p in bronze_parts(lake)]
+    parts = [p.read(list(schemas.BRONZE_KEY), flt) for p in bronze_parts(lake, hot_version)]
     return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
 
+#: attempts of an import whose fenced append lost a race (another writer committed first)
+IMPORT_ATTEMPTS = 5
+
+
 def append_new(lake: Lake, rows: pa.Table, source: str, metadata: dict[str, str]) -> ImportResult:
-    """Append the rows whose (topic, partition, offset) Bronze does not hold yet."""
+    """Append the rows whose (topic, partition, offset) Bronze does not hold yet.
+
+    The append is fenced on the Bronze snapshot the key check and the tombstones were read
+    against (SPEC 9: an erasure's barrier commit makes a stale import read them again), so
+    two imports of one file, or an import racing an erasure, never add a row twice or back.
+    """
+    for attempt in range(IMPORT_ATTEMPTS):
+        try:
+            return _append_once(lake, rows, source, metadata)
+        except CommitConflictError:
+            if attempt == IMPORT_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _append_once(lake: Lake, rows: pa.Table, source: str, metadata: dict[str, str]) -> ImportResult:
     from engine.lifecycle.tombstones import drop_erased
 
+    snapshot = lake.ensure(schemas.BRONZE)  # tombstones and keys are read after it
     read = rows.num_rows
-    rows, erased = drop_erased(lake, rows)  # SPEC 9: erased data never comes back
+    rows, erased = drop_erased(lake, rows)
     rows = _first_per_key(rows)
     if rows.num_rows:
-        existing = _existing_keys(lake, rows)
+        existing = _existing_keys(lake, rows, snapshot.version())
         if existing.num_rows:
             rows = rows.join(existing, list(schemas.BRONZE_KEY), join_type="left anti")
             rows = rows.sort_by([(k, "ascending") for k in schemas.BRONZE_KEY])
-    version = lake.version(schemas.BRONZE)
+    version = snapshot.version()
     added = rows.num_rows
     arch = archive_of(lake)
     if arch is not None and rows.num_rows:  # rows ingested before the archive's cutoff go there
@@ -112,9 +132,8 @@ def append_new(lake: Lake, rows: pa.Table, source: str, metadata: dict[str, str]
             arch.lake.write(schemas.BRONZE, rows.filter(old), mode="append",
                             metadata={**metadata, "op": "import"})
             rows = rows.filter(pc.invert(old))
-            version = lake.version(schemas.BRONZE)
     if rows.num_rows:
-        version = lake.write(schemas.BRONZE, rows, mode="append", metadata={**metadata, "op": "import"})
+        version = lake.append_fenced(snapshot, schemas.BRONZE, rows, {**metadata, "op": "import"}, [])
     return ImportResult(source, read, added, read - added - erased, version, erased)
 
 

@@ -106,7 +106,9 @@ class Lake:
         entry = self._last_data_commit(dt)
         if entry is None:
             return {META_PREFIX + "neutral": "true"}
-        carried = {k: v for k, v in entry.items() if isinstance(k, str) and k.startswith(META_PREFIX)}
+        # the scope's text is left behind: it may name tenants, and a purge must not keep them
+        carried = {k: v for k, v in entry.items() if isinstance(k, str) and k.startswith(META_PREFIX)
+                   and k != META_PREFIX + "scope"}
         version = entry.get(META_PREFIX + "carried_data_version", entry.get("version"))
         return {**carried, META_PREFIX + "neutral": "true", META_PREFIX + "carried": "true",
                 META_PREFIX + "carried_data_version": str(version)}
@@ -282,6 +284,16 @@ class Lake:
                 commit_properties=CommitProperties(custom_metadata=encode_metadata(metadata)))
         except CommitFailedError as exc:
             raise CommitConflictError(f"concurrent commit on {table}: {exc}", table=table) from None
+        return self.table(table).version()
+
+    def barrier(self, table: str, op_id: str) -> int:
+        """An empty, neutral commit: writers fenced on an older snapshot of ``table`` must read
+        it again (an erasure makes one right after recording its tombstone)."""
+        dt = self.ensure(table)
+        props = CommitProperties(custom_metadata=encode_metadata(
+            {"op": "barrier", "replay_id": op_id, "neutral": "true"}))
+        dt.create_write_transaction([], mode="append", schema=schemas.SCHEMAS[table],
+                                    partition_by=schemas.PARTITIONS.get(table), commit_properties=props)
         return self.table(table).version()
 
     def stage(self, table: str, data: pa.Table, tag: str) -> Staged:

@@ -94,7 +94,7 @@ def plan_archive(lake: Lake, before: date | str, to: str) -> ArchivePlan:
 def apply_archive(lake: Lake, plan: ArchivePlan, reason: str = "archive") -> dict[str, Any]:
     archive = Lake.at(plan.to, lake.storage_options)
     with lifecycle_operation(lake, "archive", reason, tables=[schemas.BRONZE],
-                             target_id=archive.root) as (op_id, finish):
+                             target_id=archive.root) as (op_id, finish, _):
         archive.ensure(schemas.BRONZE)
         low = pc.field("ingestion_date") >= pa.scalar(plan.previous_cutoff or date.min, pa.date32())
         # 1. leftovers of an archive that died past its cutoff are never read: remove them

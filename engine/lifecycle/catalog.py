@@ -57,23 +57,27 @@ def neutral_commit(op: str, op_id: str) -> CommitProperties:
 
 @contextmanager
 def lifecycle_operation(lake: Lake, kind: str, reason: str, *, tables: list[str] | None = None,
-                        **fields: Any) -> Iterator[tuple[str, Callable[..., None]]]:
+                        **fields: Any) -> Iterator[tuple[str, Callable[..., None], Callable[[], None]]]:
     """Lease + a ``running`` ledger row that ends ``success`` or ``failed`` (never ``running``).
 
-    Yields (operation id, ``finish(**fields)``) ; fields passed to ``finish`` land in the row.
+    Yields (operation id, ``finish(**fields)``, the lease's ``check``); fields passed to
+    ``finish`` land in the row.
     """
     op_id = new_replay_id()
     done: dict[str, Any] = {}
     with lease_for(lake, op_id) as lease:
         audit.recover(lake, operator_name())
+        before = {t: lake.version(t) for t in tables or [] if lake.exists(t)}
         audit.append(lake, {"reprocessing_id": op_id, "kind": kind, "start_time": audit.now(),
                             "status": "running", "operator": operator_name(), "reason": reason,
-                            "mode": kind, "tables": json.dumps(tables or []), **fields})
+                            "mode": kind, "tables": json.dumps(sorted(before)),
+                            "versions_before": json.dumps(before), **fields})
         try:
-            yield op_id, done.update
+            yield op_id, done.update, lease.check
+            lease.check()  # a process that lost the lease does not declare success
         except BaseException as exc:
-            audit.update(lake, op_id, status="failed", end_time=audit.now(),
-                         details=f"{type(exc).__name__}: {exc}"[:500])
+            if not lease.lost:  # a new owner's ledger is not ours to touch
+                audit.update(lake, op_id, status="failed", end_time=audit.now(),
+                             details=f"{type(exc).__name__}: {exc}"[:500])
             raise
-        lease.check()  # a process that lost the lease does not declare success
         audit.update(lake, op_id, status="success", end_time=audit.now(), **done)

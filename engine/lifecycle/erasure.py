@@ -127,13 +127,21 @@ def _delete_keys(lake: Lake, table: str, keys: pa.Table, op_id: str) -> None:
 def apply_erasure(lake: Lake, plan: ErasurePlan, executor: Executor, reason: str) -> dict[str, Any]:
     """Apply ``plan`` (see the module docstring); returns what was done (hashes only)."""
     touched = [schemas.BRONZE, schemas.QUARANTINE]
-    with lifecycle_operation(lake, "erasure", reason, tenants=plan.subject_hash) as (op_id, finish):
+    with lifecycle_operation(lake, "erasure", reason, tenants=plan.subject_hash) as (op_id, finish,
+                                                                                  guard):
         before = {t: lake.version(t) for t in (*touched, *schemas.SILVER_TABLES, *schemas.GOLD_TABLES,
                                                schemas.REGION) if lake.exists(t)}
         # what a recovery needs if this process dies midway: every table back as it was
         audit.update(lake, op_id, tables=json.dumps(sorted(before)), versions_before=json.dumps(before))
+        silver_meta = lake.commit_metadata(schemas.SILVER) if lake.exists(schemas.SILVER) else {}
+        # Silver already behind Bronze (rows ingested since the last replay)? It stays behind
+        # for the other tenants: the recomputation records the Bronze version Silver reflects
+        lagging = lake.data_changed(schemas.BRONZE, silver_meta.get("bronze_version"))
         try:
             stone = tombstones.record(lake, plan.tenant_id, plan.user_id, plan.requested_at, op_id)
+            # a neutral barrier commit: a writer that read Bronze before the tombstone existed
+            # cannot commit on top of its snapshot any more (Kafka ingest and import are fenced)
+            lake.barrier(schemas.BRONZE, op_id)
             hot = _keys(lake, stone)
             arch = archive_of(lake)
             archived = _keys(lake, stone, arch.lake) if arch is not None else hot.slice(0, 0)
@@ -151,9 +159,12 @@ def apply_erasure(lake: Lake, plan: ErasurePlan, executor: Executor, reason: str
                                     scope=scope, reuse=False)
                 replay = replace(replay, replay_id=op_id)
                 out = _compute(lake, replay, ruleset, executor, None)
-                versions, _, conservation = _commit(lake, replay, ruleset, out, operator_name())
-                # (the lifecycle operation checks the lease before it records success)
-                if conservation is False:
+                if lagging:  # Silver keeps saying which Bronze it reflects: a plan sees the rest
+                    replay = replace(replay, bronze_version=silver_meta.get("bronze_version"),
+                                     archive_version=silver_meta.get("archive_version"))
+                versions, _, conservation = _commit(lake, replay, ruleset, out, operator_name(),
+                                                    guard)
+                if conservation is False and not lagging:
                     raise RuntimeError("conservation failed after the recomputation")
                 for table in replay.tables:
                     lake.sweep(table, op_id)
@@ -163,11 +174,12 @@ def apply_erasure(lake: Lake, plan: ErasurePlan, executor: Executor, reason: str
                     lake.restore(table, v, op_id)
             raise
         dropped = []
-        for name in plan.experiments:
-            drop_experiment(lake, name)
-            dropped.append(name)
+        for exp in list_experiments(lake):  # listed under the lease: none can start meanwhile
+            drop_experiment(lake, exp["name"])
+            dropped.append(exp["name"])
         after = {t: lake.version(t) for t in before}
-        floors = {t: v for t, v in after.items() if v != before[t]}
+        # every version before this one, of every table, may hold the subject's rows
+        floors = {t: after[t] for t in after}
         finish(versions_before=json.dumps(before), versions_after=json.dumps(
             {**after, "readable_from": floors}, sort_keys=True), record_count=keys.num_rows,
             ruleset_name=plan.ruleset_name,

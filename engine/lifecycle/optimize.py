@@ -71,7 +71,7 @@ def apply_optimize(lake: Lake, plan: OptimizePlan, reason: str = "optimize") -> 
     """Run the plan under the lake's lease; one neutral commit per table that changed."""
     out: dict[str, Any] = {}
     with lifecycle_operation(lake, "optimize", reason, tables=[w.table for w in plan.tables]) as (
-            op_id, finish):
+            op_id, finish, _):
         before = {w.table: lake.version(w.table) for w in plan.tables}
         for w in plan.tables:
             dt = lake.table(w.table)

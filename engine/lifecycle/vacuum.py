@@ -56,13 +56,22 @@ class VacuumPlan:
                 "tables": [asdict(t) for t in self.tables]}
 
 
+#: Files no commit ever referenced (staged by a replay that never committed) are removed only
+#: past this age: a writer outside the lake's lease (Kafka ingest, an import) may be about to
+#: commit one, and removing it would lose that commit's rows.
+UNCOMMITTED_GRACE_HOURS = 1
+
+
 def _vacuum(ref: TableRef, hours: int, dry_run: bool, op_id: str = "") -> list[str]:
-    dt = ref.lake.table(ref.table)
-    kwargs: dict[str, Any] = {"retention_hours": hours, "dry_run": dry_run,
-                              "enforce_retention_duration": False, "full": True}
-    if not dry_run:
-        kwargs["commit_properties"] = neutral_commit("vacuum", op_id)
-    return dt.vacuum(**kwargs)
+    """Files removed by commits older than ``hours``; then files never committed, past the grace."""
+    out: list[str] = []
+    for full, age in ((False, hours), (True, max(hours, UNCOMMITTED_GRACE_HOURS))):
+        kwargs: dict[str, Any] = {"retention_hours": age, "dry_run": dry_run,
+                                  "enforce_retention_duration": False, "full": full}
+        if not dry_run:
+            kwargs["commit_properties"] = neutral_commit("vacuum", op_id)
+        out += [f for f in ref.lake.table(ref.table).vacuum(**kwargs) if f not in out]
+    return out
 
 
 def plan_vacuum(lake: Lake, retain_hours: int = DEFAULT_RETAIN_HOURS) -> VacuumPlan:
@@ -95,7 +104,7 @@ def apply_vacuum(lake: Lake, plan: VacuumPlan, reason: str = "vacuum") -> dict[s
     hours = plan.retain_hours
     removed: dict[str, int] = {}
     floors: dict[str, int] = {}
-    with lifecycle_operation(lake, "vacuum", reason) as (op_id, finish):
+    with lifecycle_operation(lake, "vacuum", reason) as (op_id, finish, _):
         horizon = audit.now() - timedelta(hours=hours)
         for ref in all_tables(lake):
             dt = ref.lake.table(ref.table)
