@@ -13,7 +13,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.batch import audit, checks
-from engine.batch.plan import NO_VERSION, ModeArg, Plan, build_plan, new_replay_id, source_parts
+from engine.batch.plan import (
+    NO_VERSION,
+    ModeArg,
+    Plan,
+    build_plan,
+    new_replay_id,
+    source_parts,
+    stale_reason,
+)
 from engine.config import ReplayConfig
 from engine.contract import schemas
 from engine.contract.errors import ChecksFailedError, UsageError
@@ -96,6 +104,9 @@ def execute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
     user_checks = checks.load_user_checks(checks_dir)
     with lease_for(lake, plan.replay_id) as lease:
         audit.recover(lake, operator)
+        stale = stale_reason(lake, plan)
+        if stale is not None:
+            raise UsageError(f"the plan is stale ({stale}); plan again (replay run plans afresh)")
         for table in plan.tables:
             lake.ensure(table)
         before = {t: lake.version(t) for t in plan.tables}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -71,6 +71,8 @@ class Plan:
     reuse: str | None = None
     #: the archive's Bronze version read with the hot one (None: the lake has no archive)
     archive_version: int | None = None
+    #: the archive cutoff the plan read Bronze at (None: no archive)
+    archive_cutoff: date | None = None
 
     @property
     def up_to_date(self) -> bool:
@@ -230,12 +232,29 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
         task_memory=cfg.task_memory,
         chunks_per_shard=chunks if chosen is not None else 0,
         archive_version=archive_v,
+        archive_cutoff=arch.cutoff if arch is not None else None,
     )
     return with_reuse(lake, ruleset, plan) if reuse else plan
 
 
 #: what a Silver commit from before the lake had an archive "read" of it: nothing
 NO_VERSION = -1
+
+
+def stale_reason(lake: Lake, plan: Plan) -> str | None:
+    """Why ``plan`` no longer describes the lake (None: it still does). Checked under the lease,
+    right before a replay applies it: rows changed or moved in between must be planned again."""
+    if plan.mode is None:
+        return None
+    if lake.data_changed(plan.source_table, plan.source_version):
+        return f"{plan.source_table} changed since version {plan.source_version}"
+    arch = archive_of(lake)
+    if (arch.cutoff if arch is not None else None) != plan.archive_cutoff:
+        return "Bronze was archived since"
+    if arch is not None and plan.mode == "full" and \
+            arch.lake.data_changed(schemas.BRONZE, plan.archive_version):
+        return "the archived Bronze changed since"
+    return None
 
 
 def source_parts(lake: Lake, mode: Mode, source_version: int | None,

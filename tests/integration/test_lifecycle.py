@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from engine.contract import schemas
-from engine.contract.errors import VersionGoneError
+from engine.contract.errors import UsageError, VersionGoneError
 from engine.ingest.generator import GeneratorConfig, generate
 from engine.ingest.importers import append_new
 from replay import api
@@ -114,3 +114,18 @@ def test_lifecycle_commands_on_the_cli(tmp_path, history):
     p = subprocess.run([sys.executable, "-m", "replay", "optimize", "--lake", lake.root, "--zorder",
                         "nope"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "nope" in p.stderr
+
+
+def test_a_plan_made_stale_by_an_append_or_an_archive_is_refused(tmp_path, history):
+    lake = make_lake(tmp_path / "lake", history[:2])
+    api.run(lake, "2026-01", reason="a")
+    p = api.plan(lake, "2026-02")
+    append_new(lake, history[2], "more", {"source": "more"})
+    with pytest.raises(UsageError, match="plan is stale.*bronze_api_usage changed"):
+        api.apply(lake, p, "2026-02", reason="stale")
+    p = api.plan(lake, "2026-02")
+    api.archive(lake, "2026-03-02", str(tmp_path / "cold"))
+    with pytest.raises(UsageError, match="plan is stale.*archived"):
+        api.apply(lake, p, "2026-02", reason="stale")
+    assert api.run(lake, "2026-02", reason="fresh").conservation_ok
+    assert not [r for r in api.history(lake) if r["status"] == "running"]
