@@ -132,9 +132,9 @@ def execute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
         except BaseException as exc:
             if lease.lost:  # another driver owns the lake now: its ledger is not ours to settle
                 raise
-            audit.recover(lake, operator)  # restores whatever this replay had committed
-            audit.update(lake, plan.replay_id,
-                         details=f"failed while committing: {type(exc).__name__}: {exc}"[:500])
+            # every table back to its version before, even when all were committed: the
+            # validation gate never ran over them
+            _undo(lake, plan, before, {}, f"failed while committing: {type(exc).__name__}: {exc}")
             raise
         try:
             for table in plan.tables:

@@ -137,13 +137,14 @@ def apply_erasure(lake: Lake, plan: ErasurePlan, executor: Executor, reason: str
         # Silver already behind Bronze (rows ingested since the last replay)? It stays behind
         # for the other tenants: the recomputation records the Bronze version Silver reflects
         lagging = lake.data_changed(schemas.BRONZE, silver_meta.get("bronze_version"))
+        arch = archive_of(lake)
+        arch_before = arch.lake.version(schemas.BRONZE) if arch is not None else None
         try:
             stone = tombstones.record(lake, plan.tenant_id, plan.user_id, plan.requested_at, op_id)
             # a neutral barrier commit: a writer that read Bronze before the tombstone existed
             # cannot commit on top of its snapshot any more (Kafka ingest and import are fenced)
             lake.barrier(schemas.BRONZE, op_id)
             hot = _keys(lake, stone)
-            arch = archive_of(lake)
             archived = _keys(lake, stone, arch.lake) if arch is not None else hot.slice(0, 0)
             keys = pa.concat_tables([hot, archived])
             _delete_keys(lake, schemas.BRONZE, hot, op_id)
@@ -172,6 +173,9 @@ def apply_erasure(lake: Lake, plan: ErasurePlan, executor: Executor, reason: str
             for table, v in before.items():  # every table as it was (the tombstone stays)
                 if lake.version(table) != v:
                     lake.restore(table, v, op_id)
+            if arch_before is not None and arch is not None \
+                    and arch.lake.version(schemas.BRONZE) != arch_before:
+                arch.lake.restore(schemas.BRONZE, arch_before, op_id)  # the archive too
             raise
         dropped = []
         for exp in list_experiments(lake):  # listed under the lease: none can start meanwhile

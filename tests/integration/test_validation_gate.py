@@ -157,3 +157,21 @@ def test_an_error_while_the_gate_runs_restores_every_table(loaded, monkeypatch):
     assert row["status"] == "failed" and "after committing" in row["details"]
     assert snapshot(loaded) == before and api.plan(loaded, "2026-01").up_to_date
     assert not [r for r in api.history(loaded) if r["status"] == "running"]
+
+
+def test_a_failure_after_the_last_commit_restores_every_table(loaded, monkeypatch):
+    """Every table was committed but the gate never ran: nothing unchecked is published."""
+    import engine.batch.apply as apply_module
+
+    before = snapshot(loaded)
+
+    def boom(committed):
+        if committed == len(OUTPUTS):
+            raise OSError("the store went away after the last commit")
+
+    monkeypatch.setattr(apply_module, "die_after_commits", boom)
+    with pytest.raises(OSError, match="went away"):
+        api.run(loaded, "2026-02", reason="lost after commit")
+    row = api.history(loaded)[-1]
+    assert row["status"] == "failed" and "while committing" in row["details"]
+    assert snapshot(loaded) == before and api.plan(loaded, "2026-01").up_to_date
