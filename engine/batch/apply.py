@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -34,6 +35,7 @@ from engine.lake.bronze import bronze_rows as count_bronze
 from engine.lake.lease import lease_for
 from engine.lake.staging import Staged
 from engine.lake.tables import Lake
+from engine.live.step import commit_increment, increment_tasks, prepare_state
 from rules.ruleset import Ruleset
 
 
@@ -109,18 +111,22 @@ def execute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
             raise UsageError(f"the plan is stale ({stale}); plan again (replay run plans afresh)")
         for table in plan.tables:
             lake.ensure(table)
+        state_v = None
+        if plan.mode == "incremental":  # the key index must describe the current Silver
+            state_v = prepare_state(lake, plan.since_version or 0,
+                                    {"replay_id": plan.replay_id, "bronze_version": plan.since_version})
         before = {t: lake.version(t) for t in plan.tables}
         prev = lake.commit_metadata(schemas.MINUTE) if lake.exists(schemas.MINUTE) else {}
         audit.append(lake, {
             "reprocessing_id": plan.replay_id, "kind": "replay", "start_time": audit.now(),
-            "layer": "silver+gold" if plan.mode == "full" else "gold", "mode": plan.mode,
+            "layer": "gold" if plan.mode == "gold" else "silver+gold", "mode": plan.mode,
             "reason": reason or "", "status": "running", "operator": operator,
             "ruleset_name": ruleset.name, "ruleset_before": prev.get("ruleset_fingerprint"),
             "ruleset_after": ruleset.fingerprint, "bronze_version": plan.bronze_version,
             "tables": json.dumps(list(plan.tables)), "versions_before": json.dumps(before),
         })
         try:
-            out = _compute(lake, plan, ruleset, executor, progress)
+            out = _compute(lake, plan, ruleset, executor, progress, state_v)
         except BaseException as exc:
             audit.update(lake, plan.replay_id, status="failed", end_time=audit.now(),
                          details=f"failed before any commit: {type(exc).__name__}: {exc}"[:500])
@@ -141,8 +147,10 @@ def execute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
                 lake.sweep(table, plan.replay_id)  # files of killed and retried task attempts
             rng = _affected(out)
             whole = plan.scope is None or lake.bronze_root is None  # a scoped experiment holds a part
+            inc = plan.mode == "incremental"
             results = checks.run_checks(lake, versions, plan.bronze_version,
-                                        plan.mode == "full" and whole, user_checks, before)
+                                        plan.mode in ("full", "incremental") and whole, user_checks,
+                                        None if inc else before, standard=not inc)
         except BaseException as exc:  # the gate could not run: nothing unchecked is published
             _undo(lake, plan, before, {}, f"failed after committing: {type(exc).__name__}: {exc}")
             raise
@@ -177,8 +185,12 @@ def _undo(lake: Lake, plan: Plan, before: dict[str, int], record: dict[str, Any]
 
 
 def _compute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
-             progress: Progress | None) -> JobOutput:
+             progress: Progress | None, state_version: int | None = None) -> JobOutput:
     assert plan.mode is not None
+    if plan.mode == "incremental":
+        assert state_version is not None
+        maps, reduces = increment_tasks(lake, plan, ruleset, executor.cpus(), state_version)
+        return executor.run(maps, reduces, progress)
     if plan.reuse:
         from engine.batch.experiment import load_output
 
@@ -194,7 +206,12 @@ def _compute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
 
 
 def _affected(out: JobOutput) -> tuple[Any, Any]:
-    """The window range of the Gold minutes this replay computed."""
+    """The window range of the Gold minutes this replay computed (a step: the hours it touched)."""
+    if out.touched is not None:
+        if not out.touched.num_rows:
+            return None, None
+        hi = pc.max(out.touched.column("hour")).as_py()
+        return pc.min(out.touched.column("hour")).as_py(), hi + timedelta(hours=1)
     if isinstance(out.minute, Staged):  # from the files' stats: minute bounds are exact there
         return out.minute.bounds("window_start", "window_end")
     if not out.minute.num_rows:
@@ -219,6 +236,7 @@ def _commit(lake: Lake, plan: Plan, ruleset: Ruleset, out: JobOutput, operator: 
         "rules": list(plan.rules),
         "bronze_version": plan.bronze_version,
         "archive_version": plan.archive_version if plan.archive_version is not None else NO_VERSION,
+        "archive_cutoff": str(plan.archive_cutoff) if plan.archive_cutoff else None,
         "mode": plan.mode,
         "operator": operator,
     }
@@ -253,6 +271,23 @@ def _commit(lake: Lake, plan: Plan, ruleset: Ruleset, out: JobOutput, operator: 
                          else data.num_rows)
         die_after_commits(len(versions))
 
+    if plan.mode == "incremental":
+        def step_write(table: str, fn: Callable[[dict[str, Any]], int], extra: dict[str, Any]) -> int:
+            if guard is not None:
+                guard()
+            v = fn({**meta, **extra})
+            versions[table] = v
+            die_after_commits(len(versions))
+            return v
+
+        commit_increment(lake, plan, out, meta, step_write)
+        counts = {schemas.SILVER: out.silver.num_rows if out.silver is not None else 0,
+                  schemas.QUARANTINE: out.quarantine.num_rows,
+                  schemas.DUPLICATES: out.duplicates.num_rows if out.duplicates is not None else 0,
+                  schemas.MINUTE: out.minute.num_rows, "bronze_new": plan.rows}
+        conservation = count_bronze(lake, plan.bronze_version, plan.archive_version) == sum(
+            lake.dataset(t, versions[t]).count_rows() for t in schemas.SILVER_TABLES)
+        return versions, counts, conservation
     if plan.mode == "full":
         assert out.silver is not None and out.duplicates is not None
         for table, data in ((schemas.SILVER, out.silver), (schemas.QUARANTINE, out.quarantine),

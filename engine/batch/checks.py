@@ -122,16 +122,20 @@ def load_user_checks(directory: str | Path | None) -> dict[str, str]:
 
 
 def run_checks(lake: Lake, versions: dict[str, int], bronze_version: int | None, full: bool,
-               user: dict[str, str] | None = None, previous: dict[str, int] | None = None
-               ) -> list[CheckResult]:
-    """Run the standard (and user) checks over the tables at ``versions``."""
+               user: dict[str, str] | None = None, previous: dict[str, int] | None = None,
+               standard: bool = True) -> list[CheckResult]:
+    """Run the standard (and user) checks over the tables at ``versions``.
+
+    ``standard=False`` (an incremental step: its cost must follow the append) skips the
+    standard queries, which read whole tables; conservation (from the files' footers) and
+    the user's checks still run."""
     con = lake.storage.connect()
     pinned = {**versions}
     if bronze_version is not None:
         pinned[schemas.BRONZE] = bronze_version
     register_all(con, lake, pinned)
-    queries = dict(STANDARD)
-    if schemas.REGION in versions and lake.is_active(schemas.REGION):
+    queries = dict(STANDARD) if standard else {}
+    if standard and schemas.REGION in versions and lake.is_active(schemas.REGION):
         queries.update(REGION_CHECKS)
     queries.update(user or {})
     out = [conservation(lake, pinned)] if full else []

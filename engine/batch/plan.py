@@ -21,10 +21,11 @@ from engine.fold.pipeline import FOLD_VERSION, Compiled
 from engine.fold.scope import Scope
 from engine.lake.bronze import SourcePart, archive_of, bronze_parts
 from engine.lake.tables import Lake
+from engine.live.appends import Appended, appended_since, touched_summary
 from rules.base import canonical_json
 from rules.ruleset import Ruleset
 
-ModeArg = Literal["auto", "full", "gold"]
+ModeArg = Literal["auto", "full", "gold", "incremental"]
 #: In-memory size of a validated event (Arrow; ~163 B measured on generated events), for
 #: the plan's chunk estimate. The tasks themselves decide from the rows they hold.
 ROW_BYTES = 170
@@ -73,6 +74,11 @@ class Plan:
     archive_version: int | None = None
     #: the archive cutoff the plan read Bronze at (None: no archive)
     archive_cutoff: date | None = None
+    #: incremental: the Bronze version Silver and Gold reflect (the new rows come after it),
+    #: the Silver commit they were built by, and the tenants and hours the new rows touch
+    since_version: int | None = None
+    base_replay_id: str | None = None
+    touched: dict[str, Any] | None = None
 
     @property
     def up_to_date(self) -> bool:
@@ -171,6 +177,19 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
                 reasons.append(f"Silver changed since Gold was built (Silver now from replay "
                                f"{silver_id}, Gold from {gold_meta.get('silver_replay_id')})")
                 chosen = "gold"
+    inc: Appended | None = None
+    if mode in ("auto", "incremental") and chosen == "full" and scope is None:
+        found = incremental_source(lake, ruleset, sfp, silver_meta, bronze_v)
+        if isinstance(found, Appended):
+            inc, chosen = found, "incremental"
+            reasons = [f"Bronze grew by {found.rows} rows in {len(found.files)} files since version "
+                       f"{found.since}: folding only them (SPEC 11)"]
+        elif mode == "incremental":
+            raise UsageError(f"--mode incremental is not possible: {found}")
+    elif mode == "incremental":
+        raise UsageError("--mode incremental is not possible: "
+                         + ("a scoped replay is never incremental" if scope is not None and chosen
+                            else "; ".join(reasons) if chosen else "the lake is up to date"))
     if mode == "full" and chosen != "full":
         reasons.append("full replay requested (--mode full)")
         chosen = "full"
@@ -183,6 +202,9 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
             reasons.append("Gold-only replay requested (--mode gold)")
         chosen = "gold"
     source = schemas.BRONZE if chosen != "gold" else schemas.SILVER
+    if inc is not None:
+        return _incremental_plan(lake, ruleset, inc, tuple(reasons), executor, cpus,
+                                 buckets, cfg, silver_meta, archive_v, arch)
     source_v = lake.version(source)
     files: list[str] = []
     rows = nbytes = n_units = 0
@@ -237,6 +259,51 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
     return with_reuse(lake, ruleset, plan) if reuse else plan
 
 
+def incremental_source(lake: Lake, ruleset: Ruleset, sfp: str, silver_meta: dict[str, Any],
+                       bronze_v: int | None) -> Appended | str:
+    """The Bronze files to fold incrementally, or why the lake needs more than that (SPEC 11):
+    Silver and Gold must be whole, of this ruleset and fold, and Bronze must only have grown."""
+    if silver_meta.get("silver_fingerprint") != sfp or silver_meta.get("mixed_with"):
+        return "Silver was not built whole by this ruleset's silver rules"
+    if silver_meta.get("fold_version", 1) != FOLD_VERSION:
+        return "the fold changed since Silver was built"
+    for table in replaced_tables(lake, Compiled.of(ruleset), "gold"):
+        if not lake.exists(table):
+            return f"{table} was never built"
+        meta = lake.commit_metadata(table)
+        if (meta.get("ruleset_fingerprint") != ruleset.fingerprint or meta.get("mixed_with")
+                or meta.get("fold_version", 1) != FOLD_VERSION or meta.get("retired")
+                or meta.get("silver_replay_id") != silver_meta.get("replay_id")):
+            return f"{table} was not built whole by this ruleset from the current Silver"
+    arch = archive_of(lake)
+    if arch is not None and arch.lake.data_changed(schemas.BRONZE, silver_meta.get(
+            "archive_version", NO_VERSION)):
+        return "archived Bronze changed since Silver was built"
+    if arch is not None and silver_meta.get("archive_cutoff") not in (None, str(arch.cutoff)):
+        return "Bronze was archived since Silver was built"
+    return appended_since(lake, silver_meta.get("bronze_version"), bronze_v)
+
+
+def _incremental_plan(lake: Lake, ruleset: Ruleset, inc: Appended, reasons: tuple[str, ...],
+                      executor: str, cpus: int, buckets: int | None, cfg: ReplayConfig,
+                      silver_meta: dict[str, Any], archive_v: int | None, arch: Any) -> Plan:
+    n_buckets = buckets or max(1, cpus * 2 if cpus > 1 else 1)
+    wanted = max(-(-inc.rows // cfg.rows_per_map_task), cpus if cpus > 1 else 1)
+    compiled = Compiled.of(ruleset)
+    return Plan(
+        replay_id=new_replay_id(), lake=lake.root, mode="incremental", reasons=reasons,
+        ruleset_name=ruleset.name, ruleset_fingerprint=ruleset.fingerprint,
+        silver_fingerprint=silver_fingerprint(ruleset), rules=tuple(ruleset.describe()),
+        source_table=schemas.BRONZE, source_version=inc.version, bronze_version=inc.version,
+        tables=(*replaced_tables(lake, compiled, "full"), schemas.DEDUP_STATE),
+        files=inc.files, rows=inc.rows, bytes=inc.bytes,
+        map_tasks=max(1, min(len(inc.files), wanted)), buckets=n_buckets, executor=executor,
+        task_memory=cfg.task_memory, chunks_per_shard=1, archive_version=archive_v,
+        archive_cutoff=arch.cutoff if arch is not None else None, since_version=inc.since,
+        base_replay_id=silver_meta.get("replay_id"),
+        touched=touched_summary(lake, inc))
+
+
 #: what a Silver commit from before the lake had an archive "read" of it: nothing
 NO_VERSION = -1
 
@@ -246,6 +313,9 @@ def stale_reason(lake: Lake, plan: Plan) -> str | None:
     right before a replay applies it: rows changed or moved in between must be planned again."""
     if plan.mode is None:
         return None
+    if plan.mode == "incremental" and lake.commit_metadata(schemas.SILVER).get(
+            "replay_id") != plan.base_replay_id:
+        return "Silver changed since (another replay or step ran)"
     if lake.data_changed(plan.source_table, plan.source_version):
         return f"{plan.source_table} changed since version {plan.source_version}"
     arch = archive_of(lake)
@@ -290,6 +360,8 @@ def replaced_tables(lake: Lake, compiled: Compiled, mode: Mode | None,
     the ruleset has its rule, and retired (emptied, marked) by an unscoped replay without it."""
     if mode is None:
         return ()
+    if mode == "incremental":
+        return (*replaced_tables(lake, compiled, "full", scope), schemas.DEDUP_STATE)
     gold = list(schemas.GOLD_TABLES)
     for table, slot in schemas.OPTIONAL_GOLD.items():
         if compiled.ruleset.get(slot) is not None or (scope is None and lake.is_active(table)):

@@ -19,6 +19,8 @@ AUDIT = "reprocessing_audit"
 #: SPEC 9: the tombstones of erasure requests (hashed subjects, no clear identifier)
 ERASURES = "_medallion_erasures"
 
+#: SPEC 11: the dedup key index of incremental folding (one row per key and step, hashed keys)
+DEDUP_STATE = "_medallion_dedup_state"
 SILVER_TABLES = (SILVER, QUARANTINE, DUPLICATES)
 GOLD_TABLES = (MINUTE, HOURLY, ALERTS)
 #: Gold tables that only some rulesets make, by the rule slot that makes them
@@ -176,6 +178,19 @@ AUDIT_SCHEMA = pa.schema([
     ("details", pa.string()),
 ])
 
+#: The dedup key index: per (tenant_id, event_id) key (as a 128-bit hash: the index holds no
+#: tenant or event id in clear), the position of its last valid copy in ingestion order and
+#: the lineage of its nearest kept copy, as of the step ``seq`` (the Bronze version folded).
+#: Append-only between full rebuilds: a key's row of the greatest ``seq`` is its state.
+DEDUP_STATE_SCHEMA = pa.schema([
+    ("key", pa.binary()),
+    ("ingestion_timestamp", TS),
+    ("kafka_topic", pa.string()),
+    ("kafka_partition", pa.int32()),
+    ("kafka_offset", pa.int64()),
+    ("kept", pa.struct([("t", pa.string()), ("p", pa.int32()), ("o", pa.int64()), ("i", TS)])),
+    ("seq", pa.int64()),
+])
 ERASURES_SCHEMA = pa.schema([
     ("subject_hash", pa.string()),
     ("tenant_hash", pa.string()),
@@ -196,6 +211,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     REGION: REGION_SCHEMA,
     AUDIT: AUDIT_SCHEMA,
     ERASURES: ERASURES_SCHEMA,
+    DEDUP_STATE: DEDUP_STATE_SCHEMA,
 }
 
 PARTITIONS: dict[str, list[str]] = {BRONZE: ["ingestion_date"], SILVER: ["event_date"]}

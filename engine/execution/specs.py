@@ -25,9 +25,11 @@ from engine.contract import schemas
 from engine.fold.scope import Scope
 from engine.lake.staging import Staged
 from engine.lake.tables import Lake
+from engine.live.increment import IncrementSpec
 from rules.ruleset import Ruleset
 
-Mode = Literal["full", "gold"]
+#: full: Bronze -> every table; gold: Silver -> Gold; incremental: new Bronze rows -> changed rows
+Mode = Literal["full", "gold", "incremental"]
 #: A table a task hands back: rows in memory, or files it staged in the lake.
 Out = pa.Table | Staged
 
@@ -89,6 +91,8 @@ class ReduceSpec:
     #: bytes a task may use for one chunk's working set; 0: no limit (one chunk)
     memory_budget: int = 0
     target: Target | None = None
+    #: set: an incremental step's reduce (mode "incremental"), reading these versions
+    increment: IncrementSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,10 @@ class ReduceResult:
     chunks: int = 1
     #: tenant_usage_region_hourly rows (None: the ruleset has no region rule)
     region: Out | None = None
+    #: incremental steps: key index rows, keys whose rows are replaced, (tenant, hour)s replaced
+    state: Out | None = None
+    replaced: pa.Table | None = None
+    touched: pa.Table | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,9 @@ class JobOutput:
     nodes: tuple[str, ...] = ()
     chunks: int = 0
     region: Out | None = None
+    state: Out | None = None
+    replaced: pa.Table | None = None
+    touched: pa.Table | None = None
 
 
 Progress = Callable[[str, int, int], None]
@@ -148,7 +159,13 @@ def combine(maps: list[MapResult], reduces: list[ReduceResult], mode: Mode) -> J
     def cat(name: str, table: str) -> Out:
         return _gather(table, [getattr(r, name) for r in reduces if getattr(r, name) is not None])
 
-    full = mode == "full"
+    full = mode in ("full", "incremental")
+    inc = mode == "incremental"
+
+    def small(name: str) -> pa.Table | None:
+        parts = [getattr(r, name) for r in reduces if getattr(r, name) is not None]
+        return pa.concat_tables(parts) if parts else None
+
     return JobOutput(
         rows_in=sum(m.rows_in for m in maps),
         quarantine=_gather(schemas.QUARANTINE, [m.quarantine for m in maps]),
@@ -162,4 +179,7 @@ def combine(maps: list[MapResult], reduces: list[ReduceResult], mode: Mode) -> J
         chunks=sum(r.chunks for r in reduces),
         region=(cat("region", schemas.REGION) if any(r.region is not None for r in reduces)
                 else None),
+        state=cat("state", schemas.DEDUP_STATE) if inc else None,
+        replaced=small("replaced") if inc else None,
+        touched=small("touched") if inc else None,
     )

@@ -39,6 +39,7 @@ from engine.fold.scope import Scope
 from engine.lake.bronze import SourcePart
 from engine.lake.staging import Staged
 from engine.lake.tables import Lake
+from engine.live.increment import fold_increment
 
 MAP_COLUMNS: dict[str, list[str]] = {
     "full": ["raw_payload", "kafka_topic", "kafka_partition", "kafka_offset", "ingestion_timestamp"],
@@ -201,6 +202,8 @@ def reduce_shard(spec: ReduceSpec, *pieces: pa.Table) -> ReduceResult:
     t0 = time.perf_counter()
     _threads(spec.threads)
     compiled = Compiled.of(spec.ruleset)
+    if spec.increment is not None:
+        return _reduce_increment(spec, compiled, pieces, t0)
     full = spec.mode == "full"
     schema = schemas.VALID_SCHEMA if full else schemas.SILVER_SCHEMA
     pieces = tuple(p for p in pieces if p.num_rows) or (schemas.empty(schema),)
@@ -242,3 +245,28 @@ def reduce_shard(spec: ReduceSpec, *pieces: pa.Table) -> ReduceResult:
                         dup_sink.result() if full else None, outs[schemas.MINUTE],
                         outs[schemas.HOURLY], outs[schemas.ALERTS], time.perf_counter() - t0,
                         where(), len(bounds), outs.get(schemas.REGION))
+
+
+def _reduce_increment(spec: ReduceSpec, compiled: Compiled, pieces: tuple[pa.Table, ...],
+                      t0: float) -> ReduceResult:
+    """An incremental step's reduce: this bucket's new valid rows -> its changed rows, staged."""
+    assert spec.increment is not None and spec.target is not None
+    rows = [p for p in pieces if p.num_rows]
+    valid = pa.concat_tables(rows) if rows else schemas.empty(schemas.VALID_SCHEMA)
+    out = fold_increment(spec.target.lake(), compiled, spec.increment, valid)
+    kill_once("reduce")
+    tag = f"b{spec.bucket}"
+
+    def staged(table: str, data: pa.Table | None) -> Out | None:
+        if data is None:
+            return None
+        sink = _Sink(spec.target, table, tag)
+        sink.add(data)
+        return sink.result()
+
+    return ReduceResult(
+        spec.bucket, staged(schemas.SILVER, out.silver), staged(schemas.DUPLICATES, out.duplicates),
+        staged(schemas.MINUTE, out.minute), staged(schemas.HOURLY, out.hourly),
+        staged(schemas.ALERTS, out.alerts), time.perf_counter() - t0, where(), 1,
+        staged(schemas.REGION, out.region), staged(schemas.DEDUP_STATE, out.state),
+        out.replaced, out.touched)

@@ -1,1 +1,1 @@
-"""The live pipeline (coming): incremental folding of new Bronze rows and the `replay follow` loop."""
+"""Live folding (SPEC 11): incremental steps over what Bronze gained, and the follower."""

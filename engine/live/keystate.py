@@ -1,0 +1,130 @@
+"""The dedup key index (``_medallion_dedup_state``): the state an incremental step folds with.
+
+Per (tenant_id, event_id) key it holds what the chunked fold carries between chunks
+(:mod:`rules._dedup`): the position of the key's last valid copy in ingestion order
+and the lineage of its nearest kept copy. A dedup rule with ``apply_chunk`` then
+folds a key's new copies that all come after its last one as one more chunk.
+
+- Keys are stored as a 128-bit hash (MD5 of tenant, NUL, event id): the index holds
+  no tenant or event id in clear, so an erasure never has to find them here (SPEC 9).
+- Append-only: a step appends one row per key it touched, tagged ``seq`` (the Bronze
+  version folded); a key's row with the greatest ``seq`` is its state. Optimize
+  compacts the files; a rebuild (:func:`rebuild`) rewrites it whole.
+- Versioned with Silver: its commits record the replay ids of the Silver and
+  duplicates commits it describes. When they differ (a full or scoped replay, an
+  erasure, a rollback since), the index is rebuilt from Silver and duplicates before
+  the step; it is a pure function of them (every valid copy is in one of the two).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from engine.contract import schemas
+from engine.contract.sql import threads
+from engine.lake.tables import Lake
+
+TABLE = schemas.DEDUP_STATE
+KEY_SQL = "unhex(md5(tenant_id || chr(0) || event_id))"
+#: a copy's position in ingestion order (SPEC 2)
+POS = "struct_pack(i := ingestion_timestamp, t := kafka_topic, p := kafka_partition, o := kafka_offset)"
+
+#: Per key, from every copy given (rows: tenant_id, event_id, lineage, kept): the last copy's
+#: position and the kept lineage it carries (a kept copy its own, a duplicate its kept copy's).
+_STATE_SQL = f"""
+SELECT {KEY_SQL} AS key, r.ingestion_timestamp, r.kafka_topic, r.kafka_partition, r.kafka_offset,
+  r.kept, $seq::BIGINT AS seq
+FROM (SELECT tenant_id, event_id, arg_max(copies, {POS}) AS r FROM copies GROUP BY ALL)
+"""
+
+_COPIES = """
+SELECT tenant_id, event_id, ingestion_timestamp, kafka_topic, kafka_partition, kafka_offset,
+  struct_pack(t := kafka_topic, p := kafka_partition, o := kafka_offset, i := ingestion_timestamp) AS kept
+FROM silver
+UNION ALL
+SELECT tenant_id, event_id, ingestion_timestamp, kafka_topic, kafka_partition, kafka_offset,
+  struct_pack(t := kept_kafka_topic, p := kept_kafka_partition, o := kept_kafka_offset,
+              i := kept_ingestion_timestamp) AS kept
+FROM dups
+"""
+
+
+def _connect() -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(config={"threads": threads()})
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
+    return con
+
+
+def state_of(silver: Any, dups: Any, seq: int, prior: pa.Table | None = None) -> pa.Table:
+    """Index rows of every key in ``silver`` / ``dups`` (Arrow tables or datasets) and ``prior``
+    (state rows with tenant_id and event_id, :data:`rules._dedup.STATE_SCHEMA`), at ``seq``."""
+    con = _connect()
+    try:
+        con.register("silver", silver)
+        con.register("dups", dups)
+        sql = _COPIES
+        if prior is not None:
+            con.register("prior", prior)
+            sql += """UNION ALL SELECT tenant_id, event_id, ingestion_timestamp, kafka_topic,
+                kafka_partition, kafka_offset, kept FROM prior"""
+        out = con.sql(f"WITH copies AS ({sql}) {_STATE_SQL}", params={"seq": seq}).to_arrow_table()
+    finally:
+        con.close()
+    return schemas.conform(out, schemas.DEDUP_STATE_SCHEMA)
+
+
+def lookup(lake: Lake, version: int | None, keys: pa.Table) -> pa.Table:
+    """The state of each key of ``keys`` (tenant_id, event_id) that the index knows, with
+    tenant_id and event_id (``rules._dedup.STATE_SCHEMA``). Reads the index's key column
+    and the rows of the keys asked for only."""
+    from rules._dedup import STATE_SCHEMA
+
+    if version is None or not keys.num_rows:
+        return STATE_SCHEMA.empty_table()
+    ds = lake.dataset(TABLE, version)
+    con = _connect()
+    try:
+        con.register("idx", ds)
+        con.register("keys", keys.select(["tenant_id", "event_id"]))
+        out = con.sql(f"""
+            WITH k AS (SELECT DISTINCT tenant_id, event_id, {KEY_SQL} AS key FROM keys),
+            hit AS (SELECT * FROM idx SEMI JOIN k USING (key)),
+            last AS (SELECT key, arg_max(hit, struct_pack(s := seq, p := {POS})) AS r FROM hit GROUP BY key)
+            SELECT k.tenant_id, k.event_id, r.ingestion_timestamp, r.kafka_topic, r.kafka_partition,
+              r.kafka_offset, r.kept
+            FROM last JOIN k USING (key)""").to_arrow_table()
+    finally:
+        con.close()
+    return schemas.conform(out, STATE_SCHEMA)
+
+
+def meta_for(silver_meta: dict[str, Any], dups_meta: dict[str, Any]) -> dict[str, Any]:
+    """What an index commit records: the Silver and duplicates commits it describes."""
+    return {"silver_replay_id": silver_meta.get("replay_id"),
+            "duplicates_replay_id": dups_meta.get("replay_id")}
+
+
+def is_current(lake: Lake) -> bool:
+    """Whether the index describes the lake's current Silver and duplicates."""
+    if not lake.exists(TABLE) or not lake.exists(schemas.SILVER):
+        return False
+    meta = lake.commit_metadata(TABLE)
+    want = meta_for(lake.commit_metadata(schemas.SILVER), lake.commit_metadata(schemas.DUPLICATES)
+                    if lake.exists(schemas.DUPLICATES) else {})
+    return bool(meta) and all(meta.get(k) == v and v for k, v in want.items())
+
+
+def rebuild(lake: Lake, seq: int, metadata: dict[str, Any]) -> int:
+    """Write the index anew from the current Silver and duplicates (one overwrite commit)."""
+    silver = lake.dataset(schemas.SILVER)
+    dups = lake.dataset(schemas.DUPLICATES) if lake.exists(schemas.DUPLICATES) else \
+        schemas.empty(schemas.DUPLICATES_SCHEMA)
+    state = state_of(silver, dups, seq)
+    meta = {**metadata, **meta_for(lake.commit_metadata(schemas.SILVER),
+                                   lake.commit_metadata(schemas.DUPLICATES)
+                                   if lake.exists(schemas.DUPLICATES) else {}), "op": "rebuild"}
+    return lake.write(TABLE, state, mode="overwrite", metadata=meta)
