@@ -23,7 +23,7 @@ from engine.lake.tables import Lake, encode_metadata
 #: Tables of the lake besides SPEC's: the erasure tombstones and the lease.
 TOMBSTONES = schemas.ERASURES
 LEASE_TABLE = "_medallion_lease"
-LAKE_TABLES = (*schemas.ALL_TABLES, schemas.AUDIT, TOMBSTONES, LEASE_TABLE)
+LAKE_TABLES = (*schemas.ALL_TABLES, schemas.AUDIT, TOMBSTONES, LEASE_TABLE, schemas.DEDUP_STATE)
 AREA_TABLES = (*schemas.SILVER_TABLES, *schemas.GOLD_TABLES, schemas.REGION, schemas.AUDIT)
 
 

@@ -25,7 +25,7 @@ from engine.lifecycle.catalog import lifecycle_operation, neutral_commit
 #: generator's ``tenant-00042``, is led by the timestamp and barely separates tenants).
 DEFAULT_ZORDER = {schemas.BRONZE: ("tenant_id", "event_timestamp"),
                   schemas.SILVER: ("tenant_id",)}
-OPTIMIZABLE = (*schemas.ALL_TABLES,)
+OPTIMIZABLE = (*schemas.ALL_TABLES, schemas.DEDUP_STATE)
 #: Z-ordered files get small row groups: their min/max statistics are what scoped replays
 #: prune by, so a row group should hold few tenants.
 ZORDER_WRITER = WriterProperties(max_row_group_size=16_384, compression="ZSTD")
