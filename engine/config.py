@@ -13,6 +13,7 @@ workers) call :func:`start_process` explicitly.
 | ``MEDALLION_DUCKDB_THREADS`` | DuckDB threads per query where a task sets none (default: every core) |
 | ``MEDALLION_FAULT_AFTER_COMMITS`` | test hook: the driver dies after N table commits |
 | ``MEDALLION_FAULT_KILL_ONCE`` | test hook: ``stage:marker`` kills a worker once in ``map`` or ``reduce`` |
+| ``MEDALLION_LEASE_WAIT`` | seconds a replay, rollback or lifecycle operation waits for the lake's lease (default 120) |
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ class Environment(BaseModel):
     duckdb_threads: int = Field(default=0, ge=0)
     fault_after_commits: int | None = None
     fault_kill_once: str | None = None
+    #: seconds a replay, rollback or lifecycle operation waits for the lake's lease (a
+    #: follower's step, another replay) before giving up
+    lease_wait: float = Field(default=120.0, ge=0)
 
     @property
     def faults(self) -> dict[str, str]:
@@ -105,7 +109,8 @@ def environment(env: Mapping[str, str] | None = None) -> Environment:
     fields = {"storage_options": opts, "arrow_pool": env.get("MEDALLION_ARROW_POOL") or "system",
               "duckdb_threads": env.get("MEDALLION_DUCKDB_THREADS") or 0,
               "fault_after_commits": env.get("MEDALLION_FAULT_AFTER_COMMITS") or None,
-              "fault_kill_once": env.get("MEDALLION_FAULT_KILL_ONCE") or None}
+              "fault_kill_once": env.get("MEDALLION_FAULT_KILL_ONCE") or None,
+              "lease_wait": env.get("MEDALLION_LEASE_WAIT") or 120.0}
     try:
         return Environment.model_validate(fields)
     except ValidationError as exc:

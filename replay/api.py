@@ -214,6 +214,34 @@ def status(lake: LakeArg) -> list[dict[str, Any]]:
     return out
 
 
+def freshness(lake: LakeArg) -> dict[str, Any]:
+    """Bronze's latest version and ingestion time against what Silver and Gold reflect, the lag
+    in rows and seconds, and the live follower if one runs (SPEC 11)."""
+    from engine.live.follow import follower_running
+    from engine.live.freshness import freshness as fresh
+
+    lk = open_lake(lake)
+    out = fresh(lk)
+    info = follower_running(lk)
+    out["follower"] = ({"session": info.get("owner"), "pid": info.get("pid"), "host": info.get("host"),
+                        "heartbeat": info.get("heartbeat")} if info else None)
+    return out
+
+
+def follow(lake: LakeArg, executor: Executor | None = None, ruleset: RulesetArg | None = None,
+           interval: float = 1.0, until_idle: float | None = None, metrics_port: int | None = None,
+           max_steps: int | None = None, out: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run a follower until signalled, idle for ``until_idle`` s, or ``max_steps`` steps folded."""
+    from engine.live.follow import FollowConfig, Follower
+
+    cfg = validated(FollowConfig, interval=interval, until_idle=until_idle,
+                    metrics_port=metrics_port, max_steps=max_steps)
+    rs = load_ruleset(ruleset) if ruleset is not None else None
+    stats = Follower(open_lake(lake), executor or make_executor("local"), cfg, rs, out).run()
+    return {"session": stats.session_id, "steps": stats.steps, "rows_folded": stats.rows,
+            "bronze_version": stats.last_version, "replays": stats.replays}
+
+
 def sql(lake: LakeArg, text: str, params: Mapping[str, Any] | None = None) -> pa.Table:
     return query(open_lake(lake), text, dict(params) if params else None)
 

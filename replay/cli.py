@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext)
         _common(p)
         p.add_argument("--ruleset", required=True, help="built-in name (2026-01, 2026-02, free-100, dedup-fix; see 'replay rules') or a TOML file")
-        p.add_argument("--mode", choices=["auto", "full", "gold"], default="auto")
+        p.add_argument("--mode", choices=["auto", "full", "gold", "incremental"], default="auto",
+                       help="auto (default): the least that makes every table exact; incremental "
+                            "folds only the Bronze rows added since (SPEC 11)")
         p.add_argument("--executor", choices=["local", "ray"], default="ray",
                        help="ray (default: a local Ray, or --address) or local (in this process)")
         p.add_argument("--address", help="Ray cluster address to join (default: start a local one)")
@@ -104,8 +106,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-messages", type=int, help="stop after this many messages")
     p.add_argument("--kafka-config", help="librdkafka settings file (key=value; SASL/SSL, ...)")
 
-    p = sub.add_parser("status", help="tables, versions, row counts and rulesets of a lake")
+    p = sub.add_parser("status", help="tables, versions, row counts, rulesets and freshness of a lake")
     _common(p)
+
+    p = sub.add_parser("follow", help="keep Silver and Gold current as Bronze grows (incremental steps)")
+    _common(p)
+    p.add_argument("--ruleset", help="ruleset of a lake that has none yet (default: the lake's "
+                                     "active ruleset, followed through rule-change replays)")
+    p.add_argument("--interval", type=float, default=1.0,
+                   help="seconds between looks at Bronze when idle (default 1)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local (default: steps are small) or ray")
+    p.add_argument("--address", help="Ray cluster address to join (with --executor ray)")
+    p.add_argument("--until-idle", type=float, metavar="SECONDS",
+                   help="stop after this long without new Bronze rows")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps that folded rows")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
 
     p = sub.add_parser("sql", help="run DuckDB SQL over the lake's tables")
     _common(p)

@@ -132,7 +132,32 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    emit_rows(api.status(args.lake), args.json, "no tables")
+    tables = api.status(args.lake)
+    fresh = api.freshness(args.lake)
+    if args.json:
+        emit({"tables": tables, "freshness": fresh}, True)
+        return 0
+    emit_rows(tables, False, "no tables")
+    f = fresh
+    lag = ("unknown: " + str(f.get("lag_reason"))) if f.get("lag_rows") is None else \
+        f"{f['lag_rows']:,} rows, {f['lag_seconds']:.1f} s"
+    print(f"freshness: Bronze version {f.get('bronze_version')} (latest ingestion "
+          f"{f.get('bronze_latest_ingestion')}); Silver and Gold reflect Bronze version "
+          f"{f.get('silver_bronze_version')}; lag {lag}")
+    fol = f.get("follower")
+    print(f"follower: {'running (session ' + str(fol['session']) + ', pid ' + str(fol['pid']) + ' on ' + str(fol['host']) + ')' if fol else 'not running'}")
+    return 0
+
+
+def cmd_follow(args: argparse.Namespace) -> int:
+    ex = api.make_executor(args.executor, args.address)
+    out = api.follow(args.lake, ex, args.ruleset, args.interval, args.until_idle, args.metrics_port,
+                     args.max_steps, out=lambda line: print(line, flush=True))
+    if args.json:
+        emit(out, True)
+    else:
+        print(f"follower {out['session']} stopped: {out['steps']} steps, {out['rows_folded']:,} rows "
+              f"folded, Bronze version {out['bronze_version']}", flush=True)
     return 0
 
 
@@ -270,7 +295,7 @@ def cmd_vacuum(args: argparse.Namespace) -> int:
 COMMANDS = {
     "import": cmd_import, "plan": cmd_plan, "run": cmd_run, "recover": cmd_recover,
     "rollback": cmd_rollback, "history": cmd_history, "generate": cmd_generate,
-    "ingest": cmd_ingest, "status": cmd_status, "sql": cmd_sql, "diff": cmd_diff,
+    "ingest": cmd_ingest, "status": cmd_status, "follow": cmd_follow, "sql": cmd_sql, "diff": cmd_diff,
     "experiment": cmd_experiment, "report": cmd_report, "rules": cmd_rules,
     "optimize": cmd_optimize, "vacuum": cmd_vacuum, "erase": cmd_erase, "archive": cmd_archive,
 }

@@ -1,6 +1,12 @@
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Tests that race for the lease expect a held lease to be refused at once; the tests of a
+# replay during `replay follow` set a wait of their own.
+os.environ.setdefault("MEDALLION_LEASE_WAIT", "0")
 
 from rules.registry import default_registry, swap_default_registry
 

@@ -23,9 +23,9 @@ from engine.batch.plan import (
     source_parts,
     stale_reason,
 )
-from engine.config import ReplayConfig
+from engine.config import ReplayConfig, environment
 from engine.contract import schemas
-from engine.contract.errors import ChecksFailedError, UsageError
+from engine.contract.errors import ChecksFailedError, StalePlanError, UsageError
 from engine.execution.faults import die_after_commits
 from engine.execution.specs import Executor, JobOutput, MapSpec, Out, Progress, ReduceSpec, Target
 from engine.execution.workers import file_units
@@ -104,11 +104,11 @@ def execute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
     if plan.mode is None:
         return RunResult(plan, {}, {}, None, 0.0, operator)
     user_checks = checks.load_user_checks(checks_dir)
-    with lease_for(lake, plan.replay_id) as lease:
+    with lease_for(lake, plan.replay_id, wait=environment().lease_wait) as lease:
         audit.recover(lake, operator)
         stale = stale_reason(lake, plan)
         if stale is not None:
-            raise UsageError(f"the plan is stale ({stale}); plan again (replay run plans afresh)")
+            raise StalePlanError(f"the plan is stale ({stale}); plan again (replay run plans afresh)")
         for table in plan.tables:
             lake.ensure(table)
         state_v = None
@@ -334,7 +334,8 @@ def run(lake: Lake, ruleset: Ruleset, executor: Executor, mode: ModeArg = "auto"
 
 def recover_if_needed(lake: Lake) -> list[dict[str, Any]]:
     """Settle replays a dead driver left ``running`` (a no-op, and no lease, when there are none)."""
-    if lake.exists(schemas.AUDIT) and any(r["status"] == "running" for r in audit.rows(lake)):
+    if lake.exists(schemas.AUDIT) and any(r["status"] == "running" and r["kind"] != "follow"
+                                          for r in audit.rows(lake)):
         return recover(lake)
     return []
 
@@ -343,7 +344,7 @@ def recover(lake: Lake) -> list[dict[str, Any]]:
     """Settle replays a dead driver left half-committed: every table pre or post, never a mix."""
     if not lake.exists(schemas.AUDIT):
         return []
-    with lease_for(lake, "recover-" + new_replay_id()):
+    with lease_for(lake, "recover-" + new_replay_id(), wait=environment().lease_wait):
         return audit.recover(lake, operator_name())
 
 
@@ -352,6 +353,6 @@ def rollback(lake: Lake, replay_id: str, reason: str) -> dict[str, Any]:
     if not lake.exists(schemas.AUDIT):
         raise UsageError(f"lake {lake.root} has no ledger yet; nothing to roll back")
     rid = new_replay_id()
-    with lease_for(lake, rid):
+    with lease_for(lake, rid, wait=environment().lease_wait):
         audit.recover(lake, operator_name())
         return audit.rollback(lake, replay_id, reason, operator_name(), rid)

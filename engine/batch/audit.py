@@ -88,7 +88,7 @@ def recover(lake: Lake, operator: str) -> list[dict[str, Any]]:
     """Settle every ``running`` replay or rollback left by a dead driver. Returns what was done."""
     done = []
     for r in rows(lake):
-        if r["status"] != "running":
+        if r["status"] != "running" or r["kind"] == "follow":  # a session: see live.follow
             continue
         rid = r["reprocessing_id"]
         tables = json.loads(r["tables"] or "[]")
@@ -137,6 +137,40 @@ def recover(lake: Lake, operator: str) -> list[dict[str, Any]]:
     return done
 
 
+def _changed_by_more_than_steps(lake: Lake, table: str, since: int) -> bool:
+    """Whether a commit after ``since`` changed ``table`` other than an incremental step.
+
+    Steps only fold rows appended to Bronze since: rolling back the replay before them
+    restores its versions before, and the next step folds everything appended since with
+    the ruleset active again (SPEC 11), so they never block a rollback."""
+    if not lake.data_changed(table, since):
+        return False
+    latest = lake.version(table)
+    assert latest is not None
+    for entry in lake.history(table, max(1, latest - since)):
+        v = entry.get("version")
+        if v is None or v <= since or entry.get("medallion.neutral") == "true":
+            continue
+        if entry.get("medallion.mode") != "incremental" and entry.get("operation") not in (
+                "CREATE TABLE", "OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES"):
+            return True
+    return False
+
+
+def fold_step(lake: Lake, step_id: str, session_id: str, **session: Any) -> None:
+    """Drop a follower's successful step row and update its session row, in one commit: the
+    ledger keeps one row per follower session, not one per step."""
+    out = []
+    for r in read(lake).to_pylist():
+        if r["reprocessing_id"] == step_id:
+            continue
+        if r["reprocessing_id"] == session_id:
+            r.update(session)
+        out.append(r)
+    lake.write(schemas.AUDIT, pa.Table.from_pylist(out, schema=AUDIT_SCHEMA), mode="overwrite",
+               metadata=_meta(session_id, "audit-fold-step"))
+
+
 def rollback(lake: Lake, rid: str, reason: str, operator: str, new_id: str) -> dict[str, Any]:
     """Restore every table of replay ``rid`` to its version before, in one audited operation."""
     if not _ID.match(rid):
@@ -151,7 +185,7 @@ def rollback(lake: Lake, rid: str, reason: str, operator: str, new_id: str) -> d
     after = {k: int(v) for k, v in json.loads(r["versions_after"]).items()}
     for t in tables:
         lake.check_readable(t, before[t])
-    moved = [t for t in tables if lake.data_changed(t, after[t])]
+    moved = [t for t in tables if _changed_by_more_than_steps(lake, t, after[t])]
     if moved:
         raise UsageError(f"cannot roll back {rid}: {', '.join(moved)} changed since (a later replay); "
                          "roll that one back first")

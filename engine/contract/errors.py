@@ -88,6 +88,12 @@ class TaskError(ReplayError):
     same task on the same data would fail the same way."""
 
 
+class StalePlanError(UsageError):
+    """The lake changed between planning and applying (another replay, an append): plan again."""
+
+    retryable = True
+
+
 class LeaseHeldError(ReplayError):
     """Another writer holds the lake's lease; retry once it has finished."""
 

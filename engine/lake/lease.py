@@ -104,6 +104,29 @@ class _Heartbeat:
     ttl: float
     heartbeat: float
     token: str
+    #: seconds ``with lease:`` keeps trying while another holder has it (0: refuse at once)
+    wait: float = 0.0
+
+    def acquire(self) -> Any:  # pragma: no cover - both subclasses implement it
+        raise NotImplementedError
+
+    def acquire_waiting(self) -> Any:
+        """Acquire, retrying while the lease is held, for up to ``wait`` seconds: a replay or
+        rollback started while ``replay follow`` runs waits for the follower's current step
+        (steps are short and the follower takes the lease for one step at a time)."""
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                return self.acquire()
+            except LeaseHeldError as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if self.wait > 0:
+                        raise LeaseHeldError(f"{exc} (waited {self.wait:g} s; "
+                                             "MEDALLION_LEASE_WAIT sets how long)",
+                                             **exc.data) from None
+                    raise
+                time.sleep(min(0.1, left))
 
     def _init_heartbeat(self, heartbeat: float | None) -> None:
         self.heartbeat = _interval(self.ttl, heartbeat)
@@ -281,7 +304,7 @@ class Lease(_Heartbeat):
                 self.path.unlink(missing_ok=True)
 
     def __enter__(self) -> Lease:
-        return self.acquire()
+        return self.acquire_waiting()
 
 
 class DeltaLease(_Heartbeat):
@@ -433,12 +456,23 @@ class DeltaLease(_Heartbeat):
             self._version = None
 
     def __enter__(self) -> DeltaLease:
-        return self.acquire()
+        return self.acquire_waiting()
 
 
 def lease_for(lake: Any, owner: str, ttl: float = TTL_SECONDS,
-              heartbeat: float | None = None) -> Lease | DeltaLease:
-    """A file lease for a lake given as a local path, a Delta-table lease for one given as a URI."""
+              heartbeat: float | None = None, wait: float = 0.0,
+              name: str = "lease") -> Lease | DeltaLease:
+    """A file lease for a lake given as a local path, a Delta-table lease for one given as a URI.
+
+    ``wait``: how long ``with lease:`` waits for another holder. ``name``: which lease (the
+    lake's write lease, or ``follower``: the one a ``replay follow`` process holds for its life).
+    """
+    lease: Lease | DeltaLease
     if lake.storage.scheme is not None:  # any URI, file:// included, takes the object-store path
-        return DeltaLease(lake, owner, ttl, heartbeat)
-    return Lease(Path(lake.root) / "_medallion" / "lease.json", owner, ttl, heartbeat)
+        lease = DeltaLease(lake, owner, ttl, heartbeat)
+        if name != "lease":
+            lease.TABLE = f"_medallion_{name}"
+    else:
+        lease = Lease(Path(lake.root) / "_medallion" / f"{name}.json", owner, ttl, heartbeat)
+    lease.wait = wait
+    return lease

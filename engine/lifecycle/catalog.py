@@ -15,6 +15,7 @@ from engine.batch import audit
 from engine.batch.apply import operator_name
 from engine.batch.experiment import list_experiments
 from engine.batch.plan import new_replay_id
+from engine.config import environment
 from engine.contract import schemas
 from engine.lake.bronze import archive_of
 from engine.lake.lease import lease_for
@@ -65,7 +66,7 @@ def lifecycle_operation(lake: Lake, kind: str, reason: str, *, tables: list[str]
     """
     op_id = new_replay_id()
     done: dict[str, Any] = {}
-    with lease_for(lake, op_id) as lease:
+    with lease_for(lake, op_id, wait=environment().lease_wait) as lease:
         audit.recover(lake, operator_name())
         before = {t: lake.version(t) for t in tables or [] if lake.exists(t)}
         audit.append(lake, {"reprocessing_id": op_id, "kind": kind, "start_time": audit.now(),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
@@ -38,6 +39,9 @@ class Appended:
     files: tuple[str, ...]
     rows: int
     bytes: int
+    #: ingestion_timestamp range of the new rows, from the files' statistics (None: unknown)
+    oldest: datetime | None = None
+    newest: datetime | None = None
 
 
 def _log_entry(lake: Lake, table: str, version: int) -> list[dict[str, Any]] | None:
@@ -85,11 +89,22 @@ def appended_since(lake: Lake, since: int | None, version: int | None = None,
             elif "add" in a and not neutral:
                 added[a["add"]["path"]] = a["add"]
     rows = 0
+    lows, highs = [], []
     for add in added.values():
         stats = json.loads(add.get("stats") or "{}")
         rows += int(stats.get("numRecords") or 0)
+        lo = (stats.get("minValues") or {}).get("ingestion_timestamp")
+        hi = (stats.get("maxValues") or {}).get("ingestion_timestamp")
+        lows += [_ts(lo)] if lo else []
+        highs += [_ts(hi)] if hi else []
     return Appended(since, latest, tuple(sorted(added)), rows,
-                    sum(int(a.get("size") or 0) for a in added.values()))
+                    sum(int(a.get("size") or 0) for a in added.values()),
+                    min(lows) if lows else None, max(highs) if highs else None)
+
+
+def _ts(text: str) -> datetime:
+    t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def new_rows(lake: Lake, appended: Appended, columns: list[str],

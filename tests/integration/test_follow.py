@@ -1,0 +1,206 @@
+"""``replay follow``: a live follower keeps Gold exact while Bronze grows, survives SIGKILL,
+stops cleanly on SIGTERM, and lets rule-change replays and rollbacks through."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pyarrow as pa
+import pytest
+
+from engine.contract import schemas
+from engine.ingest.generator import GeneratorConfig, generate
+from engine.ingest.importers import append_new
+from replay import api
+from tests.integration.test_incremental import assert_equals_full
+from tests.lakes import ROOT
+
+
+@pytest.fixture(scope="module")
+def history():
+    return generate(GeneratorConfig(events=6000, tenants=8, seed=11, days=0.3, dup_rate=0.1,
+                                    late_rate=0.05, plan_change_rate=0.2))
+
+
+def batches(b: pa.Table, n: int) -> list[pa.Table]:
+    step = -(-b.num_rows // n)
+    return [b.slice(i, step) for i in range(0, b.num_rows, step)]
+
+
+def follower(lake, *args, env=None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "replay", "follow", "--lake", lake.root, "--interval", "0.2", *args],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "MEDALLION_LEASE_WAIT": "60", **(env or {})})
+
+
+def wait_for(pred, timeout=60.0, every=0.2):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(every)
+    return False
+
+
+def caught_up(lake) -> bool:
+    f = api.freshness(lake)
+    return (f["lag_rows"] == 0 and f["silver_bronze_version"] == f["bronze_version"]
+            and f["gold_bronze_version"] == f["bronze_version"]
+            and all(r["status"] != "running" for r in api.history(lake) if r["kind"] != "follow"))
+
+
+def bronze(lake) -> pa.Table:
+    return lake.read(schemas.BRONZE)
+
+
+def test_follow_folds_appends_as_they_land_and_reports_freshness(tmp_path, history):
+    parts = batches(history, 4)
+    lake = api.open_lake(tmp_path / "lake")
+    append_new(lake, parts[0], "t", {"source": "test"})
+    api.run(lake, "2026-01")
+    proc = follower(lake, "--until-idle", "6", "--metrics-port", "0")
+    try:
+        assert wait_for(lambda: api.freshness(lake)["follower"] is not None, 30)
+        for p in parts[1:]:
+            append_new(lake, p, "t", {"source": "test"})
+            assert wait_for(lambda: caught_up(lake), 60), api.freshness(lake)
+            assert_equals_full(lake, bronze(lake), "2026-01")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert out.count("(incremental, 2026-01): folded") == 3, out
+    (session,) = [r for r in api.history(lake) if r["kind"] == "follow"]
+    assert session["status"] == "success" and "3 steps" in session["details"]
+    assert [r["kind"] for r in api.history(lake)] == ["replay", "follow"]  # steps folded into it
+    assert api.freshness(lake)["follower"] is None
+
+
+def test_follow_serves_prometheus_metrics(tmp_path, history):
+    lake = api.open_lake(tmp_path / "lake")
+    parts = batches(history, 2)
+    append_new(lake, parts[0], "t", {"source": "test"})
+    api.run(lake, "2026-01")
+    port = 20000 + random.randrange(5000)
+    proc = follower(lake, "--metrics-port", str(port), "--until-idle", "5")
+    try:
+        assert wait_for(lambda: api.freshness(lake)["follower"] is not None, 30)
+        append_new(lake, parts[1], "t", {"source": "test"})
+        assert wait_for(lambda: caught_up(lake), 60)
+
+        def scrape() -> str:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert wait_for(lambda: "medallion_follow_steps_total 1.0" in scrape(), 30)
+        text = scrape()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+              if line.startswith("medallion_") and " " in line}
+    assert values["medallion_follow_rows_folded_total"] == parts[1].num_rows
+    assert values["medallion_follow_steps_total"] == 1
+    assert values["medallion_follow_lag_rows"] == 0
+    assert values["medallion_follow_last_success_timestamp_seconds"] > time.time() - 120
+    assert values["medallion_follow_step_seconds_count"] == 1
+
+
+def test_sigterm_finishes_the_step_and_exits_zero(tmp_path, history):
+    lake = api.open_lake(tmp_path / "lake")
+    parts = batches(history, 2)
+    append_new(lake, parts[0], "t", {"source": "test"})
+    api.run(lake, "2026-02")
+    proc = follower(lake)
+    try:
+        assert wait_for(lambda: api.freshness(lake)["follower"] is not None, 30)
+        append_new(lake, parts[1], "t", {"source": "test"})
+        time.sleep(0.3)  # most likely inside the step
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    rows = api.history(lake)
+    assert all(r["status"] != "running" for r in rows)
+    assert [r["status"] for r in rows if r["kind"] == "follow"] == ["success"]
+    if not caught_up(lake):  # stopped before the step began: the next follower folds it
+        api.run(lake, "2026-02")
+    assert_equals_full(lake, bronze(lake), "2026-02")
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_point_then_restart_converges(tmp_path, history):
+    """Kill -9 the follower at random moments (mid-step included), several times; a restarted
+    follower settles what the dead one left and ends exact."""
+    rnd = random.Random(5)
+    lake = api.open_lake(tmp_path / "lake")
+    parts = batches(history, 5)
+    append_new(lake, parts[0], "t", {"source": "test"})
+    api.run(lake, "2026-01")
+    for p in parts[1:]:
+        proc = follower(lake)
+        assert wait_for(lambda: api.freshness(lake)["follower"] is not None, 30)
+        append_new(lake, p, "t", {"source": "test"})
+        time.sleep(rnd.uniform(0.0, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    # a step killed after some commits leaves a ledger row running: the next start settles it
+    proc = follower(lake, "--until-idle", "3")
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    assert caught_up(lake)
+    assert all(r["status"] != "running" for r in api.history(lake) if r["kind"] != "follow")
+    assert_equals_full(lake, bronze(lake), "2026-01")
+
+
+def test_a_step_dying_between_commits_is_settled_and_the_restart_is_exact(tmp_path, history):
+    lake = api.open_lake(tmp_path / "lake")
+    parts = batches(history, 2)
+    append_new(lake, parts[0], "t", {"source": "test"})
+    api.run(lake, "2026-01")
+    append_new(lake, parts[1], "t", {"source": "test"})
+    proc = follower(lake, env={"MEDALLION_FAULT_AFTER_COMMITS": "3"})
+    proc.communicate(timeout=120)
+    assert proc.returncode == 99  # the driver died with 3 of the step's tables committed
+    assert any(r["status"] == "running" for r in api.history(lake))
+    proc = follower(lake, "--until-idle", "2")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    kinds = [(r["kind"], r["status"]) for r in api.history(lake)]
+    assert ("recovery", "success") in kinds and ("replay", "failed") in kinds
+    assert_equals_full(lake, bronze(lake), "2026-01")
+
+
+def test_rule_change_replay_and_rollback_while_following(tmp_path, history, monkeypatch):
+    """A replay with a new ruleset and its rollback run while the follower runs and appends
+    land: neither is refused; the follower continues with whichever ruleset is active."""
+    monkeypatch.setenv("MEDALLION_LEASE_WAIT", "60")
+    parts = batches(history, 5)
+    lake = api.open_lake(tmp_path / "lake")
+    append_new(lake, parts[0], "t", {"source": "test"})
+    api.run(lake, "2026-01")
+    proc = follower(lake, "--until-idle", "8")
+    try:
+        assert wait_for(lambda: api.freshness(lake)["follower"] is not None, 30)
+        append_new(lake, parts[1], "t", {"source": "test"})
+        res = api.run(lake, "2026-02", "full", reason="rules change")  # waits for a step at most
+        assert res.plan.mode == "full"
+        append_new(lake, parts[2], "t", {"source": "test"})
+        assert wait_for(lambda: caught_up(lake), 60)
+        assert_equals_full(lake, bronze(lake), "2026-02")
+        api.rollback(lake, res.plan.replay_id, "back to 2026-01")
+        append_new(lake, parts[3], "t", {"source": "test"})
+        assert wait_for(lambda: caught_up(lake) and lake.commit_metadata(schemas.MINUTE).get(
+            "ruleset_name") == "2026-01", 60)
+        assert_equals_full(lake, bronze(lake), "2026-01")
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "2026-02): folded" in out and "2026-01): folded" in out
