@@ -262,6 +262,11 @@ def _commit(lake: Lake, plan: Plan, ruleset: Ruleset, out: JobOutput, operator: 
             versions[table] = lake.rewrite(table, lambda t, n=table: scope.mask(t, n),
                                            tag=f"{plan.replay_id}-keep", metadata=m,
                                            prune=scope.table_filter(table), add=data)
+            if versions[table] == lake.version(table) and \
+                    lake.commit_metadata(table).get("replay_id") != plan.replay_id:
+                # nothing in scope changed here: an empty commit still records the replay, so
+                # every table names the Silver it reflects (incremental steps rely on it)
+                versions[table] = lake.commit_staged(table, Staged(table), metadata=m, mode="append")
         elif isinstance(data, pa.Table):
             versions[table] = lake.write(table, data, mode="overwrite", metadata=m)
         else:
@@ -275,7 +280,9 @@ def _commit(lake: Lake, plan: Plan, ruleset: Ruleset, out: JobOutput, operator: 
         def step_write(table: str, fn: Callable[[dict[str, Any]], int], extra: dict[str, Any]) -> int:
             if guard is not None:
                 guard()
-            v = fn({**meta, **extra})
+            prev = lake.commit_metadata(table)
+            carried = {k: prev[k] for k in ("mixed_with", "scope") if prev.get("mixed_with")}
+            v = fn({**meta, **extra, **carried})  # a mixed table stays marked mixed
             versions[table] = v
             die_after_commits(len(versions))
             return v
@@ -324,11 +331,12 @@ def operator_name() -> str:
 def run(lake: Lake, ruleset: Ruleset, executor: Executor, mode: ModeArg = "auto", *,
         scope: Scope | None = None, config: ReplayConfig | None = None,
         progress: Progress | None = None, reason: str | None = None, checks_dir: str | None = None,
-        allow_failed_checks: bool = False) -> RunResult:
-    """Settle interrupted replays, plan on the consistent lake, then apply the plan."""
+        allow_failed_checks: bool = False, follow: bool = False) -> RunResult:
+    """Settle interrupted replays, plan on the consistent lake, then apply the plan
+    (``follow``: a follower's step, see :func:`engine.batch.plan.build_plan`)."""
     recover_if_needed(lake)
     p = build_plan(lake, ruleset, mode, executor=executor.name, cpus=executor.cpus(), scope=scope,
-                   config=config)
+                   config=config, follow=follow)
     return execute(lake, p, ruleset, executor, progress, reason, checks_dir, allow_failed_checks)
 
 

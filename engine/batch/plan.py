@@ -79,6 +79,8 @@ class Plan:
     since_version: int | None = None
     base_replay_id: str | None = None
     touched: dict[str, Any] | None = None
+    #: the replay that built Gold when planned: another one since makes the plan stale
+    gold_replay_id: str | None = None
 
     @property
     def up_to_date(self) -> bool:
@@ -111,11 +113,15 @@ def _changed_rules(old: list[dict[str, Any]] | None, new: Ruleset, layer: str) -
 
 def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor: str = "local",
                cpus: int = 1, buckets: int | None = None, scope: Scope | None = None,
-               config: ReplayConfig | None = None, reuse: bool = True) -> Plan:
+               config: ReplayConfig | None = None, reuse: bool = True, follow: bool = False) -> Plan:
     """What a replay must recompute and why. ``buckets`` overrides ``config.shards``.
 
     Read-only: it settles nothing. With ``reuse``, a finished experiment of this ruleset
     on the current Bronze is published instead of recomputing (:func:`with_reuse`).
+
+    ``follow`` (a follower's step): tables a scoped replay of this very ruleset left mixed
+    (``replay run --start T`` while following: the seed's reprocessing from a checkpoint)
+    stay as they are; only new Bronze rows are folded, never the whole history again.
     """
     cfg = config or ReplayConfig()
     buckets = buckets or cfg.shards
@@ -132,7 +138,7 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
     if not silver_meta.get("silver_fingerprint"):
         reasons.append("Silver has never been built by a replay")
         chosen = "full"
-    elif silver_meta.get("mixed_with"):
+    elif silver_meta.get("mixed_with") and not (follow and silver_meta.get("silver_fingerprint") == sfp):
         reasons.append(f"Silver mixes rulesets since a scoped replay ({silver_meta.get('scope')})")
         chosen = "full"
     else:
@@ -161,7 +167,8 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
         if not gold_meta.get("ruleset_fingerprint"):
             reasons.append("Gold has never been built by a replay")
             chosen = "gold"
-        elif gold_meta.get("mixed_with"):
+        elif gold_meta.get("mixed_with") and not (
+                follow and gold_meta.get("ruleset_fingerprint") == ruleset.fingerprint):
             reasons.append(f"Gold mixes rulesets since a scoped replay ({gold_meta.get('scope')})")
             chosen = "gold"
         else:
@@ -179,7 +186,7 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
                 chosen = "gold"
     inc: Appended | None = None
     if mode in ("auto", "incremental") and chosen == "full" and scope is None:
-        found = incremental_source(lake, ruleset, sfp, silver_meta, bronze_v)
+        found = incremental_source(lake, ruleset, sfp, silver_meta, bronze_v, follow)
         if isinstance(found, Appended):
             inc, chosen = found, "incremental"
             reasons = [f"Bronze grew by {found.rows} rows in {len(found.files)} files since version "
@@ -255,15 +262,20 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
         chunks_per_shard=chunks if chosen is not None else 0,
         archive_version=archive_v,
         archive_cutoff=arch.cutoff if arch is not None else None,
+        gold_replay_id=_gold_replay_id(lake),
     )
     return with_reuse(lake, ruleset, plan) if reuse else plan
 
 
+def _gold_replay_id(lake: Lake) -> str | None:
+    return (lake.commit_metadata(schemas.MINUTE) if lake.exists(schemas.MINUTE) else {}).get("replay_id")
+
+
 def incremental_source(lake: Lake, ruleset: Ruleset, sfp: str, silver_meta: dict[str, Any],
-                       bronze_v: int | None) -> Appended | str:
+                       bronze_v: int | None, follow: bool = False) -> Appended | str:
     """The Bronze files to fold incrementally, or why the lake needs more than that (SPEC 11):
     Silver and Gold must be whole, of this ruleset and fold, and Bronze must only have grown."""
-    if silver_meta.get("silver_fingerprint") != sfp or silver_meta.get("mixed_with"):
+    if silver_meta.get("silver_fingerprint") != sfp or (silver_meta.get("mixed_with") and not follow):
         return "Silver was not built whole by this ruleset's silver rules"
     if silver_meta.get("fold_version", 1) != FOLD_VERSION:
         return "the fold changed since Silver was built"
@@ -271,7 +283,7 @@ def incremental_source(lake: Lake, ruleset: Ruleset, sfp: str, silver_meta: dict
         if not lake.exists(table):
             return f"{table} was never built"
         meta = lake.commit_metadata(table)
-        if (meta.get("ruleset_fingerprint") != ruleset.fingerprint or meta.get("mixed_with")
+        if (meta.get("ruleset_fingerprint") != ruleset.fingerprint or (meta.get("mixed_with") and not follow)
                 or meta.get("fold_version", 1) != FOLD_VERSION or meta.get("retired")
                 or meta.get("silver_replay_id") != silver_meta.get("replay_id")):
             return f"{table} was not built whole by this ruleset from the current Silver"
@@ -301,7 +313,7 @@ def _incremental_plan(lake: Lake, ruleset: Ruleset, inc: Appended, reasons: tupl
         task_memory=cfg.task_memory, chunks_per_shard=1, archive_version=archive_v,
         archive_cutoff=arch.cutoff if arch is not None else None, since_version=inc.since,
         base_replay_id=silver_meta.get("replay_id"),
-        touched=touched_summary(lake, inc))
+        touched=touched_summary(lake, inc), gold_replay_id=_gold_replay_id(lake))
 
 
 #: what a Silver commit from before the lake had an archive "read" of it: nothing
@@ -316,6 +328,9 @@ def stale_reason(lake: Lake, plan: Plan) -> str | None:
     if plan.mode == "incremental" and lake.commit_metadata(schemas.SILVER).get(
             "replay_id") != plan.base_replay_id:
         return "Silver changed since (another replay or step ran)"
+    gold = lake.commit_metadata(schemas.MINUTE) if lake.exists(schemas.MINUTE) else {}
+    if gold.get("replay_id") != plan.gold_replay_id:
+        return "Gold changed since (another replay, step or rollback ran)"
     if lake.data_changed(plan.source_table, plan.source_version):
         return f"{plan.source_table} changed since version {plan.source_version}"
     arch = archive_of(lake)

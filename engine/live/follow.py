@@ -34,8 +34,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.batch import audit
-from engine.batch.apply import operator_name, recover_if_needed, run
-from engine.batch.plan import active_ruleset, new_replay_id
+from engine.batch.apply import execute, operator_name, recover_if_needed
+from engine.batch.plan import active_ruleset, build_plan, new_replay_id
+from engine.contract import schemas
 from engine.contract.errors import LeaseHeldError, StalePlanError, UsageError
 from engine.execution.specs import Executor
 from engine.lake.lease import lease_for
@@ -188,9 +189,15 @@ class Follower:
         """One step: fold what Bronze gained (or replay what must be). Returns rows folded."""
         t0 = time.perf_counter()
         try:
+            recover_if_needed(self.lake)
+            gold = self.lake.commit_metadata(schemas.MINUTE) if self.lake.exists(schemas.MINUTE) else {}
             ruleset = self._ruleset()
-            res = run(self.lake, ruleset, self.executor, "auto",
-                      reason=f"follower {self.stats.session_id}")
+            plan = build_plan(self.lake, ruleset, executor=self.executor.name,
+                              cpus=self.executor.cpus(), follow=True)
+            if plan.gold_replay_id != gold.get("replay_id"):  # a replay landed in between
+                return 0
+            res = execute(self.lake, plan, ruleset, self.executor,
+                          reason=f"follower {self.stats.session_id}")
         except (LeaseHeldError, StalePlanError) as exc:  # a replay or rollback runs: next tick
             self.out(f"waiting: {exc}")
             return 0

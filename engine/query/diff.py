@@ -16,7 +16,7 @@ from engine.contract import schemas
 from engine.contract.errors import UsageError
 from engine.lake.storage import Storage
 from engine.lake.tables import Lake
-from engine.query.duck import resolve_version
+from engine.query.duck import consistent_versions, resolve_version
 
 NUMERIC = (pa.types.is_integer, pa.types.is_floating)
 
@@ -101,10 +101,11 @@ def gold_versions(lake: Lake, ref: str | int | None) -> dict[str, int]:
 
     ``tenant_usage_region_hourly`` is included where it was active at that reference.
     """
-    if ref is None:
-        out = {t: lake.version(t) for t in (schemas.MINUTE, schemas.ALERTS)}
+    if ref is None:  # now: a snapshot no replay is half-way through
+        snap = consistent_versions(lake)
+        out = {t: snap.get(t) for t in (schemas.MINUTE, schemas.ALERTS)}
         if lake.is_active(schemas.REGION):
-            out[schemas.REGION] = lake.version(schemas.REGION)
+            out[schemas.REGION] = snap.get(schemas.REGION)
         return out
     if str(ref).isdigit():
         raise UsageError("--summary compares replays: give replay ids (see 'replay history'), "

@@ -28,10 +28,33 @@ from engine.lake.tables import Lake
 QUERYABLE = (*schemas.ALL_TABLES, schemas.AUDIT)
 
 
+def consistent_versions(lake: Lake) -> dict[str, int]:
+    """A snapshot of the lake no replay is half-way through: each table's latest version,
+    except the tables of a replay (or rollback, erasure...) still ``running``, which are read
+    at their version before it. So readers never see Silver and Gold of different rulesets
+    mixed while a rule-change replay commits table after table.
+
+    The versions are read first, the ledger second: a replay that had committed anything by
+    then has its ``running`` row there (it is written before the first commit)."""
+    from engine.batch import audit
+
+    pinned = {t: v for t in QUERYABLE if t != schemas.AUDIT and (v := lake.version(t)) is not None}
+    if not lake.exists(schemas.AUDIT):
+        return pinned
+    for r in audit.rows(lake):
+        if r["status"] != "running" or r["kind"] == "follow":
+            continue
+        for t, v in json.loads(r["versions_before"] or "{}").items():
+            if t in pinned and isinstance(v, int) and v <= pinned[t]:
+                pinned[t] = v
+    return pinned
+
+
 def connect(lake: Lake, versions: dict[str, int] | None = None) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with each existing lake table registered by name."""
+    """A DuckDB connection with each existing lake table registered by name, at ``versions``
+    (default: a consistent snapshot, :func:`consistent_versions`)."""
     con = lake.storage.connect()
-    register_all(con, lake, versions or {})
+    register_all(con, lake, consistent_versions(lake) if versions is None else versions)
     return con
 
 

@@ -204,3 +204,47 @@ def test_rule_change_replay_and_rollback_while_following(tmp_path, history, monk
         proc.kill()
     assert proc.returncode == 0, err
     assert "2026-02): folded" in out and "2026-01): folded" in out
+
+
+def test_scoped_replay_from_a_time_while_following_is_the_checkpoint_reset(tmp_path, history,
+                                                                          monkeypatch):
+    """The seed's "stream replay by checkpoint reset" is `replay run --ruleset NEW --start T`
+    while following: rows from T on take the new rules, older ones stay, and the follower goes
+    on folding new rows with the new rules (incrementally: no full replay of the history)."""
+    from datetime import timedelta
+
+    import pyarrow.compute as pc
+
+    from tests.integration.test_incremental import _sorted, full_fold
+
+    monkeypatch.setenv("MEDALLION_LEASE_WAIT", "60")
+    parts = batches(history, 3)
+    lake = api.open_lake(tmp_path / "lake")
+    append_new(lake, parts[0], "t", {"source": "test"})
+    api.run(lake, "2026-01")
+    start = pc.min(parts[0].column("event_timestamp")).as_py() + timedelta(hours=2)
+    proc = follower(lake, "--until-idle", "6")
+    try:
+        assert wait_for(lambda: api.freshness(lake)["follower"] is not None, 30)
+        res = api.run(lake, "free-100", start=start, reason="from T")  # plan_limits@2: Gold only
+        assert res.plan.mode == "gold" and res.plan.scope is not None
+        append_new(lake, parts[1], "t", {"source": "test"})
+        assert wait_for(lambda: caught_up(lake), 60)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "(incremental, free-100): folded" in out and "(full" not in out and "(gold" not in out
+    assert lake.commit_metadata(schemas.MINUTE).get("mixed_with")  # still marked mixed
+    data = bronze(lake)
+    hour = pa.scalar(start.replace(minute=0, second=0, microsecond=0), schemas.TS)
+    new_hours = {lake_hour for lake_hour in pc.unique(pc.floor_temporal(
+        parts[1].column("event_timestamp").drop_null(), unit="hour")).to_pylist()}
+    got = _sorted(lake.read(schemas.MINUTE), schemas.MINUTE)
+    for ruleset, keep in (("free-100", lambda ws: ws >= hour.as_py()),
+                          ("2026-01", lambda ws: ws < hour.as_py())):
+        want = _sorted(full_fold(data, ruleset)[schemas.MINUTE], schemas.MINUTE)
+        rows = [r for r in want.to_pylist() if keep(r["window_start"])
+                and (ruleset == "free-100" or r["window_start"].replace(minute=0) not in new_hours)]
+        mine = {(r["tenant_id"], r["window_start"]): r for r in got.to_pylist()}
+        assert all(mine[(r["tenant_id"], r["window_start"])] == r for r in rows), ruleset
