@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import duckdb
+from live import follow_bench, incremental_bench  # bench/ is the script's directory
 
 from engine.contract import schemas
 from engine.ingest.generator import GeneratorConfig, generate
@@ -290,11 +291,13 @@ def main() -> None:
         configs = [("local", lambda: LocalExecutor())]
         configs += [(f"ray, {c} cpu", (lambda c=c: RayExecutor(num_cpus=c))) for c in (1, 2)]
         checked = False
+        full_times: dict[str, float] = {}
         for name, make in configs:
             if ray.is_initialized():
                 ray.shutdown()
             ex = make()
             full_s, full_rss = timed_run(lake, "full", ex)
+            full_times[name] = full_s
             if not checked:
                 print(f"engine Gold equals the baseline's: {gold_matches(lake, con)}")
                 checked = True
@@ -305,6 +308,8 @@ def main() -> None:
                   f"({gold_s:.2f}s, {gold_s / base_s:.2f}x the baseline)")
         if ray.is_initialized():
             ray.shutdown()
+        incremental_bench(lake, cfg, full_times["local"])
+        follow_bench(lake, cfg)
         lifecycle_bench(lake)
         if args.memory_events:
             memory_bench(args.memory_events, args.tenants, args.days, tmp)

@@ -29,6 +29,12 @@ class Dedup(Rule):
         horizon_seconds: int = 600
 
     @staticmethod
+    def state_horizon(params: Dedup.Params) -> int | None:
+        """Seconds after which a key's last copy no longer decides anything: a later copy is
+        kept whatever came before (an incremental step looks up only keys seen since)."""
+        return params.horizon_seconds
+
+    @staticmethod
     def apply(params: Dedup.Params, valid: pa.Table) -> tuple[pa.Table, pa.Table]:
         silver, dups, _ = Dedup.apply_chunk(params, valid, None, None)
         return silver, dups

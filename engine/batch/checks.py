@@ -134,7 +134,7 @@ def run_checks(lake: Lake, versions: dict[str, int], bronze_version: int | None,
     if bronze_version is not None:
         pinned[schemas.BRONZE] = bronze_version
     register_all(con, lake, pinned)
-    queries = dict(STANDARD) if standard else {}
+    queries: dict[str, str] = dict(STANDARD) if standard else {}
     if standard and schemas.REGION in versions and lake.is_active(schemas.REGION):
         queries.update(REGION_CHECKS)
     queries.update(user or {})

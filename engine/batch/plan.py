@@ -299,8 +299,11 @@ def incremental_source(lake: Lake, ruleset: Ruleset, sfp: str, silver_meta: dict
 def _incremental_plan(lake: Lake, ruleset: Ruleset, inc: Appended, reasons: tuple[str, ...],
                       executor: str, cpus: int, buckets: int | None, cfg: ReplayConfig,
                       silver_meta: dict[str, Any], archive_v: int | None, arch: Any) -> Plan:
-    n_buckets = buckets or max(1, cpus * 2 if cpus > 1 else 1)
-    wanted = max(-(-inc.rows // cfg.rows_per_map_task), cpus if cpus > 1 else 1)
+    # a step's fixed cost (index lookup, reads of touched hours) is paid per tenant bucket:
+    # small appends fold in one task, big ones in as many as a replay would use
+    n_buckets = buckets or max(1, min(cpus * 2 if cpus > 1 else 1,
+                                      -(-inc.rows // cfg.rows_per_map_task)))
+    wanted = max(1, -(-inc.rows // cfg.rows_per_map_task))
     compiled = Compiled.of(ruleset)
     return Plan(
         replay_id=new_replay_id(), lake=lake.root, mode="incremental", reasons=reasons,

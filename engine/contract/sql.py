@@ -29,18 +29,38 @@ def threads() -> int:
     return getattr(_local, "n", 0) or _default_threads or (os.cpu_count() or 1)
 
 
-def run_sql(sql: str, tables: dict[str, pa.Table], params: dict[str, Any] | None = None) -> pa.Table:
-    """Run ``sql`` with each Arrow table registered under its name; values bound, never formatted."""
-    con = duckdb.connect(config={"threads": threads()})
-    try:
+def _connection() -> duckdb.DuckDBPyConnection:
+    """This thread's in-memory DuckDB connection (a new one costs ~10 ms: steps and rules run
+    many small queries), with its thread count set to the caller's setting."""
+    con = getattr(_local, "con", None)
+    n = threads()
+    if con is None:
+        con = duckdb.connect(config={"threads": n})
         con.execute("SET TimeZone = 'UTC'")
         con.execute("SET enable_progress_bar = false")  # rules and tasks print nothing
+        _local.con, _local.con_threads = con, n
+    elif _local.con_threads != n:
+        con.execute(f"SET threads = {int(n)}")
+        _local.con_threads = n
+    return con
+
+
+def run_sql(sql: str, tables: dict[str, pa.Table], params: dict[str, Any] | None = None) -> pa.Table:
+    """Run ``sql`` with each Arrow table registered under its name; values bound, never formatted."""
+    con = _connection()
+    try:
         for name, tbl in tables.items():
             con.register(name, _rechunk(tbl))
         rel = con.sql(sql, params=params or None) if params else con.sql(sql)
         return rel.to_arrow_table()
-    finally:
+    except BaseException:
+        _local.con = None  # a failed query may leave state behind: the next call starts afresh
         con.close()
+        raise
+    finally:
+        if getattr(_local, "con", None) is con:
+            for name in tables:
+                con.unregister(name)
 
 
 def _rechunk(tbl: pa.Table, rows: int = 65_536) -> pa.Table:

@@ -118,6 +118,14 @@ class Compiled:
         rule, _ = self._slot("dedup")
         return hasattr(rule, "apply_chunk")
 
+    @property
+    def dedup_horizon(self) -> int | None:
+        """Seconds after which a key's last copy stops mattering to the dedup rule (None: never;
+        a rule without ``state_horizon`` is taken to remember every key)."""
+        rule, params = self._slot("dedup")
+        fn = getattr(rule, "state_horizon", None)
+        return None if fn is None else int(fn(params))
+
     def dedup_chunk(self, valid: pa.Table, prior: pa.Table | None,
                     until: Any) -> tuple[pa.Table, pa.Table, pa.Table | None]:
         rule, params = self._slot("dedup")

@@ -300,6 +300,16 @@ class Lake:
         """Write ``data`` as uncommitted files of ``table`` (see :mod:`engine.staging`)."""
         return stage(self.table_storage(table), table, data, tag, ROW_GROUP_ROWS)
 
+    def row_count(self, table: str, version: int | None = None) -> int:
+        """Rows of a version, from the record counts the Delta log holds (no file is read)."""
+        adds = pa.table(self.table(table, version).get_add_actions(flatten=True))
+        if not adds.num_rows:
+            return 0
+        counts = adds.column("num_records")
+        if counts.null_count:  # a writer that recorded no statistics: count from the footers
+            return self.dataset(table, version).count_rows()
+        return int(pc.sum(counts).as_py() or 0)
+
     def files(self, table: str, version: int | None = None) -> set[str]:
         """Paths (relative to the table root) of the data files of a version."""
         adds = self.table(table, version).get_add_actions(flatten=True)

@@ -133,14 +133,12 @@ def touched_summary(lake: Lake, appended: Appended, sample: int = 10) -> dict[st
     """What a plan reports of the new rows: tenants and event-time windows they touch, from
     Bronze's best-effort columns (NULL where the payload was unparseable)."""
     rows = new_rows(lake, appended, ["tenant_id", "event_timestamp"])
-    if rows.num_rows and (rows.column("tenant_id").null_count or rows.column("event_timestamp").null_count):
+    if rows.num_rows and rows.column("tenant_id").null_count == rows.num_rows:
         # a writer that left them NULL: parse the new payloads (best effort, as imports do)
         from engine.ingest.importers import extract_fields
 
         raw = new_rows(lake, appended, ["raw_payload"]).column("raw_payload").combine_chunks()
-        ext = extract_fields(raw)
-        rows = pa.table({c: pc.coalesce(rows.column(c), ext.column(c))
-                         for c in ("tenant_id", "event_timestamp")})
+        rows = extract_fields(raw).select(["tenant_id", "event_timestamp"])
     tenants = pc.unique(rows.column("tenant_id").drop_null()) if rows.num_rows else pa.array([])
     ts = rows.column("event_timestamp")
     hours = pc.unique(pc.floor_temporal(ts.drop_null(), unit="hour")) if rows.num_rows else []

@@ -23,6 +23,7 @@ rows of straggler keys' tenants, and the Silver rows of the touched tenant-hours
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -86,7 +87,8 @@ def _in_keys(rows: pa.Table, keys: pa.Table, keep: bool) -> pa.Table:
 def _old_copies(lake: Lake, spec: IncrementSpec, keys: pa.Table) -> tuple[pa.Table, pa.Table]:
     """The Silver and duplicate rows of ``keys`` (read by their tenants, then by key)."""
     tenants = pc.unique(keys.column("tenant_id")).to_pylist()
-    flt = pc.field("tenant_id").isin(tenants)
+    ids = pc.unique(keys.column("event_id")).to_pylist()
+    flt = pc.field("tenant_id").isin(tenants) & pc.field("event_id").isin(ids)
     silver = lake.read(schemas.SILVER, spec.silver_version, filter=flt)
     dups = lake.read(schemas.DUPLICATES, spec.duplicates_version, filter=flt)
     return _in_keys(silver, keys, True), _in_keys(dups, keys, True)
@@ -117,7 +119,12 @@ def fold_increment(lake: Lake, compiled: Compiled, spec: IncrementSpec, valid: p
     """Fold one bucket's new valid copies (``VALID_SCHEMA``) into its changed rows."""
     valid = schemas.conform(valid, schemas.VALID_SCHEMA)
     keys = run_sql("SELECT DISTINCT tenant_id, event_id FROM valid", {"valid": valid})
-    prior = keystate.lookup(lake, spec.state_version, keys)
+    horizon = compiled.dedup_horizon
+    since = None
+    if horizon is not None and valid.num_rows:
+        first = pc.min(valid.column("ingestion_timestamp")).as_py()
+        since = first - timedelta(seconds=horizon)
+    prior = keystate.lookup(lake, spec.state_version, keys, since)
     if compiled.can_chunk:
         stragglers = run_sql(_STRAGGLERS, {"valid": valid, "prior": prior})
     else:  # no carried state: every key seen before is recomputed from all its copies

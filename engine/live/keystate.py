@@ -7,6 +7,8 @@ folds a key's new copies that all come after its last one as one more chunk.
 
 - Keys are stored as a 128-bit hash (MD5 of tenant, NUL, event id): the index holds
   no tenant or event id in clear, so an erasure never has to find them here (SPEC 9).
+- Clustered by the last copy's ingestion time (a rebuild sorts by it, steps append recent
+  keys), so a rule with a horizon (dedup@1) reads only the recent part of it.
 - Append-only: a step appends one row per key it touched, tagged ``seq`` (the Bronze
   version folded); a key's row with the greatest ``seq`` is its state. Optimize
   compacts the files; a rebuild (:func:`rebuild`) rewrites it whole.
@@ -18,10 +20,12 @@ folds a key's new copies that all come after its last one as one more chunk.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from engine.contract import schemas
 from engine.contract.sql import threads
@@ -38,6 +42,7 @@ _STATE_SQL = f"""
 SELECT {KEY_SQL} AS key, r.ingestion_timestamp, r.kafka_topic, r.kafka_partition, r.kafka_offset,
   r.kept, $seq::BIGINT AS seq
 FROM (SELECT tenant_id, event_id, arg_max(copies, {POS}) AS r FROM copies GROUP BY ALL)
+ORDER BY r.ingestion_timestamp
 """
 
 _COPIES = """
@@ -77,10 +82,13 @@ def state_of(silver: Any, dups: Any, seq: int, prior: pa.Table | None = None) ->
     return schemas.conform(out, schemas.DEDUP_STATE_SCHEMA)
 
 
-def lookup(lake: Lake, version: int | None, keys: pa.Table) -> pa.Table:
+def lookup(lake: Lake, version: int | None, keys: pa.Table, since: datetime | None = None) -> pa.Table:
     """The state of each key of ``keys`` (tenant_id, event_id) that the index knows, with
-    tenant_id and event_id (``rules._dedup.STATE_SCHEMA``). Reads the index's key column
-    and the rows of the keys asked for only."""
+    tenant_id and event_id (``rules._dedup.STATE_SCHEMA``).
+
+    ``since``: only keys whose last copy was ingested at or after it (a dedup rule with a
+    horizon, dedup@1: older keys decide nothing). The index is clustered by that time, so
+    files and row groups before it are not read; without it, the index's key column is."""
     from rules._dedup import STATE_SCHEMA
 
     if version is None or not keys.num_rows:
@@ -88,7 +96,11 @@ def lookup(lake: Lake, version: int | None, keys: pa.Table) -> pa.Table:
     ds = lake.dataset(TABLE, version)
     con = _connect()
     try:
-        con.register("idx", ds)
+        if since is not None:
+            flt = pc.field("ingestion_timestamp") >= pa.scalar(since, schemas.TS)
+            con.register("idx", ds.scanner(filter=flt).to_reader())
+        else:
+            con.register("idx", ds)
         con.register("keys", keys.select(["tenant_id", "event_id"]))
         out = con.sql(f"""
             WITH k AS (SELECT DISTINCT tenant_id, event_id, {KEY_SQL} AS key FROM keys),
