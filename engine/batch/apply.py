@@ -34,7 +34,7 @@ from engine.fold.scope import Scope
 from engine.lake.bronze import bronze_rows as count_bronze
 from engine.lake.lease import lease_for
 from engine.lake.staging import Staged
-from engine.lake.tables import Lake
+from engine.lake.tables import Lake, table_cache
 from engine.live.step import commit_increment, increment_tasks, prepare_state
 from rules.ruleset import Ruleset
 
@@ -339,10 +339,11 @@ def run(lake: Lake, ruleset: Ruleset, executor: Executor, mode: ModeArg = "auto"
         allow_failed_checks: bool = False, follow: bool = False) -> RunResult:
     """Settle interrupted replays, plan on the consistent lake, then apply the plan
     (``follow``: a follower's step, see :func:`engine.batch.plan.build_plan`)."""
-    recover_if_needed(lake)
-    p = build_plan(lake, ruleset, mode, executor=executor.name, cpus=executor.cpus(), scope=scope,
-                   config=config, follow=follow)
-    return execute(lake, p, ruleset, executor, progress, reason, checks_dir, allow_failed_checks)
+    with table_cache():  # the driver reuses table snapshots (brought up to date) while it runs
+        recover_if_needed(lake)
+        p = build_plan(lake, ruleset, mode, executor=executor.name, cpus=executor.cpus(),
+                       scope=scope, config=config, follow=follow)
+        return execute(lake, p, ruleset, executor, progress, reason, checks_dir, allow_failed_checks)
 
 
 def recover_if_needed(lake: Lake) -> list[dict[str, Any]]:

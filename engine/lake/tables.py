@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +25,23 @@ from engine.lake.staging import PREFIX, Staged, add_actions, stage
 from engine.lake.storage import Storage
 
 META_PREFIX = "medallion."
+_cache = threading.local()
+
+
+@contextmanager
+def table_cache() -> Iterator[None]:
+    """Within the block, this thread reuses each opened table's latest snapshot, brought up to
+    date with ``update_incremental`` (~1 ms) instead of opened again (~8 ms and growing with
+    the log). An incremental step opens its tables ~90 times. Tables must not be dropped and
+    created again inside the block (nothing in a step does)."""
+    outer = getattr(_cache, "tables", None)
+    if outer is None:
+        _cache.tables = {}
+    try:
+        yield
+    finally:
+        if outer is None:
+            _cache.tables = None
 #: Delta operations that never change which rows a table holds.
 NEUTRAL_OPERATIONS = frozenset({"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES",
                                 "CHECKPOINT", "CREATE TABLE"})
@@ -73,6 +92,9 @@ class Lake:
 
     def table(self, table: str, version: int | None = None) -> DeltaTable:
         try:
+            cache = getattr(_cache, "tables", None)
+            if cache is not None and version is None:
+                return self._cached(cache, table)
             dt = DeltaTable(self.uri(table), storage_options=self._opts)
             if version is not None and version != dt.version():
                 self.check_readable(table, version)
@@ -84,6 +106,19 @@ class Lake:
             raise LakeError(f"table {table} does not exist in lake {self.root}", table=table) from None
         except Exception as exc:  # delta-rs raises generic errors for bad versions
             raise LakeError(f"cannot open {table} in {self.root}: {exc}", table=table) from None
+
+    def _cached(self, cache: dict[Any, DeltaTable], table: str) -> DeltaTable:
+        key = (self.uri(table), tuple(sorted((self._opts or {}).items())))
+        dt = cache.get(key)
+        if dt is not None:
+            try:
+                dt.update_incremental()  # ~1 ms: only the log entries since
+                return dt
+            except Exception:  # gone or unreadable: open it again (and fail as usual)
+                cache.pop(key, None)
+        dt = DeltaTable(key[0], storage_options=self._opts)
+        cache[key] = dt
+        return dt
 
     @staticmethod
     def _last_data_commit(dt: DeltaTable) -> dict[str, Any] | None:

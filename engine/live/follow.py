@@ -40,7 +40,7 @@ from engine.contract import schemas
 from engine.contract.errors import LeaseHeldError, StalePlanError, UsageError
 from engine.execution.specs import Executor
 from engine.lake.lease import lease_for
-from engine.lake.tables import Lake
+from engine.lake.tables import Lake, table_cache
 from engine.live.freshness import freshness
 from rules.ruleset import Ruleset
 
@@ -187,6 +187,10 @@ class Follower:
 
     def step(self, metrics: _Metrics | None = None) -> int:
         """One step: fold what Bronze gained (or replay what must be). Returns rows folded."""
+        with table_cache():
+            return self._step(metrics)
+
+    def _step(self, metrics: _Metrics | None) -> int:
         t0 = time.perf_counter()
         try:
             recover_if_needed(self.lake)

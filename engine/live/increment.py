@@ -65,6 +65,8 @@ class IncrementOutput:
 
 _KEYS = pa.schema([("tenant_id", pa.string()), ("event_id", pa.string())])
 TOUCHED_SCHEMA = pa.schema([("tenant_id", pa.string()), ("hour", schemas.TS)])
+REPLACED_SCHEMA = pa.schema([("tenant_id", pa.string()), ("event_id", pa.string()),
+                             ("event_date", pa.date32())])
 
 #: New copies split by their key's state: a straggler key has a new copy at or before its last one.
 _STRAGGLERS = """
@@ -160,5 +162,12 @@ def fold_increment(lake: Lake, compiled: Compiled, spec: IncrementSpec, valid: p
     silver_after = pa.concat_tables([schemas.conform(kept_old, schemas.SILVER_SCHEMA), silver_new])
     minute, hourly, alerts = compiled.gold(silver_after)
     region = compiled.region(silver_after)
-    return IncrementOutput(silver_new, dups_new, pa.concat_tables([state_a, state_s]), stragglers,
-                           touched, minute, hourly, alerts, region)
+    # the keys replaced, with the event dates of their old Silver rows (the partitions to rewrite)
+    replaced = run_sql("""SELECT s.tenant_id, s.event_id, o.event_date FROM stragglers s
+                          LEFT JOIN (SELECT DISTINCT tenant_id, event_id, event_date FROM old) o
+                          USING (tenant_id, event_id)""",
+                       {"stragglers": stragglers, "old": old_silver.select(
+                           ["tenant_id", "event_id", "event_date"])})
+    return IncrementOutput(silver_new, dups_new, pa.concat_tables([state_a, state_s]),
+                           schemas.conform(replaced, REPLACED_SCHEMA), touched, minute, hourly,
+                           alerts, region)

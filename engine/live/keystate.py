@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.contract import schemas
-from engine.contract.sql import threads
+from engine.contract.sql import run_sql, threads
 from engine.lake.tables import Lake
 
 TABLE = schemas.DEDUP_STATE
@@ -86,32 +86,50 @@ def lookup(lake: Lake, version: int | None, keys: pa.Table, since: datetime | No
     """The state of each key of ``keys`` (tenant_id, event_id) that the index knows, with
     tenant_id and event_id (``rules._dedup.STATE_SCHEMA``).
 
+    Reads the index's 16-byte key column, then only the row groups holding a key asked for.
     ``since``: only keys whose last copy was ingested at or after it (a dedup rule with a
-    horizon, dedup@1: older keys decide nothing). The index is clustered by that time, so
-    files and row groups before it are not read; without it, the index's key column is."""
+    horizon, dedup@1: older keys decide nothing); the index is clustered by that time, so
+    files and row groups before it are not read at all."""
     from rules._dedup import STATE_SCHEMA
 
     if version is None or not keys.num_rows:
         return STATE_SCHEMA.empty_table()
+    wanted = run_sql(f"SELECT DISTINCT tenant_id, event_id, {KEY_SQL} AS key FROM keys",
+                     {"keys": keys.select(["tenant_id", "event_id"])})
+    values = wanted.column("key").combine_chunks()
     ds = lake.dataset(TABLE, version)
-    con = _connect()
-    try:
-        if since is not None:
-            flt = pc.field("ingestion_timestamp") >= pa.scalar(since, schemas.TS)
-            con.register("idx", ds.scanner(filter=flt).to_reader())
-        else:
-            con.register("idx", ds)
-        con.register("keys", keys.select(["tenant_id", "event_id"]))
-        out = con.sql(f"""
-            WITH k AS (SELECT DISTINCT tenant_id, event_id, {KEY_SQL} AS key FROM keys),
-            hit AS (SELECT * FROM idx SEMI JOIN k USING (key)),
-            last AS (SELECT key, arg_max(hit, struct_pack(s := seq, p := {POS})) AS r FROM hit GROUP BY key)
-            SELECT k.tenant_id, k.event_id, r.ingestion_timestamp, r.kafka_topic, r.kafka_partition,
-              r.kafka_offset, r.kept
-            FROM last JOIN k USING (key)""").to_arrow_table()
-    finally:
-        con.close()
+    flt = pc.field("ingestion_timestamp") >= pa.scalar(since, schemas.TS) if since is not None else None
+    hits = [part for frag in ds.get_fragments(filter=flt) for part in _hits(frag, ds.schema, values, flt)]
+    if not hits:
+        return STATE_SCHEMA.empty_table()
+    out = run_sql(f"""
+        WITH last AS (SELECT key, arg_max(hit, struct_pack(s := seq, p := {POS})) AS r
+                      FROM hit GROUP BY key)
+        SELECT w.tenant_id, w.event_id, r.ingestion_timestamp, r.kafka_topic, r.kafka_partition,
+          r.kafka_offset, r.kept
+        FROM last JOIN wanted w USING (key)""", {"hit": pa.concat_tables(hits), "wanted": wanted})
     return schemas.conform(out, STATE_SCHEMA)
+
+
+def _hits(frag: Any, schema: pa.Schema, values: pa.Array, flt: Any) -> list[pa.Table]:
+    """The index rows of one file whose key is among ``values``: its key column first, then
+    only the row groups with a match (the others are never decoded)."""
+    frag.ensure_complete_metadata()
+    groups = frag.subset(filter=flt, schema=schema).row_groups if flt is not None else frag.row_groups
+    if not groups:
+        return []
+    sub = frag.subset(row_group_ids=[g.id for g in groups])
+    mask = pc.is_in(sub.to_table(columns=["key"], schema=schema).column("key"), value_set=values)
+    if not pc.any(mask).as_py():
+        return []
+    picked, start = [], 0
+    flags = mask.to_numpy(zero_copy_only=False)
+    for g in groups:
+        if flags[start:start + g.num_rows].any():
+            picked.append(g.id)
+        start += g.num_rows
+    data = frag.subset(row_group_ids=picked).to_table(schema=schema)
+    return [data.filter(pc.is_in(data.column("key"), value_set=values))]
 
 
 def meta_for(silver_meta: dict[str, Any], dups_meta: dict[str, Any]) -> dict[str, Any]:

@@ -118,11 +118,16 @@ def commit_increment(lake: Lake, plan: Any, out: JobOutput, meta: dict[str, Any]
     def by_key(t: pa.Table) -> pa.Array:
         return pc.is_in(_key_column(t, ("tenant_id", "event_id")), value_set=keys)
 
-    key_prune = pc.field("tenant_id").isin(key_tenants)
+    key_prune = (pc.field("tenant_id").isin(key_tenants)
+                 & pc.field("event_id").isin(pc.unique(replaced.column("event_id")).to_pylist()))
+    dates = pc.unique(replaced.column("event_date").drop_null()) if "event_date" in \
+        replaced.column_names else pa.array([], pa.date32())
+    silver_prune = key_prune & pc.field("event_date").isin(dates.to_pylist())
     versions[schemas.QUARANTINE] = write(schemas.QUARANTINE, append(schemas.QUARANTINE, out.quarantine),
                                          {"layer": "silver"})
-    for table, data in ((schemas.SILVER, out.silver), (schemas.DUPLICATES, out.duplicates)):
-        versions[table] = write(table, replace(table, data, by_key, key_prune, len(keys) > 0),
+    for table, data, prune in ((schemas.SILVER, out.silver, silver_prune),
+                               (schemas.DUPLICATES, out.duplicates, key_prune)):
+        versions[table] = write(table, replace(table, data, by_key, prune, len(keys) > 0),
                                 {"layer": "silver"})
     state_meta = keystate.meta_for(lake.commit_metadata(schemas.SILVER),
                                    lake.commit_metadata(schemas.DUPLICATES))
