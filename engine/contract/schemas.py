@@ -190,6 +190,8 @@ DEDUP_STATE_SCHEMA = pa.schema([
     ("kafka_offset", pa.int64()),
     ("kept", pa.struct([("t", pa.string()), ("p", pa.int32()), ("o", pa.int64()), ("i", TS)])),
     ("seq", pa.int64()),
+    #: the event dates of the key's copies (Silver's partitions to read when it is recomputed)
+    ("event_dates", pa.list_(pa.date32())),
 ])
 ERASURES_SCHEMA = pa.schema([
     ("subject_hash", pa.string()),

@@ -137,10 +137,27 @@ def file_stats(data: pa.Table) -> str:
                        "nullCount": nulls})
 
 
+#: Tables whose files are sorted by a time column (and, with True, cut into one file per day of
+#: it): an incremental step reads and rewrites the recent hours it touches, and file and
+#: row-group statistics on that column keep it from reading or rewriting the rest.
+CLUSTER: dict[str, tuple[str, bool]] = {
+    schemas.SILVER: ("event_timestamp", False),
+    **{t: ("window_start", True) for t in schemas.WINDOWED},
+}
+
+
+def _clustered(part: pa.Table, col: str, by_day: bool) -> list[pa.Table]:
+    part = part.sort_by([(col, "ascending")])
+    if not by_day or part.num_rows == 0:
+        return [part]
+    days = pc.floor_temporal(part.column(col), unit="day")
+    return [part.filter(pc.equal(days, d)) for d in pc.unique(days).to_pylist()]
+
+
 def stage(where: Storage, table: str, data: pa.Table, tag: str, row_group_rows: int) -> Staged:
     """Write ``data`` (conformed to the table's schema) as Parquet under the table root ``where``.
 
-    One file per partition value; names carry ``tag`` (the replay id, stage and shard)
+    One file per partition value (and day, :data:`CLUSTER`); names carry ``tag`` (the replay id, stage and shard)
     plus a random suffix, so a retried task never overwrites a file of another attempt.
     """
     data = schemas.conform(data, schemas.SCHEMAS[table])
@@ -159,6 +176,9 @@ def stage(where: Storage, table: str, data: pa.Table, tag: str, row_group_rows: 
             groups.append((((col, value),), data.filter(mask).drop_columns([col])))
     else:
         groups = [((), data)]
+    clustered = CLUSTER.get(table)
+    if clustered is not None:
+        groups = [(pv, g) for pv, part in groups for g in _clustered(part, *clustered)]
     out = []
     for pvals, part in groups:
         rel, full = _new_file(fs, base, pvals, tag)

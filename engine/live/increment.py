@@ -33,6 +33,7 @@ from engine.contract.sql import run_sql
 from engine.fold.pipeline import Compiled
 from engine.lake.tables import Lake
 from engine.live import keystate
+from rules._dedup import STATE_SCHEMA
 
 HOUR_US = 3_600_000_000
 
@@ -86,12 +87,15 @@ def _in_keys(rows: pa.Table, keys: pa.Table, keep: bool) -> pa.Table:
                    {"rows": rows, "keys": keys})
 
 
-def _old_copies(lake: Lake, spec: IncrementSpec, keys: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """The Silver and duplicate rows of ``keys`` (read by their tenants, then by key)."""
+def _old_copies(lake: Lake, spec: IncrementSpec, keys: pa.Table,
+                dates: list[object] | None) -> tuple[pa.Table, pa.Table]:
+    """The Silver and duplicate rows of ``keys``: Silver read in the event-date partitions
+    ``dates`` (None: all), both tables filtered by tenant and event id, then by key."""
     tenants = pc.unique(keys.column("tenant_id")).to_pylist()
     ids = pc.unique(keys.column("event_id")).to_pylist()
     flt = pc.field("tenant_id").isin(tenants) & pc.field("event_id").isin(ids)
-    silver = lake.read(schemas.SILVER, spec.silver_version, filter=flt)
+    silver = lake.read(schemas.SILVER, spec.silver_version,
+                       filter=flt if dates is None else flt & pc.field("event_date").isin(dates))
     dups = lake.read(schemas.DUPLICATES, spec.duplicates_version, filter=flt)
     return _in_keys(silver, keys, True), _in_keys(dups, keys, True)
 
@@ -126,7 +130,8 @@ def fold_increment(lake: Lake, compiled: Compiled, spec: IncrementSpec, valid: p
     if horizon is not None and valid.num_rows:
         first = pc.min(valid.column("ingestion_timestamp")).as_py()
         since = first - timedelta(seconds=horizon)
-    prior = keystate.lookup(lake, spec.state_version, keys, since)
+    found = keystate.lookup(lake, spec.state_version, keys, since)
+    prior = schemas.conform(found, STATE_SCHEMA)
     if compiled.can_chunk:
         stragglers = run_sql(_STRAGGLERS, {"valid": valid, "prior": prior})
     else:  # no carried state: every key seen before is recomputed from all its copies
@@ -139,9 +144,14 @@ def fold_increment(lake: Lake, compiled: Compiled, spec: IncrementSpec, valid: p
         silver_a, dups_a, _ = compiled.dedup_chunk(fresh, fresh_prior, None)
     else:
         silver_a, dups_a = compiled.dedup(fresh)
-    state_a = keystate.state_of(silver_a, dups_a, spec.seq, fresh_prior)
+    state_a = keystate.state_of(silver_a, dups_a, spec.seq, _in_keys(found, stragglers, False))
     # straggler keys: every copy again
-    old_silver, old_dups = _old_copies(lake, spec, stragglers) if stragglers.num_rows else (
+    # where their old Silver rows are: the index lists every copy's date of a key it always
+    # looks up (no horizon); a rule with a horizon skips old keys, so their lists may miss dates
+    dates = (pc.unique(pc.list_flatten(_in_keys(found, stragglers, True).column("event_dates")))
+             .to_pylist() if horizon is None else None)
+    old_silver, old_dups = _old_copies(lake, spec, stragglers, dates) \
+        if stragglers.num_rows else (
         schemas.empty(schemas.SILVER_SCHEMA), schemas.empty(schemas.DUPLICATES_SCHEMA))
     if stragglers.num_rows:
         copies = pa.concat_tables([schemas.conform(t, schemas.VALID_SCHEMA) for t in (

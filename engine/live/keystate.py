@@ -40,21 +40,34 @@ POS = "struct_pack(i := ingestion_timestamp, t := kafka_topic, p := kafka_partit
 #: position and the kept lineage it carries (a kept copy its own, a duplicate its kept copy's).
 _STATE_SQL = f"""
 SELECT {KEY_SQL} AS key, r.ingestion_timestamp, r.kafka_topic, r.kafka_partition, r.kafka_offset,
-  r.kept, $seq::BIGINT AS seq
-FROM (SELECT tenant_id, event_id, arg_max(copies, {POS}) AS r FROM copies GROUP BY ALL)
+  r.kept, $seq::BIGINT AS seq, list_sort(list_distinct(flatten(ds))) AS event_dates
+FROM (SELECT tenant_id, event_id, arg_max(copies, {POS}) AS r, list(dates) AS ds
+      FROM copies GROUP BY ALL)
 ORDER BY r.ingestion_timestamp
 """
 
 _COPIES = """
 SELECT tenant_id, event_id, ingestion_timestamp, kafka_topic, kafka_partition, kafka_offset,
-  struct_pack(t := kafka_topic, p := kafka_partition, o := kafka_offset, i := ingestion_timestamp) AS kept
+  struct_pack(t := kafka_topic, p := kafka_partition, o := kafka_offset, i := ingestion_timestamp) AS kept,
+  [event_timestamp::DATE] AS dates
 FROM silver
 UNION ALL
 SELECT tenant_id, event_id, ingestion_timestamp, kafka_topic, kafka_partition, kafka_offset,
   struct_pack(t := kept_kafka_topic, p := kept_kafka_partition, o := kept_kafka_offset,
-              i := kept_ingestion_timestamp) AS kept
+              i := kept_ingestion_timestamp) AS kept,
+  [event_timestamp::DATE] AS dates
 FROM dups
 """
+
+
+def _prior_schema() -> pa.Schema:
+    from rules._dedup import STATE_SCHEMA
+
+    return STATE_SCHEMA.append(schemas.DEDUP_STATE_SCHEMA.field("event_dates"))
+
+
+#: a key's state as a step uses it: what the dedup rule carries, and where its copies are
+PRIOR_SCHEMA = _prior_schema()
 
 
 def _connect() -> duckdb.DuckDBPyConnection:
@@ -66,7 +79,7 @@ def _connect() -> duckdb.DuckDBPyConnection:
 
 def state_of(silver: Any, dups: Any, seq: int, prior: pa.Table | None = None) -> pa.Table:
     """Index rows of every key in ``silver`` / ``dups`` (Arrow tables or datasets) and ``prior``
-    (state rows with tenant_id and event_id, :data:`rules._dedup.STATE_SCHEMA`), at ``seq``."""
+    (what :func:`lookup` returns), at ``seq``."""
     con = _connect()
     try:
         con.register("silver", silver)
@@ -75,7 +88,7 @@ def state_of(silver: Any, dups: Any, seq: int, prior: pa.Table | None = None) ->
         if prior is not None:
             con.register("prior", prior)
             sql += """UNION ALL SELECT tenant_id, event_id, ingestion_timestamp, kafka_topic,
-                kafka_partition, kafka_offset, kept FROM prior"""
+                kafka_partition, kafka_offset, kept, event_dates AS dates FROM prior"""
         out = con.sql(f"WITH copies AS ({sql}) {_STATE_SQL}", params={"seq": seq}).to_arrow_table()
     finally:
         con.close()
@@ -83,17 +96,15 @@ def state_of(silver: Any, dups: Any, seq: int, prior: pa.Table | None = None) ->
 
 
 def lookup(lake: Lake, version: int | None, keys: pa.Table, since: datetime | None = None) -> pa.Table:
-    """The state of each key of ``keys`` (tenant_id, event_id) that the index knows, with
-    tenant_id and event_id (``rules._dedup.STATE_SCHEMA``).
+    """The state of each key of ``keys`` (tenant_id, event_id) that the index knows: the
+    columns of ``rules._dedup.STATE_SCHEMA`` (what a dedup rule carries) plus ``event_dates``.
 
     Reads the index's 16-byte key column, then only the row groups holding a key asked for.
     ``since``: only keys whose last copy was ingested at or after it (a dedup rule with a
     horizon, dedup@1: older keys decide nothing); the index is clustered by that time, so
     files and row groups before it are not read at all."""
-    from rules._dedup import STATE_SCHEMA
-
     if version is None or not keys.num_rows:
-        return STATE_SCHEMA.empty_table()
+        return PRIOR_SCHEMA.empty_table()
     wanted = run_sql(f"SELECT DISTINCT tenant_id, event_id, {KEY_SQL} AS key FROM keys",
                      {"keys": keys.select(["tenant_id", "event_id"])})
     values = wanted.column("key").combine_chunks()
@@ -101,14 +112,14 @@ def lookup(lake: Lake, version: int | None, keys: pa.Table, since: datetime | No
     flt = pc.field("ingestion_timestamp") >= pa.scalar(since, schemas.TS) if since is not None else None
     hits = [part for frag in ds.get_fragments(filter=flt) for part in _hits(frag, ds.schema, values, flt)]
     if not hits:
-        return STATE_SCHEMA.empty_table()
+        return PRIOR_SCHEMA.empty_table()
     out = run_sql(f"""
         WITH last AS (SELECT key, arg_max(hit, struct_pack(s := seq, p := {POS})) AS r
                       FROM hit GROUP BY key)
         SELECT w.tenant_id, w.event_id, r.ingestion_timestamp, r.kafka_topic, r.kafka_partition,
-          r.kafka_offset, r.kept
+          r.kafka_offset, r.kept, r.event_dates
         FROM last JOIN wanted w USING (key)""", {"hit": pa.concat_tables(hits), "wanted": wanted})
-    return schemas.conform(out, STATE_SCHEMA)
+    return schemas.conform(out, PRIOR_SCHEMA)
 
 
 def _hits(frag: Any, schema: pa.Schema, values: pa.Array, flt: Any) -> list[pa.Table]:
