@@ -29,7 +29,10 @@ def test_import_run_status_sql(tmp_path):
     assert "mode: full" in dry and "dedup" in dry
     assert "up to date" in run("plan", "--executor", "local", "--lake", lk, "--ruleset", "2026-01", check_rc=0).stdout
     st = json.loads(run("status", "--lake", lk, "--json", check_rc=0).stdout)
-    assert {r["table"]: r.get("rows") for r in st}["silver_quarantine"] == 7
+    assert {r["table"]: r.get("rows") for r in st["tables"]}["silver_quarantine"] == 7
+    fresh = st["freshness"]
+    assert fresh["lag_rows"] == 0 and fresh["follower"] is None
+    assert fresh["silver_bronze_version"] == fresh["bronze_version"] == fresh["gold_bronze_version"]
     q = run("sql", "--lake", lk, "SELECT count(*) AS n FROM tenant_usage_1min WHERE tenant_id = $t",
             "--param", "t=acme", "--format", "csv", check_rc=0).stdout
     assert q.splitlines()[-1] == "6"

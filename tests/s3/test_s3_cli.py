@@ -74,7 +74,7 @@ class Cli:
         return next(iter(rows[0].values()))
 
     def status(self) -> dict[str, dict]:
-        return {r["table"]: r for r in self.json("status")}
+        return {r["table"]: r for r in self.json("status")["tables"]}
 
     def plan_work(self, ruleset: str) -> dict:
         d = self.json("plan", "--ruleset", ruleset, "--executor", "local")
@@ -201,7 +201,7 @@ def test_replay_diff_experiment_report_sql_rollback_recover_on_s3(cli, tmp_path)
     assert p.returncode == 0 and rb in p.stdout and "rolled_back" in p.stdout
 
     # status, rules (text) and a plan work with the options as flags and no environment
-    assert cli.json("status", flags=True)[0]["rows"] == ROWS
+    assert cli.json("status", flags=True)["tables"][0]["rows"] == ROWS
     p = cli("rules", lake=False)
     assert p.returncode == 0 and f"fingerprint {rules['rulesets']['2026-01']['fingerprint']}" in p.stdout
     assert cli.plan_work("2026-02")["mode"] == "full"

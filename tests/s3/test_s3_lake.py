@@ -74,5 +74,5 @@ def test_cli_on_an_s3_lake_with_options_from_the_environment_or_flags(s3, s3_lak
     p = cli("experiment", "--lake", s3_lake_uri, "--list", "--json", *flags, env=clean_env())
     assert p.returncode == 0 and json.loads(p.stdout) == [], p.stderr
     p = cli("status", "--lake", s3_lake_uri, "--json", *flags, env=clean_env())
-    rows = {r["table"]: r for r in json.loads(p.stdout)}
+    rows = {r["table"]: r for r in json.loads(p.stdout)["tables"]}
     assert rows[schemas.SILVER]["rows"] == 3841
