@@ -290,6 +290,7 @@ class Lake:
         ds = dt.to_pyarrow_dataset()
         actions: list[Any] = []
         kept: list[Staged] = []
+        kept_rows: list[pa.Table] = []
         adds = {a["path"]: a for a in pa.table(dt.get_add_actions(flatten=True)).to_pylist()}
         now = int(time.time() * 1000)
         for frag in ds.get_fragments(filter=prune) if prune is not None else ds.get_fragments():
@@ -308,7 +309,9 @@ class Lake:
             actions.append(RemoveAction(rel, True, now, act.get("size_bytes"), parts or None))
             rest = data.filter(pc.invert(mask))
             if rest.num_rows:
-                kept.append(self.stage(table, rest, f"{tag}-k{len(kept)}"))
+                kept_rows.append(rest)
+        if kept_rows:  # the rows kept from every rewritten file, written together: files merge
+            kept.append(self.stage(table, pa.concat_tables(kept_rows), f"{tag}-k"))
         staged = Staged.merge(table, [*kept, *([add] if add is not None else [])])
         if not actions and not staged.files:
             return dt.version()

@@ -27,6 +27,7 @@ from datetime import timedelta
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pds
 
 from engine.contract import schemas
 from engine.contract.sql import run_sql
@@ -66,8 +67,20 @@ class IncrementOutput:
 
 _KEYS = pa.schema([("tenant_id", pa.string()), ("event_id", pa.string())])
 TOUCHED_SCHEMA = pa.schema([("tenant_id", pa.string()), ("hour", schemas.TS)])
+#: straggler keys: their duplicate rows are replaced; their Silver rows too where they changed
 REPLACED_SCHEMA = pa.schema([("tenant_id", pa.string()), ("event_id", pa.string()),
-                             ("event_date", pa.date32())])
+                             ("event_date", pa.date32()), ("silver_changed", pa.bool_())])
+
+#: Straggler keys whose set of kept copies (Silver rows, by lineage) the recomputation changed.
+_CHANGED = """
+WITH a AS (SELECT tenant_id, event_id, list_sort(list(struct_pack(t := kafka_topic,
+             p := kafka_partition, o := kafka_offset))) AS l FROM old GROUP BY ALL),
+     b AS (SELECT tenant_id, event_id, list_sort(list(struct_pack(t := kafka_topic,
+             p := kafka_partition, o := kafka_offset))) AS l FROM new GROUP BY ALL)
+SELECT k.tenant_id, k.event_id FROM keys k
+LEFT JOIN a USING (tenant_id, event_id) LEFT JOIN b USING (tenant_id, event_id)
+WHERE a.l IS DISTINCT FROM b.l
+"""
 
 #: New copies split by their key's state: a straggler key has a new copy at or before its last one.
 _STRAGGLERS = """
@@ -105,16 +118,33 @@ def _hours(rows: pa.Table) -> pa.Table:
                    {"rows": rows.select(["tenant_id", "event_timestamp"])})
 
 
+def hours_filter(column: str, hours: pa.Array | pa.ChunkedArray) -> pds.Expression:
+    """``column`` falls in one of ``hours`` (hour starts): an OR of ranges, adjacent hours merged,
+    so file and row-group statistics skip everything between touched hours."""
+    starts = sorted({h for h in pc.cast(hours, pa.int64()).to_pylist() if h is not None})
+    col = pc.field(column)
+    expr: pds.Expression | None = None
+    i = 0
+    while i < len(starts):
+        j = i
+        while j + 1 < len(starts) and starts[j + 1] == starts[j] + HOUR_US:
+            j += 1
+        lo = pa.scalar(starts[i], pa.int64()).cast(schemas.TS)
+        hi = pa.scalar(starts[j] + HOUR_US, pa.int64()).cast(schemas.TS)
+        part = (col >= lo) & (col < hi)
+        expr = part if expr is None else expr | part
+        i = j + 1
+    return expr if expr is not None else pc.scalar(False)
+
+
 def _silver_of_hours(lake: Lake, spec: IncrementSpec, touched: pa.Table) -> pa.Table:
     """Silver rows of the touched (tenant, hour)s at the pinned version."""
     if not touched.num_rows:
         return schemas.empty(schemas.SILVER_SCHEMA)
-    lo = pc.min(touched.column("hour"))
-    hi = pa.scalar(pc.max(touched.column("hour")).value + HOUR_US, schemas.TS)
-    ts, day = pc.field("event_timestamp"), pc.field("event_date")
-    flt = (pc.field("tenant_id").isin(pc.unique(touched.column("tenant_id")).to_pylist())
-           & (day >= pc.cast(lo, pa.date32())) & (day <= pc.cast(hi, pa.date32()))
-           & (ts >= lo) & (ts < hi))
+    days = pc.unique(pc.cast(touched.column("hour"), pa.date32())).to_pylist()
+    flt = (pc.field("event_date").isin(days)
+           & pc.field("tenant_id").isin(pc.unique(touched.column("tenant_id")).to_pylist())
+           & hours_filter("event_timestamp", touched.column("hour")))
     rows = lake.read(schemas.SILVER, spec.silver_version, filter=flt)
     return run_sql("""SELECT r.* FROM rows r SEMI JOIN touched t
                       ON r.tenant_id = t.tenant_id AND date_trunc('hour', r.event_timestamp) = t.hour""",
@@ -158,25 +188,33 @@ def fold_increment(lake: Lake, compiled: Compiled, spec: IncrementSpec, valid: p
             old_silver, old_dups, _in_keys(valid, stragglers, True))])
         silver_s, dups_s = compiled.dedup(copies)
         state_s = keystate.state_of(silver_s, dups_s, spec.seq)
+        # keys whose kept copies did not change keep their Silver rows (and Gold its hours)
+        changed = schemas.conform(run_sql(_CHANGED, {"keys": stragglers, "old": old_silver,
+                                                     "new": silver_s}), _KEYS)
     else:
         silver_s, dups_s = schemas.empty(schemas.SILVER_SCHEMA), schemas.empty(schemas.DUPLICATES_SCHEMA)
         state_s = schemas.empty(schemas.DEDUP_STATE_SCHEMA)
+        changed = stragglers
+    old_silver = _in_keys(old_silver, changed, True)
     silver_new = pa.concat_tables([schemas.conform(silver_a, schemas.SILVER_SCHEMA),
-                                   schemas.conform(silver_s, schemas.SILVER_SCHEMA)])
+                                   schemas.conform(_in_keys(silver_s, changed, True),
+                                                   schemas.SILVER_SCHEMA)])
     dups_new = pa.concat_tables([schemas.conform(dups_a, schemas.DUPLICATES_SCHEMA),
                                  schemas.conform(dups_s, schemas.DUPLICATES_SCHEMA)])
     # Gold: every hour whose Silver rows changed, from its Silver rows after the step
     touched = pa.concat_tables([_hours(silver_new), _hours(old_silver)])
     touched = schemas.conform(run_sql("SELECT DISTINCT * FROM t", {"t": touched}), TOUCHED_SCHEMA)
-    kept_old = _in_keys(_silver_of_hours(lake, spec, touched), stragglers, False)
+    kept_old = _in_keys(_silver_of_hours(lake, spec, touched), changed, False)
     silver_after = pa.concat_tables([schemas.conform(kept_old, schemas.SILVER_SCHEMA), silver_new])
     minute, hourly, alerts = compiled.gold(silver_after)
     region = compiled.region(silver_after)
     # the keys replaced, with the event dates of their old Silver rows (the partitions to rewrite)
-    replaced = run_sql("""SELECT s.tenant_id, s.event_id, o.event_date FROM stragglers s
+    replaced = run_sql("""SELECT s.tenant_id, s.event_id, o.event_date,
+                            (c.tenant_id IS NOT NULL) AS silver_changed FROM stragglers s
                           LEFT JOIN (SELECT DISTINCT tenant_id, event_id, event_date FROM old) o
-                          USING (tenant_id, event_id)""",
-                       {"stragglers": stragglers, "old": old_silver.select(
+                          USING (tenant_id, event_id)
+                          LEFT JOIN changed c USING (tenant_id, event_id)""",
+                       {"stragglers": stragglers, "changed": changed, "old": old_silver.select(
                            ["tenant_id", "event_id", "event_date"])})
     return IncrementOutput(silver_new, dups_new, pa.concat_tables([state_a, state_s]),
                            schemas.conform(replaced, REPLACED_SCHEMA), touched, minute, hourly,

@@ -30,7 +30,7 @@ from engine.lake.staging import Staged
 from engine.lake.tables import Lake
 from engine.live import keystate
 from engine.live.appends import _rel
-from engine.live.increment import HOUR_US, IncrementSpec
+from engine.live.increment import IncrementSpec, hours_filter
 from rules.ruleset import Ruleset
 
 _SEP = "\x1f"
@@ -93,8 +93,11 @@ def commit_increment(lake: Lake, plan: Any, out: JobOutput, meta: dict[str, Any]
         {"tenant_id": pa.array([], pa.string()), "event_id": pa.array([], pa.string())})
     touched = out.touched if out.touched is not None else pa.table(
         {"tenant_id": pa.array([], pa.string()), "hour": pa.array([], schemas.TS)})
-    keys = _key_set(replaced, ("tenant_id", "event_id"))
+    keys = _key_set(replaced, ("tenant_id", "event_id"))  # duplicates: every straggler key
     key_tenants = pc.unique(replaced.column("tenant_id")).to_pylist()
+    changed = replaced.filter(replaced.column("silver_changed")) if "silver_changed" in \
+        replaced.column_names else replaced
+    silver_keys = _key_set(changed, ("tenant_id", "event_id"))  # Silver: where kept copies changed
     hours = _key_set(touched, ("tenant_id", "hour"), hour=True)
     hour_tenants = pc.unique(touched.column("tenant_id")).to_pylist()
     versions: dict[str, int] = {}
@@ -118,29 +121,29 @@ def commit_increment(lake: Lake, plan: Any, out: JobOutput, meta: dict[str, Any]
     def by_key(t: pa.Table) -> pa.Array:
         return pc.is_in(_key_column(t, ("tenant_id", "event_id")), value_set=keys)
 
+    def by_silver_key(t: pa.Table) -> pa.Array:
+        return pc.is_in(_key_column(t, ("tenant_id", "event_id")), value_set=silver_keys)
+
     key_prune = (pc.field("tenant_id").isin(key_tenants)
                  & pc.field("event_id").isin(pc.unique(replaced.column("event_id")).to_pylist()))
-    dates = pc.unique(replaced.column("event_date").drop_null()) if "event_date" in \
-        replaced.column_names else pa.array([], pa.date32())
-    silver_prune = key_prune & pc.field("event_date").isin(dates.to_pylist())
+    dates = pc.unique(changed.column("event_date").drop_null()) if "event_date" in \
+        changed.column_names else pa.array([], pa.date32())
+    silver_prune = (pc.field("tenant_id").isin(pc.unique(changed.column("tenant_id")).to_pylist())
+                    & pc.field("event_id").isin(pc.unique(changed.column("event_id")).to_pylist())
+                    & pc.field("event_date").isin(dates.to_pylist()))
     versions[schemas.QUARANTINE] = write(schemas.QUARANTINE, append(schemas.QUARANTINE, out.quarantine),
                                          {"layer": "silver"})
-    for table, data, prune in ((schemas.SILVER, out.silver, silver_prune),
-                               (schemas.DUPLICATES, out.duplicates, key_prune)):
-        versions[table] = write(table, replace(table, data, by_key, prune, len(keys) > 0),
-                                {"layer": "silver"})
+    for table, data, hit, prune, n in (
+            (schemas.SILVER, out.silver, by_silver_key, silver_prune, len(silver_keys)),
+            (schemas.DUPLICATES, out.duplicates, by_key, key_prune, len(keys))):
+        versions[table] = write(table, replace(table, data, hit, prune, n > 0), {"layer": "silver"})
     state_meta = keystate.meta_for(lake.commit_metadata(schemas.SILVER),
                                    lake.commit_metadata(schemas.DUPLICATES))
     versions[schemas.DEDUP_STATE] = write(schemas.DEDUP_STATE, append(schemas.DEDUP_STATE, out.state),
                                           {"layer": "state", **state_meta})
     gold_meta = {"layer": "gold", "silver_replay_id": lake.commit_metadata(schemas.SILVER).get("replay_id")}
-    if touched.num_rows:
-        lo = pc.min(touched.column("hour"))
-        hi = pa.scalar(pc.max(touched.column("hour")).value + HOUR_US, schemas.TS)
-        win = pc.field("window_start")
-        gold_prune = pc.field("tenant_id").isin(hour_tenants) & (win >= lo) & (win < hi)
-    else:
-        gold_prune = pc.scalar(False)
+    gold_prune = (pc.field("tenant_id").isin(hour_tenants)
+                  & hours_filter("window_start", touched.column("hour")))
 
     def by_hour(t: pa.Table) -> pa.Array:
         return pc.is_in(_key_column(t, ("tenant_id", "window_start"), hour=True), value_set=hours)

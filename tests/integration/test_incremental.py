@@ -19,6 +19,7 @@ from engine.ingest.generator import GeneratorConfig, generate
 from engine.ingest.importers import append_new
 from engine.live import keystate
 from replay import api
+from rules.base import Rule, RuleParams
 from rules.ruleset import load_ruleset
 from tests.helpers import T0, bronze, event
 
@@ -292,3 +293,37 @@ def test_steps_continue_incrementally_after_an_erasure(tmp_path):
     step(lake, "2026-02")  # the tenant's new rows are dropped at import; the rest is folded
     assert_equals_full(lake, _all_bronze(lake), "2026-02")
     assert "tenant-00001" not in lake.read(schemas.SILVER).column("tenant_id").to_pylist()
+
+
+class BatchOnlyDedup(Rule):
+    """A third-party dedup without ``apply_chunk`` (dedup@2's decisions, whole shards only)."""
+
+    name, version, layer = "dedup", 90, "silver"
+    Params = RuleParams
+
+    @staticmethod
+    def apply(params, valid):
+        from rules.dedup_v2 import Dedup
+
+        return Dedup.apply(Dedup.Params(), valid)
+
+
+def test_a_dedup_rule_without_carried_state_recomputes_every_key_seen_before(tmp_path):
+    from rules.registry import default_registry
+
+    default_registry().register(BatchOnlyDedup)
+    rs = load_ruleset("2026-02").with_rule("dedup", 90)
+    b = generate(GeneratorConfig(events=1500, tenants=3, seed=5, days=0.1, dup_rate=0.3))
+    lake = api.open_lake(tmp_path / "lake")
+    n = b.num_rows
+    for k, part in enumerate((b.slice(0, n // 2), b.slice(n // 2, n // 4), b.slice(3 * n // 4))):
+        append_new(lake, part, "t", {"source": "test"})
+        res = api.run(lake, rs)
+        assert res.plan.mode == ("full" if k == 0 else "incremental")
+    want = full_fold(_all_bronze(lake), "2026-02")
+    for table in (schemas.SILVER, schemas.DUPLICATES, schemas.MINUTE):
+        got = _sorted(lake.read(table), table)
+        exp = _sorted(want[table], table)
+        if table == schemas.DUPLICATES:  # the same rows, labelled with the rule that made them
+            got, exp = got.drop_columns(["rule"]), exp.drop_columns(["rule"])
+        assert got.equals(exp), table
