@@ -24,7 +24,11 @@ from engine.lifecycle.catalog import lifecycle_operation, neutral_commit
 #: day scopes prune (delta-rs's Z-curve over ids that share a long prefix, like the
 #: generator's ``tenant-00042``, is led by the timestamp and barely separates tenants).
 DEFAULT_ZORDER = {schemas.BRONZE: ("tenant_id", "event_timestamp"),
-                  schemas.SILVER: ("tenant_id",)}
+                  schemas.SILVER: ("tenant_id",),
+                  # Gold is not partitioned: plain compaction would merge files of every day into
+                  # one, and an incremental step touching a recent hour would rewrite all of it;
+                  # ordered by window, each file keeps to a stretch of time (SPEC 11)
+                  **{t: ("window_start",) for t in schemas.WINDOWED}}
 OPTIMIZABLE = (*schemas.ALL_TABLES, schemas.DEDUP_STATE)
 #: Z-ordered files get small row groups: their min/max statistics are what scoped replays
 #: prune by, so a row group should hold few tenants.

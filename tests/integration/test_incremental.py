@@ -327,3 +327,18 @@ def test_a_dedup_rule_without_carried_state_recomputes_every_key_seen_before(tmp
         if table == schemas.DUPLICATES:  # the same rows, labelled with the rule that made them
             got, exp = got.drop_columns(["rule"]), exp.drop_columns(["rule"])
         assert got.equals(exp), table
+
+
+def test_steps_after_optimize_stay_incremental_and_exact(tmp_path):
+    b = generate(GeneratorConfig(events=3000, tenants=4, seed=6, days=0.2, dup_rate=0.1))
+    n = b.num_rows
+    lake = api.open_lake(tmp_path / "lake")
+    append_new(lake, b.slice(0, n // 2), "t", {"source": "test"})
+    api.run(lake, "2026-02")
+    append_new(lake, b.slice(n // 2, n // 4), "t", {"source": "test"})
+    step(lake, "2026-02")
+    out = api.optimize(lake)  # folded Bronze files compacted; Gold ordered by window
+    assert out[schemas.MINUTE]["zorder"] == ["window_start"]
+    append_new(lake, b.slice(3 * n // 4), "t", {"source": "test"})
+    step(lake, "2026-02")
+    assert_equals_full(lake, _all_bronze(lake), "2026-02")
