@@ -65,7 +65,7 @@ def test_follow_folds_appends_as_they_land_and_reports_freshness(tmp_path, histo
     lake = api.open_lake(tmp_path / "lake")
     append_new(lake, parts[0], "t", {"source": "test"})
     api.run(lake, "2026-01")
-    proc = follower(lake, "--until-idle", "6", "--metrics-port", "0")
+    proc = follower(lake, "--until-idle", "4", "--metrics-port", "0")
     try:
         assert wait_for(lambda: api.freshness(lake)["follower"] is not None, 30)
         for p in parts[1:]:
@@ -89,7 +89,7 @@ def test_follow_serves_prometheus_metrics(tmp_path, history):
     append_new(lake, parts[0], "t", {"source": "test"})
     api.run(lake, "2026-01")
     port = 20000 + random.randrange(5000)
-    proc = follower(lake, "--metrics-port", str(port), "--until-idle", "5")
+    proc = follower(lake, "--metrics-port", str(port), "--until-idle", "3")
     try:
         assert wait_for(lambda: api.freshness(lake)["follower"] is not None, 30)
         append_new(lake, parts[1], "t", {"source": "test"})
@@ -223,7 +223,7 @@ def test_scoped_replay_from_a_time_while_following_is_the_checkpoint_reset(tmp_p
     append_new(lake, parts[0], "t", {"source": "test"})
     api.run(lake, "2026-01")
     start = pc.min(parts[0].column("event_timestamp")).as_py() + timedelta(hours=2)
-    proc = follower(lake, "--until-idle", "6")
+    proc = follower(lake, "--until-idle", "5")
     try:
         assert wait_for(lambda: api.freshness(lake)["follower"] is not None, 30)
         res = api.run(lake, "free-100", start=start, reason="from T")  # plan_limits@2: Gold only

@@ -22,22 +22,22 @@ pytestmark = pytest.mark.kafka
 
 
 def test_ingest_and_follow_together_end_exact(lake, broker, topic):
-    hist = generate(GeneratorConfig(events=12_000, tenants=10, seed=4, days=0.2, dup_rate=0.1))
+    hist = generate(GeneratorConfig(events=8_000, tenants=10, seed=4, days=0.2, dup_rate=0.1))
     first = hist.slice(0, 3000)
     produce(first, broker.bootstrap, topic)
     p = ingest_cli(lake.root, broker, topic, "--until-idle", "3")
     assert p.returncode == 0, p.stderr
     api.run(lake, "2026-01", reason="first build")
-    ingester = ingest_cli(lake.root, broker, topic, "--until-idle", "8", "--max-batch-seconds", "0.5",
+    ingester = ingest_cli(lake.root, broker, topic, "--until-idle", "4", "--max-batch-seconds", "0.5",
                           wait=False)
     follower = subprocess.Popen(
         [sys.executable, "-m", "replay", "follow", "--lake", lake.root, "--interval", "0.3",
-         "--until-idle", "12"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+         "--until-idle", "6"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "MEDALLION_LEASE_WAIT": "60"})
     try:
-        for i in range(3000, hist.num_rows, 1500):  # bursts while both run
-            produce(hist.slice(i, 1500), broker.bootstrap, topic)
-            time.sleep(1.0)
+        for i in range(3000, hist.num_rows, 1700):  # bursts while both run
+            produce(hist.slice(i, 1700), broker.bootstrap, topic)
+            time.sleep(0.8)
         ingester.communicate(timeout=180)
         out, err = follower.communicate(timeout=180)
     finally:
