@@ -230,12 +230,14 @@ def freshness(lake: LakeArg) -> dict[str, Any]:
 
 def follow(lake: LakeArg, executor: Executor | None = None, ruleset: RulesetArg | None = None,
            interval: float = 1.0, until_idle: float | None = None, metrics_port: int | None = None,
-           max_steps: int | None = None, out: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run a follower until signalled, idle for ``until_idle`` s, or ``max_steps`` steps folded."""
+           max_steps: int | None = None, out: Callable[[str], None] = print,
+           compact_every: int = 500) -> dict[str, Any]:
+    """Run a follower until signalled, idle for ``until_idle`` s, or ``max_steps`` steps folded;
+    every ``compact_every`` steps it compacts the files its steps added (0: never)."""
     from engine.live.follow import FollowConfig, Follower
 
     cfg = validated(FollowConfig, interval=interval, until_idle=until_idle,
-                    metrics_port=metrics_port, max_steps=max_steps)
+                    metrics_port=metrics_port, max_steps=max_steps, compact_every=compact_every)
     rs = load_ruleset(ruleset) if ruleset is not None else None
     stats = Follower(open_lake(lake), executor or make_executor("local"), cfg, rs, out).run()
     return {"session": stats.session_id, "steps": stats.steps, "rows_folded": stats.rows,

@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this long without new Bronze rows")
     p.add_argument("--max-steps", type=int, help="stop after this many steps that folded rows")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    p.add_argument("--compact-every", type=int, default=500, metavar="STEPS",
+                   help="compact the small files steps add every this many steps (default 500; 0: never)")
 
     p = sub.add_parser("sql", help="run DuckDB SQL over the lake's tables")
     _common(p)

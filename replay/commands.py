@@ -152,7 +152,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_follow(args: argparse.Namespace) -> int:
     ex = api.make_executor(args.executor, args.address)
     out = api.follow(args.lake, ex, args.ruleset, args.interval, args.until_idle, args.metrics_port,
-                     args.max_steps, out=lambda line: print(line, flush=True))
+                     args.max_steps, out=lambda line: print(line, flush=True),
+                     compact_every=args.compact_every)
     if args.json:
         emit(out, True)
     else:

@@ -71,6 +71,22 @@ def plan_optimize(lake: Lake, tables: list[str] | None = None,
     return OptimizePlan(tuple(work))
 
 
+def live_compaction_plan(lake: Lake) -> OptimizePlan:
+    """What a follower compacts every so many steps: the files its steps add to Silver, the
+    key index and Gold. Silver and the index are compacted in place (Silver within its date
+    partitions, so its time order survives), Gold is ordered by window; Bronze is left alone:
+    compacting files not folded yet would make the next step a full replay."""
+    tables = [*schemas.SILVER_TABLES, schemas.DEDUP_STATE, *schemas.WINDOWED]
+    work = []
+    for t in tables:
+        if not lake.is_active(t):
+            continue
+        adds = pa.table(lake.table(t).get_add_actions(flatten=True))
+        work.append(TableWork(t, adds.num_rows, int(sum(adds.column("size_bytes").to_pylist() or [0])),
+                              DEFAULT_ZORDER.get(t, ()) if t in schemas.WINDOWED else ()))
+    return OptimizePlan(tuple(work))
+
+
 def apply_optimize(lake: Lake, plan: OptimizePlan, reason: str = "optimize") -> dict[str, Any]:
     """Run the plan under the lake's lease; one neutral commit per table that changed."""
     out: dict[str, Any] = {}

@@ -56,6 +56,8 @@ class FollowConfig(BaseModel):
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     #: stop after this many steps that folded rows (tests, benches; None: no limit)
     max_steps: int | None = Field(default=None, ge=1)
+    #: compact the files steps add (Silver, the key index, Gold) every this many steps (0: never)
+    compact_every: int = Field(default=500, ge=0)
 
 
 @dataclass
@@ -177,6 +179,9 @@ class Follower:
             now = time.monotonic()
             if folded:
                 idle_since = now
+                every = self.cfg.compact_every
+                if every and self.stats.steps and self.stats.steps % every == 0:
+                    self.compact()
             if self.cfg.max_steps is not None and self.stats.steps >= self.cfg.max_steps:
                 return
             if self.cfg.until_idle is not None and now - idle_since >= self.cfg.until_idle:
@@ -232,6 +237,20 @@ class Follower:
                  f"to Bronze v{plan.bronze_version} in {seconds:.2f} s; lag {fresh['lag_rows']} rows, "
                  f"{fresh['lag_seconds']:.1f} s")
         return max(plan.rows, 1)
+
+    def compact(self) -> None:
+        """Merge the small files steps added (a neutral optimize, audited like any other)."""
+        from engine.lifecycle.optimize import apply_optimize, live_compaction_plan
+
+        t0 = time.perf_counter()
+        try:
+            out = apply_optimize(self.lake, live_compaction_plan(self.lake),
+                                 f"follower {self.stats.session_id}: compaction")
+        except LeaseHeldError as exc:
+            self.out(f"compaction skipped: {exc}")
+            return
+        removed = sum(v.get("files_removed", 0) for v in out.values() if isinstance(v, dict))
+        self.out(f"compacted {removed} files in {time.perf_counter() - t0:.2f} s")
 
     def _lag(self, metrics: _Metrics | None) -> dict[str, Any]:
         fresh = freshness(self.lake)

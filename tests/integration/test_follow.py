@@ -248,3 +248,28 @@ def test_scoped_replay_from_a_time_while_following_is_the_checkpoint_reset(tmp_p
                 and (ruleset == "free-100" or r["window_start"].replace(minute=0) not in new_hours)]
         mine = {(r["tenant_id"], r["window_start"]): r for r in got.to_pylist()}
         assert all(mine[(r["tenant_id"], r["window_start"])] == r for r in rows), ruleset
+
+
+def test_follower_compaction_merges_step_files_and_steps_stay_exact(tmp_path, history):
+    from engine.execution.local import LocalExecutor
+    from engine.live.follow import FollowConfig, Follower
+
+    parts = batches(history, 6)
+    lake = api.open_lake(tmp_path / "lake")
+    append_new(lake, parts[0], "t", {"source": "test"})
+    api.run(lake, "2026-01")
+    lines: list[str] = []
+    f = Follower(lake, LocalExecutor(1), FollowConfig(compact_every=2), out=lines.append)
+    for p in parts[1:5]:
+        append_new(lake, p, "t", {"source": "test"})
+        assert f.step() > 0
+    before = {t: len(lake.files(t)) for t in (schemas.SILVER, schemas.MINUTE, schemas.DEDUP_STATE)}
+    f.compact()
+    after = {t: len(lake.files(t)) for t in before}
+    assert all(after[t] < before[t] for t in before), (before, after)
+    assert any(line.startswith("compacted") for line in lines)
+    assert [r["kind"] for r in api.history(lake)][-1] == "optimize"
+    append_new(lake, parts[5], "t", {"source": "test"})
+    res = api.run(lake, "2026-01")
+    assert res.plan.mode == "incremental"
+    assert_equals_full(lake, bronze(lake), "2026-01")
