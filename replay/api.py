@@ -33,7 +33,7 @@ from engine.execution.local import LocalExecutor
 from engine.execution.specs import Executor, Progress
 from engine.fold.scope import Scope
 from engine.ingest import kafka
-from engine.ingest.generator import GeneratorConfig, generate, to_jsonl
+from engine.ingest.generator import TOPIC, GeneratorConfig, generate, to_jsonl
 from engine.ingest.importers import ImportResult, append_new, import_bronze_parquet, import_jsonl
 from engine.lake.bronze import bronze_parts
 from engine.lake.storage import storage_options
@@ -255,13 +255,19 @@ def generator_config(**fields: Any) -> GeneratorConfig:
 
 def generate_history(cfg: GeneratorConfig, *, out: str | Path | None = None,
                      fmt: Literal["jsonl", "bronze-parquet"] = "jsonl",
-                     lake: LakeArg | None = None) -> dict[str, Any]:
-    """Generate a history into a JSONL file, a Bronze Parquet archive, or a lake's Bronze."""
+                     lake: LakeArg | None = None, topic: str | None = None) -> dict[str, Any]:
+    """Generate a history into a JSONL file, a Bronze Parquet archive, or a lake's Bronze.
+
+    ``topic`` names the rows' source (``kafka_topic``): Bronze keeps one row per (topic,
+    partition, offset), so a second history for the same lake needs a topic of its own."""
     start_process()
     if (out is None) == (lake is None):
         raise UsageError("give exactly one of --out FILE or --lake DIR")
     t0 = time.perf_counter()
     table = generate(cfg)
+    if topic is not None and topic != TOPIC:
+        table = table.set_column(table.schema.get_field_index("kafka_topic"), "kafka_topic",
+                                 pa.array([topic] * table.num_rows, pa.string()))
     info: dict[str, Any] = {"rows": table.num_rows,
                             "config": {k: str(v) for k, v in cfg.model_dump().items()}}
     if lake is not None:

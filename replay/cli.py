@@ -92,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of the events from --v2-start on that carry the v2 fields")
     p.add_argument("--to-kafka", action="store_true", help="produce the events to Kafka instead")
     p.add_argument("--bootstrap-servers", default="localhost:9092")
-    p.add_argument("--topic", default="api-usage-events")
+    p.add_argument("--topic", default="api-usage-events",
+                   help="Kafka topic; with --lake/--out the rows' kafka_topic (Bronze keeps one row per "
+                        "topic, partition and offset: give another history another topic)")
     p.add_argument("--kafka-config", help="librdkafka settings file (key=value)")
 
     p = sub.add_parser("ingest", help="consume Kafka into Bronze, exactly once")

@@ -106,7 +106,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         emit(api.produce_history(cfg, args.bootstrap_servers, args.topic, args.kafka_config), args.json)
         return 0
     lake = api.open_lake(args.lake) if args.lake else None
-    emit(api.generate_history(cfg, out=args.out, fmt=args.format, lake=lake), args.json)
+    emit(api.generate_history(cfg, out=args.out, fmt=args.format, lake=lake, topic=args.topic),
+         args.json)
     return 0
 
 
