@@ -18,6 +18,7 @@ from engine.batch.plan import (
     NO_VERSION,
     ModeArg,
     Plan,
+    active_ruleset,
     build_plan,
     new_replay_id,
     source_parts,
@@ -87,13 +88,15 @@ def map_specs(lake: Lake, plan: Plan, ruleset: Ruleset, cpus: int) -> list[MapSp
 
 def execute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
             progress: Progress | None = None, reason: str | None = None,
-            checks_dir: str | None = None, allow_failed_checks: bool = False) -> RunResult:
+            checks_dir: str | None = None, allow_failed_checks: bool = False,
+            on_success: Callable[[], None] | None = None) -> RunResult:
     """Run ``plan`` as one atomic, audited replay (see :mod:`engine.audit`).
 
     Takes the lake's lease, settles interrupted replays, records a ``running``
     ledger row with every table's version before, computes, commits each table
     in one Delta commit carrying the replay id, then marks the row ``success``.
-    A failure after some commits restores them before the error propagates. The
+    A failure after some commits restores them before the error propagates.
+    ``on_success`` runs under the lease once the row says ``success``. The
     validation gate (:mod:`engine.checks`) then runs over the new versions; a failed
     check rolls the replay back and raises, unless ``allow_failed_checks``.
     """
@@ -174,6 +177,8 @@ def execute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
         lease.check()  # a driver that lost the lease does not declare success
         audit.update(lake, plan.replay_id, status="success", end_time=audit.now(), **record,
                      details=f"published despite failed checks: {', '.join(failed)}" if failed else None)
+        if on_success is not None:  # still under the lease (a follower folds its step's row)
+            on_success()
     return RunResult(plan, versions, counts, conservation, time.perf_counter() - t0, operator,
                      tuple(results), out.chunks)
 
@@ -297,8 +302,10 @@ def _commit(lake: Lake, plan: Plan, ruleset: Ruleset, out: JobOutput, operator: 
                   schemas.QUARANTINE: out.quarantine.num_rows,
                   schemas.DUPLICATES: out.duplicates.num_rows if out.duplicates is not None else 0,
                   schemas.MINUTE: out.minute.num_rows, "bronze_new": plan.rows}
-        conservation = count_bronze(lake, plan.bronze_version, plan.archive_version) == sum(
-            lake.row_count(t, versions[t]) for t in schemas.SILVER_TABLES)
+        bronze_n = (lake.row_count(schemas.BRONZE, plan.bronze_version)  # from the log's stats
+                    if plan.archive_cutoff is None else
+                    count_bronze(lake, plan.bronze_version, plan.archive_version))
+        conservation = bronze_n == sum(lake.row_count(t, versions[t]) for t in schemas.SILVER_TABLES)
         return versions, counts, conservation
     if plan.mode == "full":
         assert out.silver is not None and out.duplicates is not None
@@ -341,9 +348,33 @@ def run(lake: Lake, ruleset: Ruleset, executor: Executor, mode: ModeArg = "auto"
     (``follow``: a follower's step, see :func:`engine.batch.plan.build_plan`)."""
     with table_cache():  # the driver reuses table snapshots (brought up to date) while it runs
         recover_if_needed(lake)
+        if scope is not None and not lake.bronze_root:
+            _catch_up(lake, executor, config)
         p = build_plan(lake, ruleset, mode, executor=executor.name, cpus=executor.cpus(),
                        scope=scope, config=config, follow=follow)
         return execute(lake, p, ruleset, executor, progress, reason, checks_dir, allow_failed_checks)
+
+
+def _catch_up(lake: Lake, executor: Executor, config: ReplayConfig | None) -> None:
+    """Before a scoped replay: fold what Bronze gained since Silver was built, with the lake's
+    active ruleset. A scoped replay records the Bronze version it read; rows appended before
+    it but outside its scope would otherwise never be folded (SPEC 11)."""
+    silver = lake.commit_metadata(schemas.SILVER) if lake.exists(schemas.SILVER) else {}
+    if silver.get("bronze_version") is None or not lake.data_changed(
+            schemas.BRONZE, silver.get("bronze_version")):
+        return
+    try:
+        active = active_ruleset(lake)
+    except UsageError:
+        return  # no ruleset recorded: nothing was built that could miss rows
+    p = build_plan(lake, active, "auto", executor=executor.name, cpus=executor.cpus(),
+                   config=config, follow=True)
+    if p.mode != "incremental":
+        raise UsageError(
+            f"a scoped replay needs the rows Bronze gained since Silver was built folded first, "
+            f"and a step cannot fold them ({'; '.join(p.reasons)}); run a replay without "
+            "--start/--end/--tenant first")
+    execute(lake, p, active, executor, reason="catch-up before a scoped replay")
 
 
 def recover_if_needed(lake: Lake) -> list[dict[str, Any]]:

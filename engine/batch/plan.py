@@ -334,12 +334,16 @@ def stale_reason(lake: Lake, plan: Plan) -> str | None:
     gold = lake.commit_metadata(schemas.MINUTE) if lake.exists(schemas.MINUTE) else {}
     if gold.get("replay_id") != plan.gold_replay_id:
         return "Gold changed since (another replay, step or rollback ran)"
-    if lake.data_changed(plan.source_table, plan.source_version):
+    if plan.mode == "incremental":  # pinned to its version: later appends are the next step's
+        later = appended_since(lake, plan.source_version)
+        if not isinstance(later, Appended):
+            return later
+    elif lake.data_changed(plan.source_table, plan.source_version):
         return f"{plan.source_table} changed since version {plan.source_version}"
     arch = archive_of(lake)
     if (arch.cutoff if arch is not None else None) != plan.archive_cutoff:
         return "Bronze was archived since"
-    if arch is not None and plan.mode == "full" and \
+    if arch is not None and plan.mode in ("full", "incremental") and \
             arch.lake.data_changed(schemas.BRONZE, plan.archive_version):
         return "the archived Bronze changed since"
     return None

@@ -142,6 +142,7 @@ def file_stats(data: pa.Table) -> str:
 #: row-group statistics on that column keep it from reading or rewriting the rest.
 CLUSTER: dict[str, tuple[str, bool]] = {
     schemas.SILVER: ("event_timestamp", False),
+    schemas.DEDUP_STATE: ("ingestion_timestamp", False),
     **{t: ("window_start", True) for t in schemas.WINDOWED},
 }
 

@@ -324,6 +324,32 @@ class Lake:
             raise CommitConflictError(f"concurrent commit on {table}: {exc}", table=table) from None
         return self.table(table).version()
 
+    def merge_files(self, table: str, paths: list[str], *, tag: str,
+                    metadata: Mapping[str, Any]) -> int:
+        """Rewrite the files ``paths`` (relative to the table root) as one staged file per
+        partition (and day, for time-clustered tables), in one commit: rows unchanged, files
+        fewer. Returns the new version (unchanged when there is nothing to merge)."""
+        dt = self.ensure(table)
+        wanted = set(paths)
+        adds = {a["path"]: a for a in pa.table(dt.get_add_actions(flatten=True)).to_pylist()
+                if a["path"] in wanted}
+        if len(adds) < 2:
+            return dt.version()
+        ds = dt.to_pyarrow_dataset()
+        parts = [f.to_table(schema=ds.schema) for f in ds.get_fragments()
+                 if any(f.path == p or f.path.endswith("/" + p) for p in adds)]
+        now = int(time.time() * 1000)
+        removes = [RemoveAction(rel, False, now, act.get("size_bytes"), {
+            k[len("partition."):]: (None if v is None else _partition_text(v))
+            for k, v in act.items() if k.startswith("partition.")} or None)
+            for rel, act in adds.items()]
+        staged = self.stage(table, pa.concat_tables(parts), tag)
+        dt.create_write_transaction(
+            [*removes, *add_actions(staged)], mode="append", schema=schemas.SCHEMAS[table],
+            partition_by=schemas.PARTITIONS.get(table),
+            commit_properties=CommitProperties(custom_metadata=encode_metadata(metadata)))
+        return self.table(table).version()
+
     def barrier(self, table: str, op_id: str) -> int:
         """An empty, neutral commit: writers fenced on an older snapshot of ``table`` must read
         it again (an erasure makes one right after recording its tombstone)."""

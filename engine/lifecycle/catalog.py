@@ -24,7 +24,10 @@ from engine.lake.tables import Lake, encode_metadata
 #: Tables of the lake besides SPEC's: the erasure tombstones and the lease.
 TOMBSTONES = schemas.ERASURES
 LEASE_TABLE = "_medallion_lease"
-LAKE_TABLES = (*schemas.ALL_TABLES, schemas.AUDIT, TOMBSTONES, LEASE_TABLE, schemas.DEDUP_STATE)
+#: the lease a `replay follow` process holds for its life (object-store lakes)
+FOLLOWER_LEASE_TABLE = "_medallion_follower"
+LEASE_TABLES = (LEASE_TABLE, FOLLOWER_LEASE_TABLE)
+LAKE_TABLES = (*schemas.ALL_TABLES, schemas.AUDIT, TOMBSTONES, *LEASE_TABLES, schemas.DEDUP_STATE)
 AREA_TABLES = (*schemas.SILVER_TABLES, *schemas.GOLD_TABLES, schemas.REGION, schemas.AUDIT)
 
 

@@ -71,20 +71,52 @@ def plan_optimize(lake: Lake, tables: list[str] | None = None,
     return OptimizePlan(tuple(work))
 
 
-def live_compaction_plan(lake: Lake) -> OptimizePlan:
-    """What a follower compacts every so many steps: the files its steps add to Silver, the
-    key index and Gold. Silver and the index are compacted in place (Silver within its date
-    partitions, so its time order survives), Gold is ordered by window; Bronze is left alone:
-    compacting files not folded yet would make the next step a full replay."""
-    tables = [*schemas.SILVER_TABLES, schemas.DEDUP_STATE, *schemas.WINDOWED]
-    work = []
-    for t in tables:
-        if not lake.is_active(t):
+#: A file with fewer rows than this is small: a follower merges such files.
+SMALL_FILE_ROWS = 200_000
+
+
+def _groups(lake: Lake, table: str) -> list[list[str]]:
+    """Small files of ``table`` that belong together: same partition, and for Gold (not
+    partitioned, time-clustered) the same day of window_start."""
+    adds = pa.table(lake.table(table).get_add_actions(flatten=True)).to_pylist()
+    groups: dict[Any, list[str]] = {}
+    for a in adds:
+        if (a.get("num_records") or 0) >= SMALL_FILE_ROWS:
             continue
-        adds = pa.table(lake.table(t).get_add_actions(flatten=True))
-        work.append(TableWork(t, adds.num_rows, int(sum(adds.column("size_bytes").to_pylist() or [0])),
-                              DEFAULT_ZORDER.get(t, ()) if t in schemas.WINDOWED else ()))
-    return OptimizePlan(tuple(work))
+        key: tuple[Any, ...] = tuple(sorted((k, str(v)) for k, v in a.items() if k.startswith("partition.")))
+        if table in schemas.WINDOWED:
+            lo = a.get("min.window_start")
+            key += (lo.date() if lo is not None else None,)
+        groups.setdefault(key, []).append(a["path"])
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def compact_live(lake: Lake, reason: str) -> dict[str, Any]:
+    """What a follower runs every so many steps: merge the small files its steps add to Silver,
+    the key index and Gold, per partition and (Gold) per day, keeping each table's time
+    order, and touching no other file (delta-rs's compaction would merge Gold's days into one
+    file, and a Z-order rewrites every file). Bronze is left alone: compacting files not
+    folded yet would make the next step a full replay. One neutral, audited operation."""
+    tables = [t for t in (*schemas.SILVER_TABLES, schemas.DEDUP_STATE, *schemas.WINDOWED)
+              if lake.is_active(t)]
+    out: dict[str, Any] = {}
+    with lifecycle_operation(lake, "optimize", reason, tables=tables) as (op_id, finish, guard):
+        before = {t: lake.version(t) for t in tables}
+        meta = {"op": "optimize", "replay_id": op_id, "neutral": "true"}
+        for t in tables:
+            merged = 0
+            for i, group in enumerate(_groups(lake, t)):
+                guard()
+                lake.merge_files(t, group, tag=f"{op_id}-m{i}", metadata=meta)
+                merged += len(group)
+            out[t] = {"files_merged": merged, "files_after": len(lake.files(t))}
+        import json
+
+        finish(versions_before=json.dumps(before),
+               versions_after=json.dumps({t: lake.version(t) for t in tables}),
+               details=json.dumps(out)[:2000])
+        out["operation_id"] = op_id
+    return out
 
 
 def apply_optimize(lake: Lake, plan: OptimizePlan, reason: str = "optimize") -> dict[str, Any]:

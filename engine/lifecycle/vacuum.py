@@ -25,7 +25,7 @@ from engine.batch import audit
 from engine.contract.errors import UsageError
 from engine.lake.tables import Lake
 from engine.lifecycle.catalog import (
-    LEASE_TABLE,
+    LEASE_TABLES,
     TableRef,
     all_tables,
     lifecycle_operation,
@@ -81,7 +81,7 @@ def plan_vacuum(lake: Lake, retain_hours: int = DEFAULT_RETAIN_HOURS) -> VacuumP
     # the lease table's files are never vacuumed (apply_vacuum leaves them): not counted
     tables = tuple(VacuumTable(ref.label, len(_vacuum(ref, retain_hours, True)),
                                ref.lake.version(ref.table) or 0) for ref in all_tables(lake)
-                   if ref.table != LEASE_TABLE)
+                   if ref.table not in LEASE_TABLES)
     return VacuumPlan(retain_hours, tables)
 
 
@@ -108,7 +108,7 @@ def apply_vacuum(lake: Lake, plan: VacuumPlan, reason: str = "vacuum") -> dict[s
         horizon = audit.now() - timedelta(hours=hours)
         for ref in all_tables(lake):
             dt = ref.lake.table(ref.table)
-            if ref.table == LEASE_TABLE:  # it is in use: no commit here, only the log's tail
+            if ref.table in LEASE_TABLES:  # in use: no commit here, only the log's tail
                 dt.create_checkpoint()
                 dt.cleanup_metadata()
                 continue

@@ -21,6 +21,7 @@ from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 
 from engine.contract import schemas
 from engine.lake.tables import Lake
@@ -47,11 +48,10 @@ class Appended:
 def _log_entry(lake: Lake, table: str, version: int) -> list[dict[str, Any]] | None:
     fs, base = lake.table_storage(table).filesystem()
     path = f"{base}/_delta_log/{version:020d}.json" if base else f"_delta_log/{version:020d}.json"
-    try:
-        with fs.open_input_stream(path) as f:
-            text = f.read().decode()
-    except (FileNotFoundError, OSError):
-        return None
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return None  # cleaned up by a log retention (any other error propagates: not "gone")
+    with fs.open_input_stream(path) as f:
+        text = f.read().decode()
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
@@ -80,14 +80,14 @@ def appended_since(lake: Lake, since: int | None, version: int | None = None,
         for a in actions:
             if "remove" in a:
                 path = a["remove"]["path"]
-                if not neutral:
+                if not neutral and a["remove"].get("dataChange", True):
                     return (f"{table} version {v} removed rows ({info.get('operation', '?')}): "
                             "it did not only grow")
                 if path in added:
                     return (f"{table} version {v} ({info.get('operation', '?')}) compacted files "
                             "appended since, before they were folded")
-            elif "add" in a and not neutral:
-                added[a["add"]["path"]] = a["add"]
+            elif "add" in a and not neutral and a["add"].get("dataChange", True):
+                added[a["add"]["path"]] = a["add"]  # (dataChange false: the same rows, moved)
     rows = 0
     lows, highs = [], []
     for add in added.values():

@@ -36,8 +36,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from engine.batch import audit
 from engine.batch.apply import execute, operator_name, recover_if_needed
 from engine.batch.plan import active_ruleset, build_plan, new_replay_id
+from engine.config import environment
 from engine.contract import schemas
-from engine.contract.errors import LeaseHeldError, StalePlanError, UsageError
+from engine.contract.errors import LeaseHeldError, ReplayError, StalePlanError, UsageError
 from engine.execution.specs import Executor
 from engine.lake.lease import lease_for
 from engine.lake.tables import Lake, table_cache
@@ -70,9 +71,12 @@ class FollowStats:
     last_version: int | None = None
     last_success: float | None = None
 
-    def details(self) -> str:
-        return (f"{self.steps} steps folded {self.rows} Bronze rows (Bronze versions "
-                f"{self.first_version} -> {self.last_version})"
+    def details(self, rows: int = 0, version: int | None = None, since: int | None = None) -> str:
+        """The session row's summary (with one more step of ``rows`` up to ``version``)."""
+        steps, total = self.steps + (1 if version is not None else 0), self.rows + rows
+        first = self.first_version if self.first_version is not None else since
+        last = version if version is not None else self.last_version
+        return (f"{steps} steps folded {total} Bronze rows (Bronze versions {first} -> {last})"
                 + (f"; replays run: {', '.join(self.replays)}" if self.replays else ""))
 
 
@@ -142,40 +146,61 @@ class Follower:
         except LeaseHeldError as exc:
             raise LeaseHeldError(f"another follower is running on this lake ({exc})") from None
         restore = self._signals()
-        metrics = _Metrics(self.cfg.metrics_port) if self.cfg.metrics_port is not None else None
+        metrics = None
+        opened = False
         try:
+            metrics = _Metrics(self.cfg.metrics_port) if self.cfg.metrics_port is not None else None
             self._open_session()
-            self._loop(metrics)
+            opened = True
+            self._loop(metrics, holder)
         finally:
             restore()
             if metrics is not None:
                 metrics.close()
             try:
-                self._close_session()
+                if opened:
+                    self._close_session()
             finally:
                 holder.release()
         return self.stats
 
+    def _ledger(self) -> Any:
+        """The lake's write lease, for the follower's own ledger rows: every ledger change is a
+        read-modify-write of the whole table, made by the lease holder only."""
+        return lease_for(self.lake, self.stats.session_id, wait=environment().lease_wait)
+
     def _open_session(self) -> None:
         recover_if_needed(self.lake)
-        for r in audit.rows(self.lake):  # we hold the follower lease: any other session is dead
-            if r["kind"] == "follow" and r["status"] == "running":
-                audit.update(self.lake, r["reprocessing_id"], status="failed", end_time=audit.now(),
-                             details=f"{r['details'] or ''}; the follower died (no clean stop)"[:500])
-        audit.append(self.lake, {
-            "reprocessing_id": self.stats.session_id, "kind": "follow", "start_time": audit.now(),
-            "status": "running", "operator": operator_name(), "mode": "follow",
-            "reason": f"replay follow (interval {self.cfg.interval:g} s)", "details": "started"})
+        with self._ledger():
+            for r in audit.rows(self.lake):  # we hold the follower lease: other sessions are dead
+                if r["kind"] == "follow" and r["status"] == "running":
+                    audit.update(self.lake, r["reprocessing_id"], status="failed",
+                                 end_time=audit.now(),
+                                 details=f"{r['details'] or ''}; the follower died (no clean stop)"[:500])
+            audit.append(self.lake, {
+                "reprocessing_id": self.stats.session_id, "kind": "follow",
+                "start_time": audit.now(), "status": "running", "operator": operator_name(),
+                "mode": "follow", "reason": f"replay follow (interval {self.cfg.interval:g} s)",
+                "details": "started"})
 
     def _close_session(self) -> None:
-        audit.update(self.lake, self.stats.session_id, status="success", end_time=audit.now(),
-                     bronze_version=self.stats.last_version, record_count=self.stats.rows,
-                     details=self.stats.details())
+        with self._ledger():
+            audit.update(self.lake, self.stats.session_id, status="success", end_time=audit.now(),
+                         bronze_version=self.stats.last_version, record_count=self.stats.rows,
+                         details=self.stats.details())
 
-    def _loop(self, metrics: _Metrics | None) -> None:
+    def _loop(self, metrics: _Metrics | None, holder: Any) -> None:
         idle_since = time.monotonic()
         while not self.stop.is_set():
-            folded = self.step(metrics)
+            if holder.lost:  # another follower took over (this one stalled past its lease)
+                raise LeaseHeldError("this follower lost the follower lease to another one")
+            try:
+                folded = self.step(metrics)
+            except ReplayError as exc:
+                if not exc.retryable:
+                    raise
+                self.out(f"step failed, retrying in {self.cfg.interval:g} s: {exc}")
+                folded = 0
             now = time.monotonic()
             if folded:
                 idle_since = now
@@ -205,8 +230,17 @@ class Follower:
                               cpus=self.executor.cpus(), follow=True)
             if plan.gold_replay_id != gold.get("replay_id"):  # a replay landed in between
                 return 0
+            st = self.stats
+
+            def fold() -> None:  # under the step's lease: its row goes into the session's
+                if plan.mode == "incremental":
+                    audit.fold_step(self.lake, plan.replay_id, st.session_id,
+                                    details=st.details(plan.rows, plan.bronze_version, plan.since_version),
+                                    bronze_version=plan.bronze_version, record_count=st.rows + plan.rows,
+                                    ruleset_name=ruleset.name, ruleset_after=ruleset.fingerprint)
+
             res = execute(self.lake, plan, ruleset, self.executor,
-                          reason=f"follower {self.stats.session_id}")
+                          reason=f"follower {self.stats.session_id}", on_success=fold)
         except (LeaseHeldError, StalePlanError) as exc:  # a replay or rollback runs: next tick
             self.out(f"waiting: {exc}")
             return 0
@@ -222,9 +256,6 @@ class Follower:
         st.last_success = time.time()
         if plan.mode == "incremental":
             st.rows += plan.rows
-            audit.fold_step(self.lake, plan.replay_id, st.session_id, details=st.details(),
-                            bronze_version=st.last_version, record_count=st.rows,
-                            ruleset_name=ruleset.name, ruleset_after=ruleset.fingerprint)
         else:
             st.replays.append(plan.replay_id)
         fresh = self._lag(metrics)
@@ -240,17 +271,16 @@ class Follower:
 
     def compact(self) -> None:
         """Merge the small files steps added (a neutral optimize, audited like any other)."""
-        from engine.lifecycle.optimize import apply_optimize, live_compaction_plan
+        from engine.lifecycle.optimize import compact_live
 
         t0 = time.perf_counter()
         try:
-            out = apply_optimize(self.lake, live_compaction_plan(self.lake),
-                                 f"follower {self.stats.session_id}: compaction")
+            out = compact_live(self.lake, f"follower {self.stats.session_id}: compaction")
         except LeaseHeldError as exc:
             self.out(f"compaction skipped: {exc}")
             return
-        removed = sum(v.get("files_removed", 0) for v in out.values() if isinstance(v, dict))
-        self.out(f"compacted {removed} files in {time.perf_counter() - t0:.2f} s")
+        removed = sum(v.get("files_merged", 0) for v in out.values() if isinstance(v, dict))
+        self.out(f"compacted {removed} small files in {time.perf_counter() - t0:.2f} s")
 
     def _lag(self, metrics: _Metrics | None) -> dict[str, Any]:
         fresh = freshness(self.lake)

@@ -5,7 +5,7 @@ Per (tenant_id, event_id) key it holds what the chunked fold carries between chu
 and the lineage of its nearest kept copy. A dedup rule with ``apply_chunk`` then
 folds a key's new copies that all come after its last one as one more chunk.
 
-- Keys are stored as a 128-bit hash (MD5 of tenant, NUL, event id): the index holds
+- Keys are stored as a 128-bit hash (MD5 of the tenant's length, tenant and event id): the index holds
   no tenant or event id in clear, so an erasure never has to find them here (SPEC 9).
 - Clustered by the last copy's ingestion time (a rebuild sorts by it, steps append recent
   keys), so a rule with a horizon (dedup@1) reads only the recent part of it.
@@ -32,7 +32,8 @@ from engine.contract.sql import run_sql, threads
 from engine.lake.tables import Lake
 
 TABLE = schemas.DEDUP_STATE
-KEY_SQL = "unhex(md5(tenant_id || chr(0) || event_id))"
+#: 128-bit key of (tenant_id, event_id): the tenant's length leads, so no pair can fake another
+KEY_SQL = "unhex(md5(length(tenant_id)::VARCHAR || ':' || tenant_id || event_id))"
 #: a copy's position in ingestion order (SPEC 2)
 POS = "struct_pack(i := ingestion_timestamp, t := kafka_topic, p := kafka_partition, o := kafka_offset)"
 

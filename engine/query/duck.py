@@ -30,19 +30,28 @@ QUERYABLE = (*schemas.ALL_TABLES, schemas.AUDIT)
 
 def consistent_versions(lake: Lake) -> dict[str, int]:
     """A snapshot of the lake no replay is half-way through: each table's latest version,
-    except the tables of a replay (or rollback, erasure...) still ``running``, which are read
-    at their version before it. So readers never see Silver and Gold of different rulesets
-    mixed while a rule-change replay commits table after table.
+    except the tables of a replay (or rollback, erasure...) that may have been committing
+    while the versions were read, which are read at their version before it. So readers never
+    see Silver and Gold of different rulesets mixed while a replay commits table after table.
 
-    The versions are read first, the ledger second: a replay that had committed anything by
-    then has its ``running`` row there (it is written before the first commit)."""
+    The ledger is read before and after the versions: a replay ``running`` in either, or that
+    started or ended in between, is pinned to its versions before (its ``running`` row is
+    written before its first commit and turns ``success`` after its last)."""
     from engine.batch import audit
 
-    pinned = {t: v for t in QUERYABLE if t != schemas.AUDIT and (v := lake.version(t)) is not None}
     if not lake.exists(schemas.AUDIT):
-        return pinned
-    for r in audit.rows(lake):
-        if r["status"] != "running" or r["kind"] == "follow":
+        return {t: v for t in QUERYABLE if t != schemas.AUDIT and (v := lake.version(t)) is not None}
+    first = {r["reprocessing_id"]: r for r in audit.rows(lake)}
+    pinned = {t: v for t in QUERYABLE if t != schemas.AUDIT and (v := lake.version(t)) is not None}
+    second = {r["reprocessing_id"]: r for r in audit.rows(lake)}
+    for rid in first.keys() | second.keys():  # a follower's step row is gone once it succeeded
+        r = second.get(rid) or first[rid]
+        before = first.get(rid)
+        if r["kind"] == "follow":
+            continue
+        moving = (r["status"] == "running" or before is None or rid not in second
+                  or before["status"] != r["status"])
+        if not moving:
             continue
         for t, v in json.loads(r["versions_before"] or "{}").items():
             if t in pinned and isinstance(v, int) and v <= pinned[t]:

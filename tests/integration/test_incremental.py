@@ -342,3 +342,16 @@ def test_steps_after_optimize_stay_incremental_and_exact(tmp_path):
     append_new(lake, b.slice(3 * n // 4), "t", {"source": "test"})
     step(lake, "2026-02")
     assert_equals_full(lake, _all_bronze(lake), "2026-02")
+
+
+def test_a_scoped_replay_first_folds_what_bronze_gained_outside_its_scope(tmp_path):
+    """A scoped replay records the Bronze version it read: rows appended before it for other
+    tenants are folded first (a step with the active ruleset), never skipped."""
+    lake = _lake(tmp_path, [event(event_id="a", tenant_id="acme")], [T0], "2026-01")
+    _append(lake, [event(event_id="b", tenant_id="beta")], [T0 + timedelta(minutes=1)], [1])
+    res = api.run(lake, "2026-01", tenants=["acme"], reason="acme only")
+    assert res.plan.scope is not None
+    kinds = [(r["mode"], r["reason"]) for r in api.history(lake) if r["kind"] == "replay"]
+    assert ("incremental", "catch-up before a scoped replay") in kinds
+    assert sorted(lake.read(schemas.SILVER).column("tenant_id").to_pylist()) == ["acme", "beta"]
+    assert_equals_full(lake, _all_bronze(lake), "2026-01")
