@@ -25,7 +25,7 @@ browser:
 
 test: venv browser
 	$(PY) -m ruff check engine rules replay tests bench
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 bench: venv
 	$(PY) bench/bench.py

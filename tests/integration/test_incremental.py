@@ -68,7 +68,7 @@ def _ingested(b: pa.Table, offsets: list[int]) -> pa.Table:
     return b.take(pa.array(offsets)).sort_by([("ingestion_timestamp", "ascending")])
 
 
-@settings(max_examples=7, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(events=st.integers(50, 1500), tenants=st.integers(1, 6), seed=st.integers(0, 10**6),
        batches=st.integers(2, 4), shuffle=st.booleans(),

@@ -17,8 +17,10 @@ from tests.lakes import assert_same_tables
 pytestmark = pytest.mark.ray
 
 
-@pytest.mark.parametrize("ruleset", ["2026-01", "2026-02"])
-def test_ray_steps_equal_local_steps_and_a_full_fold(tmp_path, history_parts, ray_ex, ruleset):
+def test_ray_steps_equal_local_steps_and_a_full_fold(tmp_path, history_parts, ray_ex):
+    """dedup@1 (2026-01), whose stragglers change earlier decisions; the local property tests
+    cover every ruleset."""
+    ruleset = "2026-01"
     b = pa.concat_tables(history_parts)
     rnd = random.Random(7)
     owner = [0 if i < b.num_rows // 2 else rnd.randrange(1, 4) for i in range(b.num_rows)]
