@@ -273,3 +273,21 @@ def test_follower_compaction_merges_step_files_and_steps_stay_exact(tmp_path, hi
     res = api.run(lake, "2026-01")
     assert res.plan.mode == "incremental"
     assert_equals_full(lake, bronze(lake), "2026-01")
+
+
+def test_a_second_follower_is_refused_in_one_line(tmp_path, history):
+    from engine.lake.lease import lease_for
+
+    lake = api.open_lake(tmp_path / "lake")
+    append_new(lake, batches(history, 2)[0], "t", {"source": "test"})
+    api.run(lake, "2026-01")
+    holder = lease_for(lake, "f-other", name="follower").acquire()
+    try:
+        assert api.freshness(lake)["follower"]["session"] == "f-other"
+        proc = follower(lake, "--until-idle", "1")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        holder.release()
+    assert proc.returncode == 1 and "another follower is running" in err
+    assert len(err.strip().splitlines()) == 1
+    assert [r["kind"] for r in api.history(lake)] == ["replay"]  # no session was opened
