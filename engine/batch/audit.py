@@ -18,11 +18,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from engine.contract import schemas
 from engine.contract.errors import UsageError
-from engine.lake.tables import Lake
+from engine.lake.tables import Lake, is_neutral
 
 AUDIT_SCHEMA = schemas.AUDIT_SCHEMA
 
@@ -62,16 +61,25 @@ def append(lake: Lake, row: dict[str, Any]) -> None:
 
 def update(lake: Lake, rid: str, **changes: Any) -> None:
     """Rewrite the (small) ledger with one row changed: one commit, no SQL strings."""
-    data = read(lake)
-    hit = pc.equal(data.column("reprocessing_id"), rid)
-    if not pc.any(hit).as_py():
+    if not _rewrite(lake, rid, {rid: changes}, drop=None):
         raise UsageError(f"no ledger entry {rid}")
-    out = data.to_pylist()
-    for r in out:
-        if r["reprocessing_id"] == rid:
-            r.update(changes)
-    lake.write(schemas.AUDIT, pa.Table.from_pylist(out, schema=AUDIT_SCHEMA), mode="overwrite",
-               metadata=_meta(rid, "audit-update"))
+
+
+def _rewrite(lake: Lake, op: str, changes: dict[str, dict[str, Any]], drop: str | None) -> bool:
+    """Overwrite the ledger in one commit with rows changed (by id) and one row dropped.
+    Returns whether any row was changed."""
+    out, hit = [], False
+    for r in read(lake).to_pylist():
+        if r["reprocessing_id"] == drop:
+            continue
+        if r["reprocessing_id"] in changes:
+            r.update(changes[r["reprocessing_id"]])
+            hit = True
+        out.append(r)
+    if hit or drop is not None:
+        lake.write(schemas.AUDIT, pa.Table.from_pylist(out, schema=AUDIT_SCHEMA), mode="overwrite",
+                   metadata=_meta(op, "audit-update" if drop is None else "audit-fold-step"))
+    return hit
 
 
 def _committed_by(lake: Lake, table: str, rid: str, before: int) -> int | None:
@@ -149,10 +157,9 @@ def _changed_by_more_than_steps(lake: Lake, table: str, since: int) -> bool:
     assert latest is not None
     for entry in lake.history(table, max(1, latest - since)):
         v = entry.get("version")
-        if v is None or v <= since or entry.get("medallion.neutral") == "true":
+        if v is None or v <= since or is_neutral(entry):
             continue
-        if entry.get("medallion.mode") != "incremental" and entry.get("operation") not in (
-                "CREATE TABLE", "OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES"):
+        if entry.get("medallion.mode") != "incremental":
             return True
     return False
 
@@ -160,15 +167,7 @@ def _changed_by_more_than_steps(lake: Lake, table: str, since: int) -> bool:
 def fold_step(lake: Lake, step_id: str, session_id: str, **session: Any) -> None:
     """Drop a follower's successful step row and update its session row, in one commit: the
     ledger keeps one row per follower session, not one per step."""
-    out = []
-    for r in read(lake).to_pylist():
-        if r["reprocessing_id"] == step_id:
-            continue
-        if r["reprocessing_id"] == session_id:
-            r.update(session)
-        out.append(r)
-    lake.write(schemas.AUDIT, pa.Table.from_pylist(out, schema=AUDIT_SCHEMA), mode="overwrite",
-               metadata=_meta(session_id, "audit-fold-step"))
+    _rewrite(lake, session_id, {session_id: session}, drop=step_id)
 
 
 def rollback(lake: Lake, rid: str, reason: str, operator: str, new_id: str) -> dict[str, Any]:

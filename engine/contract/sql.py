@@ -45,8 +45,9 @@ def _connection() -> duckdb.DuckDBPyConnection:
     return con
 
 
-def run_sql(sql: str, tables: dict[str, pa.Table], params: dict[str, Any] | None = None) -> pa.Table:
-    """Run ``sql`` with each Arrow table registered under its name; values bound, never formatted."""
+def run_sql(sql: str, tables: dict[str, Any], params: dict[str, Any] | None = None) -> pa.Table:
+    """Run ``sql`` with each Arrow table (or dataset, scanned lazily) registered under its name;
+    values bound, never formatted."""
     con = _connection()
     try:
         for name, tbl in tables.items():
@@ -63,8 +64,8 @@ def run_sql(sql: str, tables: dict[str, pa.Table], params: dict[str, Any] | None
                 con.unregister(name)
 
 
-def _rechunk(tbl: pa.Table, rows: int = 65_536) -> pa.Table:
+def _rechunk(tbl: Any, rows: int = 65_536) -> Any:
     """Many moderate batches let DuckDB scan an Arrow table on every thread."""
-    if tbl.num_rows <= rows:
+    if not isinstance(tbl, pa.Table) or tbl.num_rows <= rows:
         return tbl
     return pa.Table.from_batches(tbl.to_batches(max_chunksize=rows), schema=tbl.schema)

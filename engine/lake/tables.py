@@ -128,7 +128,7 @@ class Lake:
         while True:  # newest first, in growing windows
             entries = dt.history(n)
             for entry in entries:
-                if not _neutral(entry) or entry.get(META_PREFIX + "carried") == "true":
+                if not is_neutral(entry) or entry.get(META_PREFIX + "carried") == "true":
                     return entry
             if len(entries) < n:
                 return None
@@ -169,7 +169,7 @@ class Lake:
                 continue
             if entry.get(META_PREFIX + "carried") == "true":  # older commits were cleaned up
                 return int(entry[META_PREFIX + "carried_data_version"]) > since
-            if not _neutral(entry):
+            if not is_neutral(entry):
                 return True
         return False
 
@@ -471,7 +471,8 @@ def _partition_text(value: Any) -> str:
     return value.isoformat() if hasattr(value, "isoformat") else str(value)
 
 
-def _neutral(entry: Mapping[str, Any]) -> bool:
+def is_neutral(entry: Mapping[str, Any]) -> bool:
+    """Whether a commit (a history entry, or a log entry's ``commitInfo``) left rows unchanged."""
     return entry.get("operation") in NEUTRAL_OPERATIONS or entry.get(META_PREFIX + "neutral") == "true"
 
 

@@ -24,11 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from engine.contract import schemas
-from engine.lake.tables import Lake
-
-#: Delta operations that only rewrite files (rows unchanged), beside medallion's neutral commits.
-_MAINTENANCE = frozenset({"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES",
-                          "CHECKPOINT", "CREATE TABLE"})
+from engine.lake.tables import Lake, is_neutral
 
 
 @dataclass(frozen=True)
@@ -55,11 +51,6 @@ def _log_entry(lake: Lake, table: str, version: int) -> list[dict[str, Any]] | N
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def _neutral(info: dict[str, Any]) -> bool:
-    meta = info.get("medallion.neutral")
-    return info.get("operation") in _MAINTENANCE or meta in ("true", True)
-
-
 def appended_since(lake: Lake, since: int | None, version: int | None = None,
                    table: str = schemas.BRONZE) -> Appended | str:
     """The files ``table`` gained in (since, version], or why they cannot be told apart."""
@@ -76,7 +67,7 @@ def appended_since(lake: Lake, since: int | None, version: int | None = None,
         if actions is None:
             return f"the Delta log entry of {table} version {v} is gone (cleaned up)"
         info = next((a["commitInfo"] for a in actions if "commitInfo" in a), {})
-        neutral = _neutral(info)
+        neutral = is_neutral(info)
         for a in actions:
             if "remove" in a:
                 path = a["remove"]["path"]

@@ -23,13 +23,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.contract import schemas
-from engine.contract.sql import run_sql, threads
+from engine.contract.sql import run_sql
 from engine.lake.tables import Lake
+from rules._dedup import STATE_SCHEMA
 
 TABLE = schemas.DEDUP_STATE
 #: 128-bit key of (tenant_id, event_id): the tenant's length leads, so no pair can fake another
@@ -61,38 +61,20 @@ FROM dups
 """
 
 
-def _prior_schema() -> pa.Schema:
-    from rules._dedup import STATE_SCHEMA
-
-    return STATE_SCHEMA.append(schemas.DEDUP_STATE_SCHEMA.field("event_dates"))
-
-
 #: a key's state as a step uses it: what the dedup rule carries, and where its copies are
-PRIOR_SCHEMA = _prior_schema()
-
-
-def _connect() -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(config={"threads": threads()})
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET enable_progress_bar = false")
-    return con
+PRIOR_SCHEMA = STATE_SCHEMA.append(schemas.DEDUP_STATE_SCHEMA.field("event_dates"))
 
 
 def state_of(silver: Any, dups: Any, seq: int, prior: pa.Table | None = None) -> pa.Table:
     """Index rows of every key in ``silver`` / ``dups`` (Arrow tables or datasets) and ``prior``
     (what :func:`lookup` returns), at ``seq``."""
-    con = _connect()
-    try:
-        con.register("silver", silver)
-        con.register("dups", dups)
-        sql = _COPIES
-        if prior is not None:
-            con.register("prior", prior)
-            sql += """UNION ALL SELECT tenant_id, event_id, ingestion_timestamp, kafka_topic,
-                kafka_partition, kafka_offset, kept, event_dates AS dates FROM prior"""
-        out = con.sql(f"WITH copies AS ({sql}) {_STATE_SQL}", params={"seq": seq}).to_arrow_table()
-    finally:
-        con.close()
+    sql = _COPIES
+    tables = {"silver": silver, "dups": dups}
+    if prior is not None:
+        tables["prior"] = prior
+        sql += """UNION ALL SELECT tenant_id, event_id, ingestion_timestamp, kafka_topic,
+            kafka_partition, kafka_offset, kept, event_dates AS dates FROM prior"""
+    out = run_sql(f"WITH copies AS ({sql}) {_STATE_SQL}", tables, {"seq": seq})
     return schemas.conform(out, schemas.DEDUP_STATE_SCHEMA)
 
 
