@@ -8,9 +8,10 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml rules/_native/Cargo.toml rules/_native/src/lib.rs
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet ./rules/_native  # validate@1's native decoder: cargo + maturin
 	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet -e '.[test]'  # no build-backend notices
 	touch $(STAMP)
 

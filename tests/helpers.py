@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
+import pytest
 
 from engine.contract import schemas
 from engine.fold.pipeline import Compiled
@@ -66,3 +67,18 @@ def fold(payloads: list[Any], ruleset: str = "2026-01", **kw: Any) -> dict[str, 
     minute, hourly, alerts = c.gold(silver)
     return {"silver": silver, "quarantine": quarantine, "duplicates": dups,
             "minute": minute, "hourly": hourly, "alerts": alerts}
+
+
+@pytest.fixture(params=["native", "msgspec"])
+def each_decoder(request: pytest.FixtureRequest):
+    """Run a test once per fast-path decoder: the native extension (``make venv`` builds it:
+    its absence fails, never skips) and msgspec (where the extension is not installed)."""
+    from rules import _fastpath
+
+    if request.param == "native":
+        assert _fastpath.native_enabled(), "the native decoder (rules/_native) is not installed"
+        yield "native"
+    else:
+        with _fastpath.msgspec_decoder():
+            assert not _fastpath.native_enabled()
+            yield "msgspec"

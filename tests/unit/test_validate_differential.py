@@ -6,13 +6,17 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rules import _fastpath
 from rules._event import parse_timestamp_us, strict_validate
 from rules._fastpath import parse_timestamps
-from tests.helpers import T0, bronze, compiled
+from tests.helpers import T0, bronze, compiled, each_decoder
+
+pytestmark = pytest.mark.usefixtures("each_decoder")
+assert each_decoder  # the fixture, used by every test of this module
 
 PLANS = frozenset({"free", "starter", "professional", "enterprise"})
 ING_US = int(T0.timestamp()) * 1_000_000
@@ -49,7 +53,7 @@ def _mutate(obj: dict, choice: int) -> bytes:
     return text.encode()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(objects, st.integers(0, 8)), min_size=1, max_size=25))
 def test_vectorized_equals_strict_reference(items):
     base = {"event_id": "e", "event_timestamp": "2026-03-02T12:00:00Z", "tenant_id": "t",
@@ -170,7 +174,7 @@ def _rows(table) -> list[dict]:
     return sorted(table.to_pylist(), key=lambda r: r["kafka_offset"])
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.lists(payloads(), min_size=1, max_size=30))
 def test_fast_path_and_fallback_equal_the_duckdb_path_and_the_reference(raws):
     b = bronze(raws, ingestion=[T0] * len(raws))
@@ -192,7 +196,7 @@ def test_fast_path_and_fallback_equal_the_duckdb_path_and_the_reference(raws):
                 {f: vals[f] for f in FIELD_NAMES if f != "event_timestamp"}, p
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.one_of(timestamps(), st.sampled_from(TIMESTAMPS),
                           st.text("0123456789-:.TtZz+ é\x00", max_size=36)), max_size=40))
 def test_vectorized_timestamp_parser_equals_the_reference(texts):
@@ -204,3 +208,63 @@ def test_vectorized_timestamp_parser_equals_the_reference(texts):
         assert (expected is not None) == bool(o), text
         if o:
             assert int(u) == expected, text
+
+
+#: bytes a mutation inserts or writes: JSON's structure, escapes, digits, whitespace,
+#: control characters and bytes that are not UTF-8 on their own
+MUTATION_BYTES = st.sampled_from(list(b'{}[],:"\\/ubnrt0123456789eE.+-tfnalsu \t\r\n\x00\x1f\x7f')
+                                 + [0x80, 0xC3, 0xED, 0xF0, 0xFF])
+
+
+@st.composite
+def mutated(draw) -> bytes:
+    """A valid event's text with a few bytes inserted, deleted or overwritten at random: the
+    fast path must refuse whatever the strict reference calls invalid, byte by byte."""
+    base = json.dumps({"event_id": draw(st.sampled_from(["e1", "é\\u00e9", "\\ud83d\\ude00"])),
+                       "event_timestamp": "2026-03-02T12:00:00.5+01:00", "tenant_id": "t",
+                       "subscription_plan": "free", "endpoint": "/x", "status_code": 200,
+                       "latency_ms": draw(st.sampled_from([0, -0, 12, 2**63 - 1])),
+                       "extra": draw(st.sampled_from([[1, 2.5e-3, None], {"a": {"b": [True]}}, "s"]))})
+    raw = bytearray(base.encode().replace(b"\\\\", b"\\"))
+    for _ in range(draw(st.integers(1, 3))):
+        pos = draw(st.integers(0, len(raw)))
+        op = draw(st.integers(0, 2))
+        if op == 0:
+            raw[pos:pos] = bytes([draw(MUTATION_BYTES)])
+        elif op == 1 and pos < len(raw):
+            del raw[pos]
+        elif pos < len(raw):
+            raw[pos] = draw(MUTATION_BYTES)
+    return bytes(raw)
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.lists(mutated(), min_size=1, max_size=20))
+def test_byte_mutations_of_a_valid_event_agree_with_the_reference(raws):
+    b = bronze(raws, ingestion=[T0] * len(raws))
+    fast, taken = _fastpath.accept(b, PLANS, 3600 * 1_000_000)
+    valid, quarantine = compiled().validate(b)
+    got = {r["kafka_offset"]: r["reason"] for r in quarantine.to_pylist()}
+    rows = {r["kafka_offset"]: r for r in valid.to_pylist()}
+    taken_rows = iter(fast.to_pylist())
+    for i, p in enumerate(raws):
+        expected, vals = strict_validate(p, ING_US, PLANS, 3600 * 1_000_000)
+        assert got.get(i) == expected, p
+        if taken[i]:  # taken by the fast path: certainly valid, with the reference's values
+            assert expected is None and next(taken_rows) == rows[i], p
+        if expected is None:
+            assert {f: rows[i][f] for f in FIELD_NAMES if f != "event_timestamp"} == \
+                {f: vals[f] for f in FIELD_NAMES if f != "event_timestamp"}, p
+
+
+@pytest.mark.parametrize("depth,taken", [(1, True), (64, True), (65, False), (5000, False)])
+def test_nesting_in_an_unknown_field(depth, taken):
+    raw = (b'{"event_id": "e", "event_timestamp": "2026-03-02T12:00:00Z", "tenant_id": "t", '
+           b'"subscription_plan": "free", "endpoint": "/x", "status_code": 200, "x": '
+           + b"[" * depth + b"]" * depth + b"}")
+    _, accepted = _fastpath.accept(bronze([raw], ingestion=[T0]), PLANS, 3600 * 1_000_000)
+    valid, _ = compiled().validate(bronze([raw], ingestion=[T0]))
+    assert valid.num_rows == 1  # valid at any depth; deep ones are the fallback's to judge
+    if _fastpath.native_enabled():
+        assert bool(accepted[0]) == taken

@@ -15,7 +15,10 @@ import pytest
 from engine.contract import schemas
 from rules import _fastpath
 from rules._event import strict_validate
-from tests.helpers import T0, bronze, compiled, event, payload
+from tests.helpers import T0, bronze, compiled, each_decoder, event, payload
+
+pytestmark = pytest.mark.usefixtures("each_decoder")
+assert each_decoder  # the fixture, used by every test of this module
 
 PLANS = frozenset({"free", "starter", "professional", "enterprise"})
 TOL = 3600 * 1_000_000
