@@ -2,25 +2,30 @@
 
 For one generated history (default 5M events), in one run on this machine:
 - generator events/s;
+- validate@1 alone on one thread: the fast path (native decoder, then msgspec's) against
+  the DuckDB query;
 - a single DuckDB SQL script computing the same 2026-02 Gold from the same Bronze
-  (``bench/duckdb_gold.sql``): the baseline; its Gold is checked against the engine's;
-- full replay (Bronze -> Gold) and Gold-only replay events/s for the local executor and
-  the Ray executor with 1 and 2 worker CPUs, each with its ratio to the baseline's time.
+  (``bench/duckdb_gold.sql``), in a process of its own: the baseline (time and peak RSS);
+  its Gold is checked against the engine's;
+- full and Gold-only replays, each as a ratio to the baseline's time: through the Python
+  API on the local executor, and through the default CLI (``replay run``, Ray executor)
+  against a 2-CPU Ray cluster from ``ray start``, with the peak RSS of the driver and of
+  every Ray worker process;
+- live folding (``bench/live.py``), lifecycle, a 20M-event memory measure, Kafka ingest.
 Ratios measured in the same run are what compare across machines.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import duckdb
 from live import follow_bench, incremental_bench  # bench/ is the script's directory
+from processes import GIB, RssSampler, cli_replay, ray_cluster, script_process
 
 from engine.contract import schemas
 from engine.ingest.generator import GeneratorConfig, generate
@@ -30,14 +35,15 @@ from replay import api
 HERE = Path(__file__).resolve().parent
 
 
-def baseline(lake: api.Lake) -> tuple[float, duckdb.DuckDBPyConnection, str]:
+def baseline(lake: api.Lake, out: Path) -> tuple[float, int, duckdb.DuckDBPyConnection]:
+    """The DuckDB script in a process of its own: (seconds, peak RSS, a connection holding
+    its Gold as ``minute`` and ``hourly``)."""
+    seconds, rss = script_process(Path(lake.root), out)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    con.register("bronze", lake.dataset(schemas.BRONZE))
-    t0 = time.perf_counter()
-    with RssSampler() as rss:
-        con.execute((HERE / "duckdb_gold.sql").read_text())
-    return time.perf_counter() - t0, con, rss.report().replace("driver", "script")
+    for t in ("minute", "hourly"):
+        con.execute(f"CREATE TABLE {t} AS SELECT * FROM read_parquet(?)", [str(out / f"{t}.parquet")])
+    return seconds, rss, con
 
 
 def gold_matches(lake: api.Lake, con: duckdb.DuckDBPyConnection) -> bool:
@@ -70,80 +76,27 @@ def validate_bench(bronze, rows: int) -> None:
     n = part.num_rows
     compiled = Compiled.of(load_ruleset("2026-02"))
     set_threads(1)
-    try:
+
+    def timed() -> float:
         compiled.validate(part.slice(0, 10_000))  # warm-up
         t0 = time.perf_counter()
         compiled.validate(part)
-        fast_s = time.perf_counter() - t0
+        return time.perf_counter() - t0
+
+    try:
+        native_s = timed() if _fastpath.native_enabled() else float("nan")
+        with _fastpath.msgspec_decoder():
+            msgspec_s = timed()
         with _fastpath.disabled():
-            t0 = time.perf_counter()
-            compiled.validate(part)
-            duck_s = time.perf_counter() - t0
+            duck_s = timed()
     finally:
         set_threads(0)
     _, taken = _fastpath.accept(part, compiled.known_plans, 3600 * 1_000_000)  # default tolerance
-    print(f"validate@1, 1 thread, fast path: {n / fast_s:12,.0f} events/s  ({fast_s / n * 1e6:.2f} us/event, "
-          f"{taken.mean():.1%} of {n:,} rows on the fast path)")
-    print(f"validate@1, 1 thread, DuckDB:    {n / duck_s:12,.0f} events/s  ({duck_s / n * 1e6:.2f} us/event, "
-          f"{duck_s / fast_s:.1f}x the fast path's time)")
-
-
-class RssSampler:
-    """Peak resident memory of this process and of every process below it, sampled from /proc
-    (Linux) every 0.2 s while a ``with`` block runs: the driver and each Ray worker apart."""
-
-    def __init__(self) -> None:
-        self.peaks: dict[int, tuple[int, str]] = {}
-        self._stop = threading.Event()
-
-    @staticmethod
-    def _family() -> list[int]:
-        parent: dict[int, int] = {}
-        for d in os.listdir("/proc"):
-            if d.isdigit():
-                try:
-                    with open(f"/proc/{d}/stat") as f:
-                        parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
-                except (OSError, IndexError, ValueError):
-                    continue
-        out, todo = [], [os.getpid()]
-        while todo:
-            pid = todo.pop()
-            out.append(pid)
-            todo += [c for c, p in parent.items() if p == pid]
-        return out
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.2):
-            for pid in self._family():
-                try:
-                    with open(f"/proc/{pid}/status") as f:
-                        rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
-                    with open(f"/proc/{pid}/cmdline", "rb") as f:
-                        name = f.read().split(b"\0")[0].decode(errors="replace")
-                except (OSError, StopIteration):
-                    continue
-                if rss > self.peaks.get(pid, (0, ""))[0]:
-                    self.peaks[pid] = (rss, name)
-
-    def __enter__(self) -> RssSampler:
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def report(self) -> str:
-        me = self.peaks.get(os.getpid(), (0, ""))[0]
-        workers = sorted((rss for pid, (rss, name) in self.peaks.items() if name.startswith("ray::")),
-                         reverse=True)
-        text = f"driver peak RSS {me / 1024:,.0f} MiB"
-        if workers:
-            text += (f", Ray workers {len(workers)}: largest {workers[0] / 1024:,.0f} MiB, "
-                     f"above 2 GiB: {sum(w > 2 << 20 for w in workers)}")
-        return text
+    print(f"validate@1, 1 thread, {taken.mean():.1%} of {n:,} rows on the fast path:")
+    for name, sec in (("fast path, native decoder", native_s), ("fast path, msgspec decoder", msgspec_s),
+                      ("DuckDB query, every row", duck_s)):
+        print(f"  {name + ':':28}{n / sec:12,.0f} events/s  ({sec / n * 1e6:.2f} us/event, "
+              f"{sec / native_s:.1f}x the native path's time)")
 
 
 def timed_run(lake: api.Lake, mode: str, executor) -> tuple[float, str]:
@@ -281,34 +234,31 @@ def main() -> None:
         if args.validate_events:
             validate_bench(bronze, args.validate_events)
         del bronze
-        base_s, con, base_rss = baseline(lake)
-        print(f"duckdb script (baseline):     {n / base_s:12,.0f} events/s  ({base_s:.2f}s; {base_rss})")
-        import ray
-
+        base_s, base_rss, con = baseline(lake, tmp)
+        print(f"duckdb script (baseline):     {n / base_s:12,.0f} events/s  ({base_s:.2f}s, a process "
+              f"of its own; peak RSS {base_rss / 2**20:,.0f} MiB)")
         from engine.execution.local import LocalExecutor
-        from engine.execution.ray_executor import RayExecutor
 
-        configs = [("local", lambda: LocalExecutor())]
-        configs += [(f"ray, {c} cpu", (lambda c=c: RayExecutor(num_cpus=c))) for c in (1, 2)]
-        checked = False
-        full_times: dict[str, float] = {}
-        for name, make in configs:
-            if ray.is_initialized():
-                ray.shutdown()
-            ex = make()
-            full_s, full_rss = timed_run(lake, "full", ex)
-            full_times[name] = full_s
-            if not checked:
-                print(f"engine Gold equals the baseline's: {gold_matches(lake, con)}")
-                checked = True
-            gold_s, _ = timed_run(lake, "gold", ex)
-            print(f"full replay ({name}):{' ' * (16 - len(name))}{n / full_s:12,.0f} events/s  "
-                  f"({full_s:.2f}s, {full_s / base_s:.2f}x the baseline; {full_rss})")
-            print(f"gold-only ({name}):{' ' * (18 - len(name))}{n / gold_s:12,.0f} events/s  "
-                  f"({gold_s:.2f}s, {gold_s / base_s:.2f}x the baseline)")
-        if ray.is_initialized():
-            ray.shutdown()
-        incremental_bench(lake, cfg, full_times["local"])
+        full_local, full_rss = timed_run(lake, "full", LocalExecutor())
+        print(f"engine Gold equals the baseline's: {gold_matches(lake, con)}")
+        gold_local, _ = timed_run(lake, "gold", LocalExecutor())
+        print(f"full replay (local, API):     {n / full_local:12,.0f} events/s  ({full_local:.2f}s, "
+              f"{full_local / base_s:.2f}x the baseline; in this process: {full_rss})")
+        print(f"gold-only (local, API):       {n / gold_local:12,.0f} events/s  ({gold_local:.2f}s, "
+              f"{gold_local / base_s:.2f}x the baseline)")
+        with ray_cluster(2) as env:  # the default CLI: replay run, Ray executor, a started cluster
+            for mode in ("full", "gold"):
+                seconds, wall, rss, pid = cli_replay(Path(lake.root), mode, env)
+                workers = rss.workers()
+                driver = rss.peaks.get(pid, (0, ""))[0]
+                print(f"{mode} replay (CLI, Ray 2 CPUs): {n / seconds:10,.0f} events/s  ({seconds:.2f}s, "
+                      f"{seconds / base_s:.2f}x the baseline; the whole command {wall:.2f}s, "
+                      f"{wall / base_s:.2f}x)")
+                print(f"  peak RSS: driver {driver / 2**20:,.0f} MiB; Ray workers ({len(workers)}): "
+                      + ", ".join(f"{w / 2**20:,.0f}" for w in workers) + " MiB; processes above 2 GiB: "
+                      f"{sum(x > 2 * GIB for x in [driver, *workers])}; the script: "
+                      f"{base_rss / 2**20:,.0f} MiB")
+        incremental_bench(lake, cfg, full_local)
         follow_bench(lake, cfg)
         lifecycle_bench(lake)
         if args.memory_events:
