@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pds
@@ -52,17 +53,20 @@ def extract_fields(raw: pa.Array) -> pa.Table:
     })
 
 
-def bronze_rows(raw: pa.Array, topic: str, partition: int, offsets: pa.Array,
+def bronze_rows(raw: pa.Array, topic: str, partition: int | pa.Array, offsets: pa.Array,
                 ingestion: datetime, kafka_timestamp: pa.Array | None = None,
                 kafka_key: pa.Array | None = None) -> pa.Table:
-    """Assemble SPEC section 2 rows for raw messages."""
+    """Assemble SPEC section 2 rows for raw messages (``partition``: one for all, or per row)."""
     n = len(raw)
-    ing = pa.array([ingestion] * n, schemas.TS) if n else pa.array([], schemas.TS)
+    us = pa.scalar(ingestion, schemas.TS).cast(pa.int64()).as_py()  # as pa.array([ingestion]) reads it
+    ing = pa.array(np.full(n, us, dtype=np.int64)).cast(schemas.TS)
+    if isinstance(partition, int):
+        partition = pa.array(np.full(n, partition, dtype=np.int32))
     extracted = extract_fields(raw)
     return pa.table({
         "raw_payload": raw,
-        "kafka_topic": pa.array([topic] * n, pa.string()),
-        "kafka_partition": pa.array([partition] * n, pa.int32()),
+        "kafka_topic": pa.array([topic], pa.string()).take(pa.array(np.zeros(n, dtype=np.int32))),
+        "kafka_partition": partition.cast(pa.int32()),
         "kafka_offset": offsets,
         "kafka_timestamp": kafka_timestamp if kafka_timestamp is not None else pa.nulls(n, schemas.TS),
         "kafka_key": kafka_key if kafka_key is not None else pa.nulls(n, pa.binary()),

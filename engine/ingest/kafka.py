@@ -12,6 +12,8 @@ offsets are committed after each Delta commit, so lag shows in standard Kafka to
 from __future__ import annotations
 
 import contextlib
+import itertools
+import operator
 import signal
 import sys
 import time
@@ -200,34 +202,41 @@ class Ingester:
         return self.stats
 
     def flush(self) -> None:
-        """Commit the pending batch to Bronze (rows + offsets in one Delta commit)."""
+        """Commit the pending batch to Bronze (rows + offsets in one Delta commit).
+
+        No Python runs per message: partitions and offsets are gathered with C-level ``map``
+        over the client's method descriptors, ordered by (partition, offset) with NumPy, and
+        the messages reordered by one ``itemgetter`` call."""
         if not self._pending:
             return
         msgs, self._pending = self._pending, []
-        by_part: dict[int, list[Any]] = {}
-        for m in msgs:
-            by_part.setdefault(m.partition(), []).append(m)
-        keep: list[Any] = []
-        kept: set[int] = set()
+        n = len(msgs)
+        part = np.fromiter(map(Message.partition, msgs), np.int64, n)
+        off = np.fromiter(map(Message.offset, msgs), np.int64, n)
+        order = np.lexsort((off, part))
+        part, off = part[order], off[order]
+        starts = np.flatnonzero(np.r_[True, part[1:] != part[:-1]])
+        ends = np.r_[starts[1:], n]
+        keep = np.zeros(n, dtype=bool)
         txns = []
         snapshot = self.lake.table(schemas.BRONZE)  # the offsets are checked against this version
-        for part, ms in sorted(by_part.items()):
-            ms.sort(key=lambda m: m.offset())
-            expected = self.delta_offset(part, snapshot)
-            first = ms[0].offset()
-            if expected is not None and first != expected:
+        for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):  # one pass per partition
+            p = int(part[lo])
+            expected = self.delta_offset(p, snapshot)
+            if expected is not None and int(off[lo]) != expected:
                 # Delta moved on (another ingester) or lags (we read ahead of it): re-seek there.
                 self.stats.dropped_batches += 1
-                if part in self._owned:
-                    self.consumer.seek(TopicPartition(self.cfg.topic, part,
+                if p in self._owned:
+                    self.consumer.seek(TopicPartition(self.cfg.topic, p,
                                                       expected if expected is not None else OFFSET_INVALID))
                 continue
-            keep.extend(ms)
-            kept.add(part)
-            txns.append(Transaction(app_id(self.cfg.topic, part), ms[-1].offset() + 1))
-        if not keep:
+            keep[lo:hi] = True
+            txns.append(Transaction(app_id(self.cfg.topic, p), int(off[hi - 1]) + 1))
+        if not txns:
             return
-        rows = self._rows({p: ms for p, ms in by_part.items() if p in kept})
+        picked = order[keep]
+        kept = operator.itemgetter(*picked.tolist())(msgs) if len(picked) > 1 else (msgs[picked[0]],)
+        rows = self._rows(kept, part[keep], off[keep])
         # SPEC 9: rows of erased subjects are dropped (tombstones read after the snapshot: an
         # erasure committed since makes this commit fail, and the batch is read again)
         rows, erased = drop_erased(self.lake, rows)
@@ -239,13 +248,13 @@ class Ingester:
         except CommitConflictError:
             # a concurrent commit (another ingester) won: re-read Delta's offsets and go on
             for t in txns:
-                part = int(t.app_id.rsplit("/", 1)[1])
-                expected = self.delta_offset(part)
-                if part in self._owned and expected is not None:
-                    self.consumer.seek(TopicPartition(self.cfg.topic, part, expected))
+                p = int(t.app_id.rsplit("/", 1)[1])
+                expected = self.delta_offset(p)
+                if p in self._owned and expected is not None:
+                    self.consumer.seek(TopicPartition(self.cfg.topic, p, expected))
             self.stats.dropped_batches += 1
             return
-        self.stats.messages += len(keep)
+        self.stats.messages += len(kept)
         self.stats.batches += 1
         with contextlib.suppress(KafkaException):  # group offsets are for lag tools; Delta holds the truth
             self.consumer.commit(offsets=[TopicPartition(self.cfg.topic, int(t.app_id.rsplit("/", 1)[1]),
@@ -254,23 +263,19 @@ class Ingester:
         if self.report:
             self.report(self.stats)
 
-    def _rows(self, by_part: dict[int, list[Any]]) -> pa.Table:
-        """Bronze rows of the batch's messages, grouped by partition.
+    def _rows(self, msgs: tuple[Any, ...], part: np.ndarray, off: np.ndarray) -> pa.Table:
+        """Bronze rows of the batch's messages (ordered by partition and offset).
 
-        The client hands over one object per message; its fields are gathered with C-level
-        ``map`` over the method descriptors (no Python bytecode per message) and every column
-        is then built vectorized (timestamps with NumPy).
-        """
-        now = datetime.now(UTC)
-        parts: list[pa.Table] = []
-        for part, ms in by_part.items():
-            raw = pa.array(list(map(Message.value, ms)), pa.binary())
-            stamps = np.array(list(map(Message.timestamp, ms)), dtype=np.int64).reshape(-1, 2)
-            ts = pa.array(stamps[:, 1] * 1000, pa.int64(), mask=stamps[:, 0] == TIMESTAMP_NOT_AVAILABLE)
-            keys = pa.array(list(map(Message.key, ms)), pa.binary())
-            offsets = pa.array(list(map(Message.offset, ms)), pa.int64())
-            parts.append(bronze_rows(raw, self.cfg.topic, part, offsets, now, ts.cast(schemas.TS), keys))
-        return pa.concat_tables(parts)
+        Each field is gathered with C-level ``map`` over the method descriptors (no Python
+        bytecode per message) and every column is then built vectorized."""
+        n = len(msgs)
+        raw = pa.array(list(map(Message.value, msgs)), pa.binary())
+        stamps = np.fromiter(itertools.chain.from_iterable(map(Message.timestamp, msgs)), np.int64,
+                             2 * n).reshape(-1, 2)
+        ts = pa.array(stamps[:, 1] * 1000, pa.int64(), mask=stamps[:, 0] == TIMESTAMP_NOT_AVAILABLE)
+        keys = pa.array(list(map(Message.key, msgs)), pa.binary())
+        return bronze_rows(raw, self.cfg.topic, pa.array(part, pa.int32()), pa.array(off, pa.int64()),
+                           datetime.now(UTC), ts.cast(schemas.TS), keys)
 
     def _update_lag(self) -> None:
         for part in sorted(self._owned):
