@@ -268,3 +268,22 @@ def test_nesting_in_an_unknown_field(depth, taken):
     assert valid.num_rows == 1  # valid at any depth; deep ones are the fallback's to judge
     if _fastpath.native_enabled():
         assert bool(accepted[0]) == taken
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(timestamps(), st.sampled_from(TIMESTAMPS),
+                          st.text("0123456789-:.TtZz+ é\x00", max_size=36)), min_size=1, max_size=40))
+def test_the_fast_paths_timestamps_equal_the_reference(texts):
+    """The timestamp as the fast path's decoder parses it (natively, or parse_timestamps after
+    msgspec), through whole events: taken exactly when the reference parses it, same instant."""
+    raws = [json.dumps({"event_id": "e", "event_timestamp": t, "tenant_id": "t",
+                        "subscription_plan": "free", "endpoint": "/x", "status_code": 200}).encode()
+            for t in texts]
+    far = datetime(9999, 12, 31, tzinfo=UTC)  # no timestamp is in the future of this ingestion
+    fast, taken = _fastpath.accept(bronze(raws, ingestion=[far] * len(raws)), PLANS, 86_400 * 10**6)
+    instants = iter(fast.column("event_timestamp").to_pylist())
+    for text, t in zip(texts, taken, strict=True):
+        expected = parse_timestamp_us(text)
+        assert (expected is not None) == bool(t), text
+        if t:
+            assert next(instants) == EPOCH + timedelta(microseconds=expected), text

@@ -1,9 +1,10 @@
 //! validate@1's native fast path: strict JSON event decoding straight into Arrow buffers.
 //!
-//! `decode` reads a column of raw payloads (an Arrow binary array's data and offsets) and
-//! returns, per row, whether the payload is *certainly* a valid event object of the fields
-//! it is given, and every field's value as Arrow column buffers. It never says why a row is
-//! refused: a refused row (invalid JSON, invalid UTF-8, a wrong type, a value out of range,
+//! `accept` reads a column of raw payloads (an Arrow binary array's data and offsets) and
+//! returns, per row, whether the payload is *certainly* a valid event of the fields it is
+//! given (SPEC 1 and 3.1: timestamp grammar, calendar and range, a known plan, not after its
+//! ingestion time + the tolerance), and the accepted rows' fields as Arrow column buffers.
+//! It never says why a row is refused: a refused row (invalid JSON, invalid UTF-8, a wrong type, a value out of range,
 //! nesting deeper than `MAX_DEPTH`, any doubt) is judged again by validate@1's DuckDB path
 //! and its strict reference (`rules._event.strict_validate`), which alone name reasons.
 //!
@@ -27,12 +28,28 @@ use pyo3::types::PyBytes;
 /// More containers than this nested in a skipped value: refused (left to the fallback).
 const MAX_DEPTH: usize = 64;
 
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Str,
+    Int,
+    /// a SPEC timestamp string, output as UTC microseconds
+    Ts,
+    /// a string that must be one of the known plans
+    Plan,
+}
+
 struct Spec {
     name: Vec<u8>,
-    is_int: bool,
+    kind: Kind,
     required: bool,
     lo: i64,
     hi: i64,
+}
+
+impl Spec {
+    fn is_int(&self) -> bool {
+        matches!(self.kind, Kind::Int | Kind::Ts)
+    }
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -307,13 +324,99 @@ impl<'a> Parser<'a> {
     }
 }
 
+const US: i64 = 1_000_000;
+/// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z: what every consumer's timestamp holds
+const MIN_TS_US: i64 = -62135596800 * US;
+const MAX_TS_US: i64 = 253402300799 * US + 999_999;
+
+/// Days since 1970-01-01 in the proleptic Gregorian calendar (`rules._event.days_from_civil`).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = y - (m <= 2) as i64;
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// SPEC's timestamp (`rules._event.parse_timestamp_us`): `YYYY-MM-DDTHH:MM:SS[.f{1,9}]`
+/// then `Z` or `±HH:MM` (T and Z in either case), a real calendar date and time, the fraction
+/// truncated to microseconds, within 0001..9999 in UTC; else None.
+fn timestamp_us(t: &[u8]) -> Option<i64> {
+    let n = t.len();
+    let num = |a: usize, k: usize| -> Option<i64> {
+        let mut v = 0i64;
+        for &c in t.get(a..a + k)? {
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + (c - b'0') as i64;
+        }
+        Some(v)
+    };
+    let at = |i: usize, set: &[u8]| t.get(i).is_some_and(|c| set.contains(c));
+    if n < 20 || !(at(4, b"-") && at(7, b"-") && at(10, b"Tt") && at(13, b":") && at(16, b":")) {
+        return None;
+    }
+    let (y, mo, d) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+    let (h, mi, s) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
+    let mut i = 19;
+    let mut us = 0i64;
+    if at(i, b".") {
+        i += 1;
+        let start = i;
+        while t.get(i).is_some_and(|c| c.is_ascii_digit()) {
+            i += 1;
+        }
+        let k = i - start;
+        if k == 0 || k > 9 {
+            return None;
+        }
+        for j in 0..6 {
+            us = us * 10 + if j < k { (t[start + j] - b'0') as i64 } else { 0 };
+        }
+    }
+    let offset = if at(i, b"Zz") {
+        i += 1;
+        0
+    } else if at(i, b"+-") {
+        if !at(i + 3, b":") {
+            return None;
+        }
+        let (oh, om) = (num(i + 1, 2)?, num(i + 4, 2)?);
+        if oh > 23 || om > 59 {
+            return None;
+        }
+        let sign = if t[i] == b'+' { 1 } else { -1 };
+        i += 6;
+        (oh * 3600 + om * 60) * sign
+    } else {
+        return None;
+    };
+    if i != n || !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || s > 59 {
+        return None;
+    }
+    let out = (days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + s - offset) * US + us;
+    (MIN_TS_US..=MAX_TS_US).contains(&out).then_some(out)
+}
+
 #[inline]
 fn code_points(s: &[u8]) -> i64 {
     s.iter().filter(|&&b| (b & 0xC0) != 0x80).count() as i64
 }
 
 /// One payload -> its fields' slots (values in `text`), or Reject.
-fn event(p: &[u8], specs: &[Spec], slots: &mut [Slot], text: &mut Vec<u8>, key: &mut Vec<u8>) -> R<()> {
+fn event(p: &[u8], specs: &[Spec], plans: &[Vec<u8>], slots: &mut [Slot], text: &mut Vec<u8>,
+         key: &mut Vec<u8>) -> R<()> {
     if std::str::from_utf8(p).is_err() {
         return Err(Reject);
     }
@@ -340,16 +443,21 @@ fn event(p: &[u8], specs: &[Spec], slots: &mut [Slot], text: &mut Vec<u8>, key: 
                             }
                             Slot::Null
                         }
-                        b'"' if !spec.is_int => {
+                        b'"' if spec.kind != Kind::Int => {
                             let start = text.len();
                             ps.string(text)?;
-                            let n = code_points(&text[start..]);
+                            let value = &text[start..];
+                            let n = code_points(value);
                             if n < spec.lo || n > spec.hi {
                                 return Err(Reject);
                             }
-                            Slot::Str(start, text.len())
+                            match spec.kind {
+                                Kind::Ts => Slot::Int(timestamp_us(value).ok_or(Reject)?),
+                                Kind::Plan if !plans.iter().any(|p| p == value) => return Err(Reject),
+                                _ => Slot::Str(start, text.len()),
+                            }
                         }
-                        b'-' | b'0'..=b'9' if spec.is_int => match ps.number()? {
+                        b'-' | b'0'..=b'9' if spec.kind == Kind::Int => match ps.number()? {
                             Some(v) if v >= spec.lo && v <= spec.hi => Slot::Int(v),
                             _ => return Err(Reject),
                         },
@@ -388,59 +496,78 @@ struct Column {
     data: Vec<u8>,
 }
 
-/// Decode `n` payloads: row i is `data[offsets[i]..offsets[i + 1]]`, NULL where
-/// `present[i]` is 0. `fields`: (name, is_int, required, lo, hi) per field, where lo/hi
-/// bound an integer's value or a string's length in code points.
+type Out<'py> = (Bound<'py, PyBytes>, Bound<'py, PyBytes>, Option<Bound<'py, PyBytes>>);
+
+/// Judge `n` payloads: row i is `data[offsets[i]..offsets[i + 1]]`, left out where
+/// `present[i]` is 0 (a NULL payload or ingestion time).
 ///
-/// Returns (accepted: n bytes of 0/1, per field (validity: n bytes of 0/1, values: n int64
-/// for an integer field or n + 1 int32 offsets for a string field, string data or None)).
-/// Refused rows are NULL in every field. The GIL is released while decoding.
+/// `fields`: (name, kind, required, lo, hi) per field; kind is "str", "int", "ts" (a SPEC
+/// timestamp, output as UTC microseconds) or "plan" (a string among `plans`); lo/hi bound an
+/// integer's value or a string's length in code points. A row is accepted when it is a valid
+/// event of these fields whose timestamp is at most `ingestion_us[i] + tolerance_us`.
+///
+/// Returns (accepted: n bytes of 0/1, per field of the accepted rows only, in order:
+/// (validity: one byte of 0/1 per row, values: int64 per row for "int"/"ts" or int32 offsets
+/// (one more) for "str"/"plan", string data or None)). The GIL is released while judging.
 #[pyfunction]
-fn decode<'py>(
+#[allow(clippy::too_many_arguments)]
+fn accept<'py>(
     py: Python<'py>,
     data: PyBuffer<u8>,
     offsets: PyBuffer<i64>,
     present: PyBuffer<u8>,
-    fields: Vec<(Vec<u8>, bool, bool, i64, i64)>,
-) -> PyResult<(Bound<'py, PyBytes>, Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, Option<Bound<'py, PyBytes>>)>)> {
-    for b in [data.is_c_contiguous(), offsets.is_c_contiguous(), present.is_c_contiguous()] {
+    ingestion_us: PyBuffer<i64>,
+    fields: Vec<(Vec<u8>, String, bool, i64, i64)>,
+    plans: Vec<Vec<u8>>,
+    tolerance_us: i64,
+) -> PyResult<(Bound<'py, PyBytes>, Vec<Out<'py>>)> {
+    for b in [data.is_c_contiguous(), offsets.is_c_contiguous(), present.is_c_contiguous(),
+              ingestion_us.is_c_contiguous()] {
         if !b {
-            return Err(PyValueError::new_err("decode: buffers must be contiguous"));
+            return Err(PyValueError::new_err("accept: buffers must be contiguous"));
         }
     }
     let n = present.item_count();
-    if offsets.item_count() != n + 1 {
-        return Err(PyValueError::new_err("decode: offsets must hold one more item than present"));
+    if offsets.item_count() != n + 1 || ingestion_us.item_count() != n {
+        return Err(PyValueError::new_err("accept: offsets must hold n + 1 items, ingestion_us n"));
     }
-    // SAFETY: the three buffers are held (and so kept alive and unchanged: Arrow buffers are
+    // SAFETY: the buffers are held (and so kept alive and unchanged: Arrow buffers are
     // immutable) for the whole call; they are only read.
-    let (d, o, pr) = unsafe {
+    let (d, o, pr, ing) = unsafe {
         (
             std::slice::from_raw_parts(data.buf_ptr() as *const u8, data.item_count()),
             std::slice::from_raw_parts(offsets.buf_ptr() as *const i64, n + 1),
             std::slice::from_raw_parts(present.buf_ptr() as *const u8, n),
+            std::slice::from_raw_parts(ingestion_us.buf_ptr() as *const i64, n),
         )
     };
     for i in 0..n {
         if pr[i] != 0 && (o[i] < 0 || o[i] > o[i + 1] || o[i + 1] as usize > d.len()) {
-            return Err(PyValueError::new_err("decode: offsets out of the data's bounds"));
+            return Err(PyValueError::new_err("accept: offsets out of the data's bounds"));
         }
     }
-    let specs: Vec<Spec> = fields
-        .into_iter()
-        .map(|(name, is_int, required, lo, hi)| Spec { name, is_int, required, lo, hi })
-        .collect();
-    let (ok, cols) = py.allow_threads(|| run(d, o, pr, &specs));
+    let mut specs = Vec::with_capacity(fields.len());
+    for (name, kind, required, lo, hi) in fields {
+        let kind = match kind.as_str() {
+            "str" => Kind::Str,
+            "int" => Kind::Int,
+            "ts" => Kind::Ts,
+            "plan" => Kind::Plan,
+            other => return Err(PyValueError::new_err(format!("accept: unknown field kind {other}"))),
+        };
+        specs.push(Spec { name, kind, required, lo, hi });
+    }
+    let (ok, cols) = py.allow_threads(|| run(d, o, pr, ing, &specs, &plans, tolerance_us));
     let out = cols
         .into_iter()
         .zip(specs.iter())
         .map(|(c, s)| {
-            let values = if s.is_int {
+            let values = if s.is_int() {
                 PyBytes::new(py, as_bytes(&c.ints))
             } else {
                 PyBytes::new(py, as_bytes(&c.offsets))
             };
-            let text = if s.is_int { None } else { Some(PyBytes::new(py, &c.data)) };
+            let text = if s.is_int() { None } else { Some(PyBytes::new(py, &c.data)) };
             (PyBytes::new(py, &c.valid), values, text)
         })
         .collect();
@@ -452,15 +579,17 @@ fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
 }
 
-fn run(d: &[u8], o: &[i64], pr: &[u8], specs: &[Spec]) -> (Vec<u8>, Vec<Column>) {
+fn run(d: &[u8], o: &[i64], pr: &[u8], ing: &[i64], specs: &[Spec], plans: &[Vec<u8>],
+       tolerance_us: i64) -> (Vec<u8>, Vec<Column>) {
     let n = pr.len();
+    let ts_field = specs.iter().position(|s| s.kind == Kind::Ts);
     let mut ok = vec![0u8; n];
     let mut cols: Vec<Column> = specs
         .iter()
         .map(|s| Column {
             valid: Vec::with_capacity(n),
-            ints: if s.is_int { Vec::with_capacity(n) } else { Vec::new() },
-            offsets: if s.is_int { Vec::new() } else { vec![0] },
+            ints: if s.is_int() { Vec::with_capacity(n) } else { Vec::new() },
+            offsets: if s.is_int() { Vec::new() } else { vec![0] },
             data: Vec::new(),
         })
         .collect();
@@ -471,12 +600,19 @@ fn run(d: &[u8], o: &[i64], pr: &[u8], specs: &[Spec]) -> (Vec<u8>, Vec<Column>)
         slots.iter_mut().for_each(|s| *s = Slot::Absent);
         text.clear();
         let good = pr[i] != 0
-            && event(&d[o[i] as usize..o[i + 1] as usize], specs, &mut slots, &mut text, &mut key).is_ok()
+            && event(&d[o[i] as usize..o[i + 1] as usize], specs, plans, &mut slots, &mut text, &mut key)
+                .is_ok()
+            && ts_field.map_or(true, |f| match slots[f] {
+                Slot::Int(ts) => ts <= ing[i].saturating_add(tolerance_us),
+                _ => false,
+            })
             && fits(&cols, &slots);
-        ok[i] = good as u8;
+        if !good {
+            continue;
+        }
+        ok[i] = 1;
         for (c, slot) in cols.iter_mut().zip(slots.iter()) {
-            let slot = if good { *slot } else { Slot::Absent };
-            match slot {
+            match *slot {
                 Slot::Int(v) => {
                     c.valid.push(1);
                     c.ints.push(v);
@@ -510,6 +646,6 @@ fn fits(cols: &[Column], slots: &[Slot]) -> bool {
 
 #[pymodule]
 fn medallion_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(decode, m)?)?;
+    m.add_function(wrap_pyfunction!(accept, m)?)?;
     Ok(())
 }
