@@ -123,3 +123,21 @@ def test_alert_columns():
     a = fold(evs, "2026-01", ingestion=ingest_after(evs))["alerts"].to_pylist()[0]
     assert a["alert_time"] == a["window_start"] == T0 and a["over_limit_count"] == 1
     assert a["subscription_plan"] == "free" and a["total_requests"] == 61
+
+
+def test_windows_before_1970_and_at_year_1_are_floored():
+    """Minutes and hours are grouped as microseconds since the epoch: instants before it must
+    still fall into the window that starts at or before them."""
+    stamps = ["1969-12-31T23:59:59.5Z", "1969-12-31T23:00:00Z", "0001-01-01T00:00:30Z",
+              "1970-01-01T00:00:00Z"]
+    evs = [event(event_id=f"e{i}", event_timestamp=ts) for i, ts in enumerate(stamps)]
+    out = fold(evs, ingestion=ingest_after(evs))
+    got = sorted((r["window_start"].isoformat(), r["window_end"].isoformat(), r["total_requests"])
+                 for r in out["minute"].to_pylist())
+    assert got == [("0001-01-01T00:00:00+00:00", "0001-01-01T00:01:00+00:00", 1),
+                   ("1969-12-31T23:00:00+00:00", "1969-12-31T23:01:00+00:00", 1),
+                   ("1969-12-31T23:59:00+00:00", "1970-01-01T00:00:00+00:00", 1),
+                   ("1970-01-01T00:00:00+00:00", "1970-01-01T00:01:00+00:00", 1)]
+    hours = sorted((r["window_start"].isoformat(), r["total_requests"]) for r in out["hourly"].to_pylist())
+    assert hours == [("0001-01-01T00:00:00+00:00", 1), ("1969-12-31T23:00:00+00:00", 2),
+                     ("1970-01-01T00:00:00+00:00", 1)]
