@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
@@ -147,12 +148,37 @@ CLUSTER: dict[str, tuple[str, bool]] = {
 }
 
 
-def _clustered(part: pa.Table, col: str, by_day: bool) -> list[pa.Table]:
-    part = part.sort_by([(col, "ascending")])
-    if not by_day or part.num_rows == 0:
-        return [part]
-    days = pc.floor_temporal(part.column(col), unit="day")
-    return [part.filter(pc.equal(days, d)) for d in pc.unique(days).to_pylist()]
+def _groups(data: pa.Table, part_col: str | None, clustered: tuple[str, bool] | None
+            ) -> list[tuple[tuple[tuple[str, str | None], ...], pa.Table]]:
+    """``data`` as (partition values, rows) per file: one sort (by partition value, then the
+    cluster column), then contiguous slices per partition value (and day, for a table cut
+    per day): no filter pass per partition. Within a file rows are in cluster order, ties in
+    their input order (the sort is stable)."""
+    keys = [(c, "ascending") for c in (part_col, clustered[0] if clustered else None) if c]
+    if keys:
+        data = data.sort_by(keys)  # a NULL partition value sorts last
+    n = data.num_rows
+    cut = np.zeros(n, dtype=bool)
+    cut[0] = True
+    runs = []
+    if part_col is not None:  # dictionary indices: equal values, equal codes (NULL: -1)
+        runs.append(data.column(part_col).combine_chunks().dictionary_encode().indices.fill_null(-1))
+    if clustered is not None and clustered[1]:
+        runs.append(pc.floor_temporal(data.column(clustered[0]), unit="day").cast(pa.int64()).fill_null(0))
+    for run in runs:
+        v = np.asarray(run)
+        cut[1:] |= v[1:] != v[:-1]
+    starts = np.flatnonzero(cut).tolist()
+    out = []
+    for lo, hi in zip(starts, [*starts[1:], n], strict=True):
+        part = data.slice(lo, hi - lo)
+        pvals: tuple[tuple[str, str | None], ...] = ()
+        if part_col is not None:
+            key = part.column(part_col)[0].as_py()
+            pvals = ((part_col, None if key is None else _stat_value(key)),)
+            part = part.drop_columns([part_col])
+        out.append((pvals, part))
+    return out
 
 
 def stage(where: Storage, table: str, data: pa.Table, tag: str, row_group_rows: int) -> Staged:
@@ -166,20 +192,7 @@ def stage(where: Storage, table: str, data: pa.Table, tag: str, row_group_rows: 
         return Staged(table)
     fs, base = where.filesystem()
     parts = schemas.PARTITIONS.get(table) or []
-    groups: list[tuple[tuple[tuple[str, str | None], ...], pa.Table]]
-    if parts:
-        (col,) = parts
-        keys = pc.unique(data.column(col))
-        groups = []
-        for key in keys.to_pylist():
-            mask = pc.is_null(data.column(col)) if key is None else pc.equal(data.column(col), key)
-            value = None if key is None else _stat_value(key)
-            groups.append((((col, value),), data.filter(mask).drop_columns([col])))
-    else:
-        groups = [((), data)]
-    clustered = CLUSTER.get(table)
-    if clustered is not None:
-        groups = [(pv, g) for pv, part in groups for g in _clustered(part, *clustered)]
+    groups = _groups(data, parts[0] if parts else None, CLUSTER.get(table))
     out = []
     for pvals, part in groups:
         rel, full = _new_file(fs, base, pvals, tag)
