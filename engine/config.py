@@ -42,7 +42,8 @@ _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": MiB, "mb
 class ReplayConfig(BaseModel):
     """How a replay is cut into tasks.
 
-    - ``shards``: tenant shards (reduce tasks); None: twice the cluster's CPUs.
+    - ``shards``: tenant shards (reduce tasks); None: twice the cluster's CPUs, or more
+      so that each fits ``task_memory`` (:func:`engine.batch.plan.shard_count`).
     - ``task_memory``: bytes one reduce task may use for a chunk's working set; a shard
       whose rows need more is folded in ingestion-time chunks (dedup state carried).
     - ``rows_per_map_task``: Bronze/Silver rows one map task reads.
