@@ -170,8 +170,10 @@ def lifecycle_bench(lake: api.Lake) -> None:
 
 
 def memory_bench(events: int, tenants: int, days: float, tmp: Path) -> None:
-    """Peak RSS of a driver importing ``events`` events and running a one-tenant replay, each in a
-    process of its own (ru_maxrss of the child), next to the history's size on disk."""
+    """Peak RSS on a bigger history: ``replay import`` of each 2M-event file and a one-tenant
+    replay on the local executor, each in a process of its own (ru_maxrss of the child); the
+    full replay through the default CLI (Ray, a 2-CPU cluster from ``ray start``) with the
+    peak of its driver and of every Ray worker."""
     import subprocess
     import sys
 
@@ -188,24 +190,32 @@ def memory_bench(events: int, tenants: int, days: float, tmp: Path) -> None:
         pq.write_table(t, src / f"part-{i:012d}.parquet")
         del t
     lake = tmp / "memory-lake"
-    cmds = [("import", ["import", "--lake", str(lake), "--format", "bronze-parquet"]),
-            ("run 2026-01", ["run", "--lake", str(lake), "--ruleset", "2026-01", "--executor", "local",
-                             "--reason", "bench", "--json"]),
-            ("one-tenant run", ["run", "--lake", str(lake), "--ruleset", "2026-02", "--executor",
-                                "local", "--tenant", "tenant-00001", "--reason", "bench", "--json"])]
     files = sorted(src.glob("*.parquet"))
-    for name, args in cmds:
-        steps = [[*args, str(f)] for f in files] if name == "import" else [args]
-        peak = 0
-        t0 = time.perf_counter()
-        for step in steps:  # a fresh parent per command: its children's peak is that command's
-            probe = ("import resource, subprocess, sys; subprocess.run([sys.executable, '-m', 'replay', "
-                     f"*{step!r}], check=True, capture_output=True); "
-                     "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-            out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)
-            peak = max(peak, int(out.stdout.split()[-1]))
-        print(f"{events:,} events: {name}: peak driver RSS {peak / 1024:,.0f} MiB "
-              f"({time.perf_counter() - t0:.1f}s)")
+
+    def child_peak(args: list[str]) -> int:  # a fresh parent per command: its children's peak
+        probe = ("import resource, subprocess, sys; subprocess.run([sys.executable, '-m', 'replay', "
+                 f"*{args!r}], check=True, capture_output=True); "
+                 "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+        out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)
+        return int(out.stdout.split()[-1]) * 1024
+
+    t0 = time.perf_counter()
+    peak = max(child_peak(["import", "--lake", str(lake), "--format", "bronze-parquet", str(f)])
+               for f in files)
+    print(f"{events:,} events: import of each 2M-event file: peak RSS {peak / 2**20:,.0f} MiB "
+          f"({time.perf_counter() - t0:.1f}s)")
+    with ray_cluster(2) as env:
+        seconds, wall, rss, pid = cli_replay(lake, "full", env)
+    workers = rss.workers()
+    driver = rss.peaks.get(pid, (0, ""))[0]
+    print(f"{events:,} events: full replay (CLI, Ray 2 CPUs): {seconds:.1f}s; peak RSS: driver "
+          f"{driver / 2**20:,.0f} MiB, largest Ray worker {max(workers, default=0) / 2**20:,.0f} MiB "
+          f"of {len(workers)}; processes above 2 GiB: {sum(x > 2 * GIB for x in [driver, *workers])}")
+    t0 = time.perf_counter()
+    peak = child_peak(["run", "--lake", str(lake), "--ruleset", "2026-02", "--executor", "local",
+                       "--tenant", "tenant-00001", "--reason", "bench", "--json"])
+    print(f"{events:,} events: one-tenant replay (local executor): peak RSS {peak / 2**20:,.0f} MiB "
+          f"({time.perf_counter() - t0:.1f}s)")
 
 
 def main() -> None:
