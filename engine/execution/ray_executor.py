@@ -1,7 +1,12 @@
 """The Ray executor: the same map/reduce shard workers as the local executor, as Ray tasks.
 
-Map tasks return one object per tenant bucket (``num_returns``), so each reduce
-task pulls only its bucket from the object store. Tasks are retried when a
+Map tasks read their Bronze (or Silver) row groups straight from the lake and return one
+object per tenant bucket (``num_returns``): the shuffle. That is the only table data in the
+object store: each piece is written once, by the map task that computed it, read zero-copy
+(Arrow buffers mapped from shared memory) by the one reduce task of its bucket, and freed
+when that task ends (the driver holds no reference to it by then). Reduce tasks write their
+tables as staged Parquet files and return small handles; nothing table-sized passes
+through the driver. Tasks are retried when a
 worker process dies; a retried task recomputes its whole output from its
 immutable spec, so nothing is counted twice.
 
@@ -237,6 +242,9 @@ class RayExecutor:
             order = sorted(reduces, key=lambda s: -size[s.bucket])
             red_refs = {s.bucket: reduce_fn.remote(rules, s, *[m[1 + s.bucket] for m in map_refs])
                         for s in order}
+            # the driver lets go of the bucket pieces: each is then held only by the reduce
+            # task that reads it, and leaves the object store as soon as that task ends
+            del map_refs, summaries
             drain(list(red_refs.values()))
             red_out: list[ReduceResult] = ray.get([red_refs[s.bucket] for s in reduces])
         except ray.exceptions.RayError as exc:
