@@ -3,12 +3,17 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# rustup's cargo, where a non-login shell has not put it on PATH
+export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: venv demo test bench lint clean browser kafka-up kafka-down s3-up s3-down
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml rules/_native/Cargo.toml rules/_native/src/lib.rs
+	@command -v cargo >/dev/null 2>&1 || { \
+	  echo "installing Debian's cargo to build the native decoder (rules/_native)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cargo >/dev/null; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet ./rules/_native  # validate@1's native decoder: cargo + maturin

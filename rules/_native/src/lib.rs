@@ -363,7 +363,7 @@ fn timestamp_us(t: &[u8]) -> Option<i64> {
         }
         Some(v)
     };
-    let at = |i: usize, set: &[u8]| t.get(i).is_some_and(|c| set.contains(c));
+    let at = |i: usize, set: &[u8]| t.get(i).map_or(false, |c| set.contains(c));
     if n < 20 || !(at(4, b"-") && at(7, b"-") && at(10, b"Tt") && at(13, b":") && at(16, b":")) {
         return None;
     }
@@ -374,7 +374,7 @@ fn timestamp_us(t: &[u8]) -> Option<i64> {
     if at(i, b".") {
         i += 1;
         let start = i;
-        while t.get(i).is_some_and(|c| c.is_ascii_digit()) {
+        while t.get(i).map_or(false, |c| c.is_ascii_digit()) {
             i += 1;
         }
         let k = i - start;
