@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow as pa
 
 from engine.contract import schemas
-from engine.contract.errors import UsageError
+from engine.contract.errors import StalePlanError, UsageError
 from replay import api
 from replay.output import emit, emit_rows, format_table, plan_text, progress_printer
 
@@ -40,6 +40,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Plans made afresh when the lake changed while a replay waited for its lease.
+STALE_ATTEMPTS = 5
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return cmd_plan(args)
@@ -48,8 +52,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("--reason is required for a replay (it is recorded in the audit ledger)")
     if not args.json:
         print(plan_text(p.to_dict()))
-    res = api.apply(args.lake, p, args.ruleset, ex, None if args.json else progress_printer(p.rows),
-                    args.reason, args.checks, args.allow_failed_checks)
+    for attempt in range(STALE_ATTEMPTS):
+        try:
+            res = api.apply(args.lake, p, args.ruleset, ex, None if args.json else progress_printer(p.rows),
+                            args.reason, args.checks, args.allow_failed_checks)
+            break
+        except StalePlanError:  # a follower's step or another replay landed while this one waited
+            if attempt == STALE_ATTEMPTS - 1:
+                raise
+            print("the lake changed while waiting for its lease; planning again", file=sys.stderr)
+            ex, p = _plan(args)
+            if not args.json:
+                print(plan_text(p.to_dict()))
     if args.json:
         emit(res.to_dict(), True)
     elif not p.up_to_date:

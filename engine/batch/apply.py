@@ -346,13 +346,26 @@ def run(lake: Lake, ruleset: Ruleset, executor: Executor, mode: ModeArg = "auto"
         allow_failed_checks: bool = False, follow: bool = False) -> RunResult:
     """Settle interrupted replays, plan on the consistent lake, then apply the plan
     (``follow``: a follower's step, see :func:`engine.batch.plan.build_plan`)."""
-    with table_cache():  # the driver reuses table snapshots (brought up to date) while it runs
-        recover_if_needed(lake)
-        if scope is not None and not lake.bronze_root:
-            _catch_up(lake, executor, config)
-        p = build_plan(lake, ruleset, mode, executor=executor.name, cpus=executor.cpus(),
-                       scope=scope, config=config, follow=follow)
-        return execute(lake, p, ruleset, executor, progress, reason, checks_dir, allow_failed_checks)
+    for attempt in range(STALE_ATTEMPTS):
+        with table_cache():  # the driver reuses table snapshots (brought up to date) while it runs
+            recover_if_needed(lake)
+            if scope is not None and not lake.bronze_root:
+                _catch_up(lake, executor, config)
+            p = build_plan(lake, ruleset, mode, executor=executor.name, cpus=executor.cpus(),
+                           scope=scope, config=config, follow=follow)
+            try:
+                return execute(lake, p, ruleset, executor, progress, reason, checks_dir,
+                               allow_failed_checks)
+            except StalePlanError:
+                # a follower's step (or another replay) landed while this one waited for the
+                # lease: nothing was done; plan again on the new tables
+                if follow or attempt == STALE_ATTEMPTS - 1:
+                    raise
+    raise AssertionError("unreachable")
+
+
+#: Plans made afresh by :func:`run` when the lake changed while it waited for the lease.
+STALE_ATTEMPTS = 5
 
 
 def _catch_up(lake: Lake, executor: Executor, config: ReplayConfig | None) -> None:

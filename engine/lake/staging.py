@@ -148,15 +148,29 @@ CLUSTER: dict[str, tuple[str, bool]] = {
 }
 
 
+def _partition_value(col: pa.ChunkedArray) -> str | None:
+    """The partition value (as Delta writes it) of a partition column's rows, which share one."""
+    key = col[0].as_py()
+    return None if key is None else _stat_value(key)
+
+
 def _groups(data: pa.Table, part_col: str | None, clustered: tuple[str, bool] | None
             ) -> list[tuple[tuple[tuple[str, str | None], ...], pa.Table]]:
-    """``data`` as (partition values, rows) per file: one sort (by partition value, then the
-    cluster column), then contiguous slices per partition value (and day, for a table cut
-    per day): no filter pass per partition. Within a file rows are in cluster order, ties in
-    their input order (the sort is stable)."""
-    keys = [(c, "ascending") for c in (part_col, clustered[0] if clustered else None) if c]
-    if keys:
-        data = data.sort_by(keys)  # a NULL partition value sorts last
+    """``data`` as (partition values, rows) per file. A clustered table: one sort (by
+    partition value, then the cluster column), then contiguous slices per partition value
+    (and day, for a table cut per day); within a file rows are in cluster order, ties in
+    their input order (the sort is stable). Otherwise rows keep their order: slices where
+    each partition value's rows are contiguous already (Bronze in ingestion order), else one
+    filter per value (never a sorted copy of the whole batch)."""
+    if clustered is not None:
+        data = data.sort_by([(c, "ascending") for c in (part_col, clustered[0]) if c])  # NULLs last
+    elif part_col is not None:
+        enc = data.column(part_col).combine_chunks().dictionary_encode()
+        codes = np.asarray(enc.indices.fill_null(len(enc.dictionary)))  # NULL: a code of its own
+        if np.any(codes[1:] < codes[:-1]):  # values interleave: one filter per value
+            parts = (data.filter(codes == k) for k in range(len(enc.dictionary) + 1))
+            return [(((part_col, _partition_value(part.column(part_col))),), part.drop_columns([part_col]))
+                    for part in parts if part.num_rows]
     n = data.num_rows
     cut = np.zeros(n, dtype=bool)
     cut[0] = True
@@ -174,8 +188,7 @@ def _groups(data: pa.Table, part_col: str | None, clustered: tuple[str, bool] | 
         part = data.slice(lo, hi - lo)
         pvals: tuple[tuple[str, str | None], ...] = ()
         if part_col is not None:
-            key = part.column(part_col)[0].as_py()
-            pvals = ((part_col, None if key is None else _stat_value(key)),)
+            pvals = ((part_col, _partition_value(part.column(part_col))),)
             part = part.drop_columns([part_col])
         out.append((pvals, part))
     return out

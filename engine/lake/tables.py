@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -427,19 +429,28 @@ class Lake:
         A commit by anyone else since ``dt`` was read fails this one (CommitConflictError),
         so what the caller checked against ``dt`` (its offsets) still holds when it lands.
         With ``max_commit_retries=0`` delta-rs reports every lost race as ``CommitFailedError``
-        (a newer version seen before writing, or the put-if-absent of the log entry failing:
-        ``MaxCommitAttempts``), on local, ``file://`` and S3 stores alike; any other error is
-        not a lost race and propagates as is.
+        on local, ``file://`` and S3 stores alike; any other error propagates as is. The rows
+        are staged as Parquet first (row group by row group: no second copy of the batch in
+        memory) and the files committed; the files of a commit that failed are deleted.
         """
-        data = schemas.conform(data, schemas.SCHEMAS[table])
+        staged = self.stage(table, data, f"append-{uuid.uuid4().hex[:12]}")
+        version = dt.version() + 1  # no rebase: the commit lands right after the snapshot, or fails
         props = CommitProperties(custom_metadata=encode_metadata(metadata),
                                  app_transactions=app_transactions, max_commit_retries=0)
         try:
-            write_deltalake(dt, data, mode="append", partition_by=schemas.PARTITIONS.get(table),
-                            commit_properties=props, writer_properties=WRITER)
-        except CommitFailedError as exc:
-            raise CommitConflictError(f"concurrent commit on {table}: {exc}", table=table) from None
-        return dt.version()
+            dt.create_write_transaction(add_actions(staged), mode="append",  # type: ignore[arg-type]
+                                        schema=schemas.SCHEMAS[table],
+                                        partition_by=schemas.PARTITIONS.get(table), commit_properties=props)
+        except BaseException as exc:
+            fs, base = self.table_storage(table).filesystem()
+            for f in staged.files:
+                with contextlib.suppress(OSError):
+                    fs.delete_file(f"{base}/{f.path}" if base else f.path)
+            if isinstance(exc, CommitFailedError):
+                raise CommitConflictError(f"concurrent commit on {table}: {exc}", table=table) from None
+            raise
+        dt.load_as_version(version)
+        return version
 
     def commit_metadata(self, table: str, version: int | None = None) -> dict[str, Any]:
         """The medallion metadata of the commit that produced ``version``; by default of the

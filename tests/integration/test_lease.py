@@ -253,3 +253,31 @@ def test_check_renews_an_owner_that_stalled_while_nobody_took_over(any_lake):
             lease_for(any_lake, "r-late").acquire()
     finally:
         lease.release()
+
+
+def test_a_replay_whose_plan_went_stale_while_waiting_plans_again(tmp_path, monkeypatch):
+    """Another replay (a follower's step, say) lands between this replay's plan and its lease:
+    ``run`` plans again on the new tables instead of failing, and the result is exact."""
+    from engine.batch import apply
+    from engine.execution.local import LocalExecutor
+    from replay import api
+    from rules.ruleset import load_ruleset
+    from tests.lakes import FIXTURE
+
+    lake = api.open_lake(tmp_path / "lake")
+    api.import_file(lake, FIXTURE / "bronze.parquet", "bronze-parquet")
+    api.run(lake, "2026-01")
+    real = apply.execute
+    plans = []
+
+    def execute_after_another_replay(lake_, plan, *a, **k):
+        plans.append(plan)
+        if len(plans) == 1:  # the other replay lands first: Gold changes under this plan
+            real(lake_, api.plan(lake_, "free-100"), load_ruleset("free-100"), LocalExecutor())
+        return real(lake_, plan, *a, **k)
+
+    monkeypatch.setattr(apply, "execute", execute_after_another_replay)
+    res = api.run(lake, "2026-02", reason="rules change")
+    assert len(plans) == 2 and plans[0].replay_id != plans[1].replay_id
+    assert res.plan is plans[1] and res.conservation_ok
+    assert lake.commit_metadata("tenant_usage_1min")["ruleset_name"] == "2026-02"
