@@ -27,15 +27,23 @@ import pyarrow.compute as pc
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from engine.contract import schemas
+from engine.ingest.textfmt import (
+    MINUTE,
+    US,
+    _fixed,
+    _fmt_ts,
+    _ids,
+    _pick,
+    _spread,
+    _ts_matrix,
+    _v2_fields,
+)
 
-US = 1_000_000
-MINUTE = 60 * US
 PLANS = np.array(["free", "starter", "professional", "enterprise"])
 PLAN_WEIGHTS = np.array([0.4, 0.3, 0.2, 0.1])
 LIMITS = np.array([60, 300, 1000, 5000])
 ENDPOINTS = np.array(["/v1/items", "/v1/orders", "/v1/users", "/v2/search", "/v2/reports"])
 METHODS = np.array(["GET", "POST", "PUT", "DELETE"])
-REGIONS = np.array(["eu-west-1", "us-east-1", "ap-south-1"])
 PARTITIONS = 4
 TOPIC = "api-usage-events"
 
@@ -83,86 +91,6 @@ class GeneratorConfig(BaseModel):
     v2_share: float = Field(default=1.0, ge=0, le=1)
 
 
-def _digits(mat: np.ndarray, col: int, values: np.ndarray, width: int) -> None:
-    """Write ``values`` as zero-padded decimal text into ``mat[:, col:col + width]``."""
-    small = width <= 9  # fits int32, whose division by a constant NumPy does fastest
-    v = values.astype(np.int32 if small else np.int64)
-    for pos in range(width - 1, -1, -1):
-        q = v // 10
-        mat[:, col + pos] = 48 + (v - q * 10)
-        v = q
-
-
-def _text(mat: np.ndarray, lengths: np.ndarray | None = None, valid: np.ndarray | None = None
-          ) -> pa.Array:
-    """Rows of a byte matrix (each cut to its length) -> an Arrow string array, no Python loop.
-
-    Rows where ``valid`` is False are NULL.
-    """
-    n, width = mat.shape
-    bitmap = None
-    if valid is not None:
-        bitmap = pa.py_buffer(np.packbits(valid.astype(bool), bitorder="little"))
-    if lengths is None:
-        data = np.ascontiguousarray(mat).reshape(-1)
-        offsets = np.arange(0, (n + 1) * width, width, dtype=np.int64)
-    elif lengths.dtype == bool:  # each row whole, or empty
-        data = np.ascontiguousarray(mat[lengths]).reshape(-1)
-        offsets = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.where(lengths, width, 0), out=offsets[1:])
-    else:
-        data = mat[np.arange(width)[None, :] < lengths[:, None]]
-        offsets = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-    if len(data) < 2**31:
-        offsets = offsets.astype(np.int32)
-        return pa.Array.from_buffers(pa.string(), n, [bitmap, pa.py_buffer(offsets), pa.py_buffer(data)])
-    return pa.Array.from_buffers(pa.large_string(), n, [bitmap, pa.py_buffer(offsets), pa.py_buffer(data)])
-
-
-def _fixed(segments: list[bytes | tuple[np.ndarray, int] | np.ndarray], n: int) -> pa.Array:
-    """Fixed-width text per row from literal bytes, (numbers, digits) and byte matrices."""
-    width = sum(len(x) if isinstance(x, bytes) else x[1] if isinstance(x, tuple) else x.shape[1]
-                for x in segments)
-    mat = np.empty((n, width), dtype=np.uint8)
-    col = 0
-    for x in segments:
-        if isinstance(x, bytes):
-            mat[:, col: col + len(x)] = np.frombuffer(x, dtype=np.uint8)
-            col += len(x)
-        elif isinstance(x, tuple):
-            _digits(mat, col, x[0], x[1])
-            col += x[1]
-        else:
-            mat[:, col: col + x.shape[1]] = x
-            col += x.shape[1]
-    return _text(mat)
-
-
-def _ids(prefix: str, idx: np.ndarray, width: int, valid: np.ndarray | None = None) -> pa.Array:
-    """``prefix`` + zero-padded number, e.g. evt-0000000042 (NULL where not ``valid``)."""
-    head = prefix.encode()
-    mat = np.empty((len(idx), len(head) + width), dtype=np.uint8)
-    mat[:, : len(head)] = np.frombuffer(head, dtype=np.uint8)
-    _digits(mat, len(head), np.asarray(idx), width)
-    return _text(mat, None, valid)
-
-
-_V2_HEAD = b', "user_id": "user-'
-_V2_MID = b'", "data_residency_region": "'
-#: the region's text and closing quote; index 0: no v2 fields
-_V2_TAIL = pa.array(["", *(f'{_V2_MID.decode()}{r}"' for r in REGIONS.tolist())])
-
-
-def _v2_fields(user: np.ndarray, region: np.ndarray, v2: np.ndarray) -> list[pa.Array]:
-    """The schema v2 fields' text as two join parts (both "" where not ``v2``)."""
-    mat = np.empty((len(user), len(_V2_HEAD) + 7), dtype=np.uint8)
-    mat[:, : len(_V2_HEAD)] = np.frombuffer(_V2_HEAD, dtype=np.uint8)
-    _digits(mat, len(_V2_HEAD), user, 7)
-    v2 = v2.astype(bool)
-    return [_text(mat, v2), _V2_TAIL.take(pa.array(np.where(v2, region.astype(np.int64) + 1, 0)))]
-
-
 def _us(t: datetime) -> int:
     return int(t.timestamp()) * US + t.microsecond
 
@@ -174,62 +102,6 @@ def _v2_mask(cfg: GeneratorConfig, ts: np.ndarray, v2_from: int, salt: int) -> n
     if cfg.v2_share < 1:
         v2 &= np.random.default_rng([cfg.seed, salt, 2]).random(len(ts)) < cfg.v2_share
     return v2
-
-
-def _offset_text(minutes: int) -> str:
-    if minutes == 0:
-        return "Z"
-    sign = "-" if minutes < 0 else "+"
-    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
-
-
-def _fmt_ts(ts_us: np.ndarray, offset_min: np.ndarray) -> pa.Array:
-    """RFC 3339 text of each instant, written in its local offset (``Z`` for UTC)."""
-    body, suffix = _ts_parts(ts_us, offset_min)
-    return pc.binary_join_element_wise(body, suffix, "")
-
-
-def _ts_parts(ts_us: np.ndarray, offset_min: np.ndarray) -> tuple[pa.Array, pa.Array]:
-    """(local date-time text with microseconds, offset text) of each instant."""
-    body, suffix = _ts_matrix(ts_us, offset_min)
-    return _text(body), suffix
-
-
-def _ts_matrix(ts_us: np.ndarray, offset_min: np.ndarray) -> tuple[np.ndarray, pa.Array]:
-    """(local date-time bytes with microseconds as an (n, 26) matrix, offset text)."""
-    n = len(ts_us)
-    off = offset_min.astype(np.int64)
-    local = ts_us.astype(np.int64) + off * MINUTE
-    days, rem = np.divmod(local, 86400 * US)
-    # civil date from days since 1970-01-01 (H. Hinnant's algorithm, vectorized)
-    z = days + 719468
-    era = np.floor_divide(z, 146097)
-    doe = z - era * 146097
-    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    day = doy - (153 * mp + 2) // 5 + 1
-    month = np.where(mp < 10, mp + 3, mp - 9)
-    year = yoe + era * 400 + (month <= 2)
-    mat = np.empty((n, 26), dtype=np.uint8)
-    for col, ch in ((4, "-"), (7, "-"), (10, "T"), (13, ":"), (16, ":"), (19, ".")):
-        mat[:, col] = ord(ch)
-    secs, micros = np.divmod(rem, US)
-    _digits(mat, 0, year, 4)
-    _digits(mat, 5, month, 2)
-    _digits(mat, 8, day, 2)
-    _digits(mat, 11, secs // 3600, 2)
-    _digits(mat, 14, secs // 60 % 60, 2)
-    _digits(mat, 17, secs % 60, 2)
-    _digits(mat, 20, micros, 6)
-    # offsets are whole minutes within +-24h: a counting pass finds the few distinct ones
-    shifted = off + 24 * 60
-    uniq = np.flatnonzero(np.bincount(shifted, minlength=48 * 60 + 1))
-    lut = np.zeros(48 * 60 + 1, dtype=np.int64)
-    lut[uniq] = np.arange(len(uniq))
-    texts = pa.array([_offset_text(int(m) - 24 * 60) for m in uniq], pa.string())
-    suffix = texts.take(pa.array(lut[shifted]))
-    return mat, suffix
 
 
 #: Events generated per chunk: bounded working set, so the rate holds for long histories.
@@ -244,9 +116,14 @@ ATTRS = ("ev", "ts", "offset_min", "tenant", "plan", "endpoint", "method", "stat
 
 @dataclass(frozen=True)
 class _Chunk:
-    attrs: dict[str, np.ndarray]  # one entry per base event
-    invalid: pa.Array  # payloads of the invalid messages
+    """A chunk's draws, which depend on no other chunk (chunks are drawn in parallel); event
+    ids, the v2 mask and the invalid messages' text, which depend on the events before the
+    chunk, are added once every chunk is drawn."""
+
+    attrs: dict[str, np.ndarray]  # one entry per base event ("ev" from 0, no "v2" yet)
+    invalid_tmpl: np.ndarray  # per invalid message: its template, tenant and timestamp
     invalid_tenant: np.ndarray
+    invalid_ts: np.ndarray
     row_src: np.ndarray  # one per output row: base event index, or -1 - invalid index
     row_ing: np.ndarray  # one per output row: ingestion time (us)
 
@@ -268,36 +145,55 @@ def generate(cfg: GeneratorConfig) -> pa.Table:
     tenant_names = pa.array([f"tenant-{i:05d}" for i in range(T)])  # T is small next to events
     n_chunks = max(1, -(-cfg.events // CHUNK_EVENTS))
     v2_from = start_us + span_us // 2 if cfg.v2_start is None else _us(cfg.v2_start)
-    chunks, base, inv_base = [], 0, 0
-    row_src, row_ing = [], []
+    subs = []
     for i in range(n_chunks):
         events = cfg.events // n_chunks + (1 if i < cfg.events % n_chunks else 0)
-        sub = cfg.model_copy(update={"events": events, "days": cfg.days / n_chunks,
-                                     "start": cfg.start + timedelta(days=cfg.days * i / n_chunks)})
-        chunk = _chunk(sub, np.random.default_rng([cfg.seed, i + 1]), tenant_names, plan0, plan1,
-                       change_at, base, v2_from)
-        src = chunk.row_src
-        row_src.append(np.where(src >= 0, src + base, src - inv_base))
-        row_ing.append(chunk.row_ing)
-        base += len(chunk.attrs["ts"])
-        inv_base += len(chunk.invalid)
-        chunks.append(chunk)
-    attrs = {k: np.concatenate([c.attrs[k] for c in chunks]) for k in ATTRS}
-    invalid = pa.concat_arrays([c.invalid for c in chunks]) if chunks else pa.array([], pa.binary())
-    inv_tenant = np.concatenate([c.invalid_tenant for c in chunks])
-    all_ing = np.concatenate(row_ing)
-    order = np.argsort(all_ing, kind="stable")
-    src = np.concatenate(row_src)[order]
-    ing = all_ing[order]
-    del chunks, row_src, row_ing, all_ing, order
-    starts = list(range(0, len(src), BLOCK_ROWS)) or [0]
-    # blocks are independent: format them on every core (NumPy and Arrow release the GIL)
-    with ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, len(starts)))) as pool:
+        subs.append(cfg.model_copy(update={"events": events, "days": cfg.days / n_chunks,
+                                           "start": cfg.start + timedelta(days=cfg.days * i / n_chunks)}))
+    with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+        # chunks are drawn on every core (each from its own generator; NumPy releases the GIL)
+        chunks = list(pool.map(lambda i: _chunk(subs[i], np.random.default_rng([cfg.seed, i + 1]),
+                                                plan0, plan1, change_at), range(n_chunks)))
+        base, inv_base = 0, 0
+        row_src, invalid = [], []
+        for sub, chunk in zip(subs, chunks, strict=True):  # ids follow the events before
+            chunk.attrs["ev"] += base
+            chunk.attrs["v2"] = _v2_mask(sub, chunk.attrs["ts"], v2_from, base)
+            invalid.append(_invalid_text(chunk.invalid_tmpl, chunk.invalid_tenant, chunk.invalid_ts,
+                                         tenant_names, base))
+            src = chunk.row_src
+            row_src.append(np.where(src >= 0, src + base, src - inv_base))
+            base += len(chunk.attrs["ts"])
+            inv_base += len(chunk.invalid_tmpl)
+        attrs = {k: np.concatenate([c.attrs[k] for c in chunks]) for k in ATTRS}
+        inv_payloads = pa.concat_arrays(invalid) if invalid else pa.array([], pa.binary())
+        inv_tenant = np.concatenate([c.invalid_tenant for c in chunks])
+        all_ing = np.concatenate([c.row_ing for c in chunks])
+        del chunks
+        order = _stable_order(all_ing, pool)
+        src = np.concatenate(row_src)[order]
+        ing = all_ing[order]
+        del row_src, all_ing, order
+        starts = list(range(0, len(src), BLOCK_ROWS)) or [0]
+        # blocks are independent: format them on every core (NumPy and Arrow release the GIL)
         blocks = list(pool.map(
-            lambda lo: _block(src[lo:lo + BLOCK_ROWS], attrs, invalid, inv_tenant, tenant_names),
+            lambda lo: _block(src[lo:lo + BLOCK_ROWS], attrs, inv_payloads, inv_tenant, tenant_names),
             starts))
     table = pa.Table.from_batches([b for b in blocks])
     return _assemble(table, tenant_names, ing)
+
+
+def _stable_order(keys: np.ndarray, pool: ThreadPoolExecutor) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` on every core: the rows are split at a few value
+    pivots (order kept inside each part), each part sorted stably in a thread of ``pool``."""
+    parts = pool._max_workers  # noqa: SLF001 - the pool's size is the parallelism wanted
+    if parts < 2 or len(keys) < 1 << 16:
+        return np.argsort(keys, kind="stable")
+    pivots = np.unique(np.quantile(keys[:: max(1, len(keys) // 10_000)], np.linspace(0, 1, parts + 1)[1:-1],
+                                   method="lower"))
+    which = np.searchsorted(pivots, keys, side="right")
+    idx = [np.flatnonzero(which == p) for p in range(len(pivots) + 1)]
+    return np.concatenate(list(pool.map(lambda i: i[np.argsort(keys[i], kind="stable")], idx)))
 
 
 def _block(src: np.ndarray, attrs: dict[str, np.ndarray], invalid: pa.Array, inv_tenant: np.ndarray,
@@ -340,21 +236,19 @@ def _block(src: np.ndarray, attrs: dict[str, np.ndarray], invalid: pa.Array, inv
         *_v2_fields(v["user"], v["region"], v["v2"]),
         "}",
     ]
-    joined = pc.binary_join_element_wise(*parts, "").cast(pa.binary())
     if len(inv_pos):
-        # splice the invalid messages in: one copy of each run of valid rows, no gather
-        pieces, prev, used = [], 0, 0
-        for k, p in enumerate(inv_pos.tolist()):
-            if p > prev:
-                pieces.append(joined.slice(used, p - prev))
-                used += p - prev
-            pieces.append(inv_payload.slice(k, 1))
-            prev = p + 1
-        if used < len(joined):
-            pieces.append(joined.slice(used))
-        payload = pa.concat_arrays(pieces)
+        # the valid rows' parts spread over every row ("" at the invalid ones: new offsets, the
+        # same text) plus one part holding the invalid payloads: one join writes each payload
+        # in its place, no splice or gather of the joined text
+        before = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(~inv, out=before[1:])
+        parts = [_spread(x, before) for x in parts]
+        first = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(inv, out=first[1:])
+        parts.append(_spread(inv_payload, first))
+        payload = pc.binary_join_element_wise(*parts, pa.scalar(b"", pa.binary()))
     else:
-        payload = joined
+        payload = pc.binary_join_element_wise(*parts, "").cast(pa.binary())
     return pa.RecordBatch.from_pydict({
         "raw_payload": payload, "tenant": pa.array(tenant),
         "event_id": _ids("evt-", a["ev"], 10, ~inv),
@@ -362,8 +256,8 @@ def _block(src: np.ndarray, attrs: dict[str, np.ndarray], invalid: pa.Array, inv
     })
 
 
-def _chunk(cfg: GeneratorConfig, rng: np.random.Generator, tenant_names: pa.Array, plan0: np.ndarray,
-           plan1: np.ndarray, change_at: np.ndarray, id_offset: int, v2_from: int) -> _Chunk:
+def _chunk(cfg: GeneratorConfig, rng: np.random.Generator, plan0: np.ndarray, plan1: np.ndarray,
+           change_at: np.ndarray) -> _Chunk:
     n_inv = int(round(cfg.events * cfg.invalid_rate))
     n_valid = max(0, cfg.events - n_inv)
     n_dup = int(round(n_valid * cfg.dup_rate))
@@ -408,7 +302,7 @@ def _chunk(cfg: GeneratorConfig, rng: np.random.Generator, tenant_names: pa.Arra
     lag = np.where(late, rng.integers(1 * 3600 * US, 6 * 3600 * US, n_base), lag)
     ing = ts + lag
     attrs = {  # narrow types: these arrays are concatenated and gathered once per history
-        "ev": id_offset + np.arange(n_base, dtype=np.int64),
+        "ev": np.arange(n_base, dtype=np.int64),
         "ts": ts,
         "offset_min": np.where(rng.random(n_base) < 0.05, rng.choice([-300, 60, 120, 330], n_base),
                                0).astype(np.int16),
@@ -416,7 +310,6 @@ def _chunk(cfg: GeneratorConfig, rng: np.random.Generator, tenant_names: pa.Arra
         "plan": plan.astype(np.int8),
         "status": rng.choice([200, 201, 204, 400, 404, 429, 500, 503], n_base,
                              p=[0.7, 0.05, 0.03, 0.05, 0.05, 0.04, 0.05, 0.03]).astype(np.int16),
-        "v2": _v2_mask(cfg, ts, v2_from, id_offset),
         "endpoint": rng.integers(0, len(ENDPOINTS), n_base, dtype=np.int8),
         "method": rng.integers(0, len(METHODS), n_base, dtype=np.int8),
         "latency": rng.integers(1, 2000, n_base, dtype=np.int16),
@@ -437,31 +330,38 @@ def _chunk(cfg: GeneratorConfig, rng: np.random.Generator, tenant_names: pa.Arra
 
     row_src = np.concatenate([np.arange(n_base, dtype=np.int64), dup_idx])
     row_ing = np.concatenate([ing, dup_ing])
-    invalid, inv_tenant = pa.array([], pa.binary()), np.array([], dtype=np.int64)
+    none = np.array([], dtype=np.int64)
+    inv_tmpl, inv_tenant, inv_ts = none, none, none
     if n_inv:
-        invalid, inv_tenant, inv_ing = _invalid(rng, n_inv, tenant_names, start_us, span_us, id_offset)
+        inv_tmpl, inv_tenant, inv_ts, inv_ing = _invalid(rng, n_inv, T, start_us, span_us)
         row_src = np.concatenate([row_src, -1 - np.arange(n_inv, dtype=np.int64)])
         row_ing = np.concatenate([row_ing, inv_ing])
-    return _Chunk(attrs, invalid, inv_tenant, row_src, row_ing)
+    return _Chunk(attrs, inv_tmpl, inv_tenant, inv_ts, row_src, row_ing)
 
 
-def _invalid(rng: np.random.Generator, n: int, tenant_names: pa.Array, start_us: int, span_us: int,
-             id_offset: int = 0):
+def _invalid(rng: np.random.Generator, n: int, tenants: int, start_us: int, span_us: int
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The invalid messages' draws: (template, tenant, timestamp, ingestion time) of each."""
     tmpl = np.arange(n) % len(INVALID_TEMPLATES)
     rng.shuffle(tmpl)
-    tenant = rng.integers(0, len(tenant_names), n)
+    tenant = rng.integers(0, tenants, n)
     ts = start_us + (rng.random(n) * span_us).astype(np.int64)
+    return tmpl, tenant, ts, ts + rng.integers(50_000, 2 * US, n)
+
+
+def _invalid_text(tmpl: np.ndarray, tenant: np.ndarray, ts: np.ndarray, tenant_names: pa.Array,
+                  id_offset: int) -> pa.Array:
+    """The invalid messages' payloads (ids numbered from ``id_offset``)."""
+    n = len(tmpl)
+    if n == 0:
+        return pa.array([], pa.binary())
     ts_text = _fmt_ts(ts, np.zeros(n, dtype=np.int64)).to_pylist()
     out = []
     for i in range(n):  # n = invalid_rate x events: small next to the vectorized bulk
         t = INVALID_TEMPLATES[tmpl[i]]
         t = t.replace(b"{id}", f"bad-{id_offset + i:010d}".encode()).replace(b"{ts}", ts_text[i].encode())
         out.append(t.replace(b"{t}", tenant_names[int(tenant[i])].as_py().encode()))
-    return pa.array(out, pa.binary()), tenant, ts + rng.integers(50_000, 2 * US, n)
-
-
-def _pick(values: np.ndarray, idx: np.ndarray) -> pa.Array:
-    return pa.array(values.tolist()).take(pa.array(idx))
+    return pa.array(out, pa.binary())
 
 
 def _assemble(rows: pa.Table, tenant_names: pa.Array, ing_us: np.ndarray) -> pa.Table:
