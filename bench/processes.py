@@ -34,6 +34,7 @@ class RssSampler:
 
     def __init__(self, ray_workers: bool = True) -> None:
         self.peaks: dict[int, tuple[int, str]] = {}  # pid -> (peak RSS in bytes, command)
+        self.shared: dict[int, int] = {}  # pid -> its shared-memory pages (Ray's object store) then
         self.ray_workers = ray_workers
         self._stop = threading.Event()
 
@@ -63,13 +64,16 @@ class RssSampler:
             for pid in self._family():
                 try:
                     with open(f"/proc/{pid}/status") as f:
-                        rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+                        status = {line.split(":")[0]: line.split()[1] for line in f
+                                  if line.startswith(("VmRSS", "RssShmem"))}
+                    rss = int(status["VmRSS"])
                     with open(f"/proc/{pid}/cmdline", "rb") as f:
                         name = f.read().split(b"\0")[0].decode(errors="replace")
-                except (OSError, StopIteration):
+                except (OSError, KeyError, IndexError):
                     continue
                 if rss * 1024 > self.peaks.get(pid, (0, ""))[0]:
                     self.peaks[pid] = (rss * 1024, name)
+                    self.shared[pid] = int(status.get("RssShmem", 0)) * 1024
 
     def __enter__(self) -> RssSampler:
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -83,6 +87,15 @@ class RssSampler:
     def workers(self) -> list[int]:
         return sorted((rss for rss, name in self.peaks.values() if name.startswith("ray::")),
                       reverse=True)
+
+    def worker_text(self) -> str:
+        """Each Ray worker's peak RSS, with the object store's shared pages counted in it
+        (pages of Ray's shared-memory store the process touched: the store's memory, counted
+        in every process that touched it) and the rest, the process's own."""
+        rows = sorted(((rss, self.shared.get(pid, 0)) for pid, (rss, name) in self.peaks.items()
+                       if name.startswith("ray::")), reverse=True)
+        return ", ".join(f"{r / 2**20:,.0f} ({s / 2**20:,.0f} shared + {(r - s) / 2**20:,.0f} own)"
+                         for r, s in rows if r > 256 << 20) or "none above 256"
 
     def report(self, driver: int | None = None) -> str:
         """``driver``: the driver's pid (default: this process)."""

@@ -16,7 +16,7 @@ from engine.contract import schemas
 from engine.contract.errors import UsageError
 from engine.execution.specs import Mode
 from engine.execution.workers import file_units, scan_units
-from engine.fold.chunks import WORK_FACTOR
+from engine.fold.chunks import WORK_FACTOR, working_budget
 from engine.fold.pipeline import FOLD_VERSION, Compiled
 from engine.fold.scope import Scope
 from engine.lake.bronze import SourcePart, archive_of, bronze_parts
@@ -251,7 +251,7 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
         wanted = -(-wanted // cpus) * cpus  # whole waves: no CPU idles through the last one
     map_tasks = min(n_units, wanted)
     shard_bytes = rows * ROW_BYTES // max(1, n_buckets)
-    chunks = max(1, -(-shard_bytes * WORK_FACTOR // cfg.task_memory))
+    chunks = max(1, -(-shard_bytes * WORK_FACTOR // working_budget(cfg.task_memory)))
     if chosen == "full" and not compiled.can_chunk:
         chunks = 1
     tables = replaced_tables(lake, compiled, chosen, scope)

@@ -45,6 +45,15 @@ def _connection() -> duckdb.DuckDBPyConnection:
     return con
 
 
+def close_connection() -> None:
+    """Close this thread's DuckDB connection (its database and the memory it holds); the
+    next query opens a new one. A worker process calls it between tasks."""
+    con = getattr(_local, "con", None)
+    if con is not None:
+        _local.con = None
+        con.close()
+
+
 def run_sql(sql: str, tables: dict[str, Any], params: dict[str, Any] | None = None) -> pa.Table:
     """Run ``sql`` with each Arrow table (or dataset, scanned lazily) registered under its name;
     values bound, never formatted."""

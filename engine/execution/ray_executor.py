@@ -38,7 +38,7 @@ from engine.execution.specs import (
     ReduceSpec,
     combine,
 )
-from engine.execution.workers import map_shard_parts, reduce_shard, warm_up
+from engine.execution.workers import map_shard_parts, reduce_shard, release_memory, warm_up
 from rules.base import Rule
 from rules.ruleset import Ruleset
 
@@ -125,12 +125,19 @@ def _with_rules(rules: bytes | None, fn: Callable[..., Any], *args: Any) -> Any:
 
 def map_task(rules: bytes | None, spec: MapSpec) -> tuple[object, ...]:
     """The map shard task (:func:`map_shard_parts`) with the driver's in-process rules."""
-    return _with_rules(rules, map_shard_parts, spec)
+    try:
+        return _with_rules(rules, map_shard_parts, spec)
+    finally:
+        release_memory()
 
 
 def reduce_task(rules: bytes | None, spec: ReduceSpec, *pieces: Any) -> ReduceResult:
     """The reduce shard task (:func:`reduce_shard`) with the driver's in-process rules."""
-    return _with_rules(rules, reduce_shard, spec, *pieces)
+    try:
+        return _with_rules(rules, reduce_shard, spec, *pieces)
+    finally:
+        del pieces  # the bucket's pieces: this task's reference goes before the trim
+        release_memory()
 
 
 def task_error(exc: Exception) -> ReplayError:

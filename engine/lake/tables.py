@@ -431,7 +431,7 @@ class Lake:
         With ``max_commit_retries=0`` delta-rs reports every lost race as ``CommitFailedError``
         on local, ``file://`` and S3 stores alike; any other error propagates as is. The rows
         are staged as Parquet first (row group by row group: no second copy of the batch in
-        memory) and the files committed; the files of a commit that failed are deleted.
+        memory) and the files committed; the files of a commit that lost the race are deleted.
         """
         staged = self.stage(table, data, f"append-{uuid.uuid4().hex[:12]}")
         version = dt.version() + 1  # no rebase: the commit lands right after the snapshot, or fails
@@ -441,14 +441,14 @@ class Lake:
             dt.create_write_transaction(add_actions(staged), mode="append",  # type: ignore[arg-type]
                                         schema=schemas.SCHEMAS[table],
                                         partition_by=schemas.PARTITIONS.get(table), commit_properties=props)
-        except BaseException as exc:
+        except CommitFailedError as exc:  # lost the race: nothing references the files
             fs, base = self.table_storage(table).filesystem()
             for f in staged.files:
                 with contextlib.suppress(OSError):
                     fs.delete_file(f"{base}/{f.path}" if base else f.path)
-            if isinstance(exc, CommitFailedError):
-                raise CommitConflictError(f"concurrent commit on {table}: {exc}", table=table) from None
-            raise
+            raise CommitConflictError(f"concurrent commit on {table}: {exc}", table=table) from None
+        # any other error may come after the log entry landed (a post-commit hook, a lost
+        # reply): the files stay (``replay vacuum`` removes them if nothing references them)
         dt.load_as_version(version)
         return version
 
