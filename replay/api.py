@@ -28,7 +28,7 @@ from engine.batch.experiment import (
 from engine.batch.plan import ModeArg, Plan, build_plan
 from engine.config import ReplayConfig, parse_size, start_process, validated
 from engine.contract import schemas
-from engine.contract.errors import UsageError
+from engine.contract.errors import StalePlanError, UsageError
 from engine.execution.local import LocalExecutor
 from engine.execution.specs import Executor, Progress
 from engine.fold.scope import Scope
@@ -48,6 +48,7 @@ __all__ = [
     "open_lake", "import_file", "plan", "apply", "run", "status", "sql", "generate_history",
     "produce_history", "ingest", "make_executor", "recover", "recover_if_needed", "rollback",
     "history", "diff", "summary", "Experiment", "experiments", "drop", "rules_catalog",
+    "StalePlanError",
 ]
 
 IngestConfig = kafka.IngestConfig

@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow as pa
 
 from engine.contract import schemas
-from engine.contract.errors import StalePlanError, UsageError
+from engine.contract.errors import UsageError
 from replay import api
 from replay.output import emit, emit_rows, format_table, plan_text, progress_printer
 
@@ -57,7 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             res = api.apply(args.lake, p, args.ruleset, ex, None if args.json else progress_printer(p.rows),
                             args.reason, args.checks, args.allow_failed_checks)
             break
-        except StalePlanError:  # a follower's step or another replay landed while this one waited
+        except api.StalePlanError:  # a follower's step or another replay landed while this one waited
             if attempt == STALE_ATTEMPTS - 1:
                 raise
             print("the lake changed while waiting for its lease; planning again", file=sys.stderr)
