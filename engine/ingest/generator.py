@@ -27,17 +27,7 @@ import pyarrow.compute as pc
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from engine.contract import schemas
-from engine.ingest.textfmt import (
-    MINUTE,
-    US,
-    _fixed,
-    _fmt_ts,
-    _ids,
-    _pick,
-    _spread,
-    _ts_matrix,
-    _v2_fields,
-)
+from engine.ingest.textfmt import MINUTE, US, PayloadFormat, _fmt_ts, _ids
 
 PLANS = np.array(["free", "starter", "professional", "enterprise"])
 PLAN_WEIGHTS = np.array([0.4, 0.3, 0.2, 0.1])
@@ -45,6 +35,7 @@ LIMITS = np.array([60, 300, 1000, 5000])
 ENDPOINTS = np.array(["/v1/items", "/v1/orders", "/v1/users", "/v2/search", "/v2/reports"])
 METHODS = np.array(["GET", "POST", "PUT", "DELETE"])
 PARTITIONS = 4
+DAY = 86400 * US
 TOPIC = "api-usage-events"
 
 #: One template per SPEC quarantine reason; ``{id}``/``{ts}``/``{t}`` are filled in.
@@ -110,17 +101,17 @@ CHUNK_EVENTS = 1_000_000
 BLOCK_ROWS = 500_000
 
 #: Numeric attributes of a base event; its payload text is formatted from them.
-ATTRS = ("ev", "ts", "offset_min", "tenant", "plan", "endpoint", "method", "status", "latency",
+ATTRS = ("ts", "offset_min", "tenant", "plan", "endpoint", "method", "status", "latency",
          "request_bytes", "response_bytes", "v2", "user", "region")
 
 
 @dataclass(frozen=True)
 class _Chunk:
-    """A chunk's draws, which depend on no other chunk (chunks are drawn in parallel); event
-    ids, the v2 mask and the invalid messages' text, which depend on the events before the
-    chunk, are added once every chunk is drawn."""
+    """A chunk's draws, which depend on no other chunk (chunks are drawn in parallel); the v2
+    mask and the invalid messages' text, which depend on the events before the chunk, are
+    added in chunk order as the chunks come in."""
 
-    attrs: dict[str, np.ndarray]  # one entry per base event ("ev" from 0, no "v2" yet)
+    attrs: dict[str, np.ndarray]  # one entry per base event (no "v2" yet)
     invalid_tmpl: np.ndarray  # per invalid message: its template, tenant and timestamp
     invalid_tenant: np.ndarray
     invalid_ts: np.ndarray
@@ -151,109 +142,89 @@ def generate(cfg: GeneratorConfig) -> pa.Table:
         subs.append(cfg.model_copy(update={"events": events, "days": cfg.days / n_chunks,
                                            "start": cfg.start + timedelta(days=cfg.days * i / n_chunks)}))
     with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
-        # chunks are drawn on every core (each from its own generator; NumPy releases the GIL)
-        chunks = list(pool.map(lambda i: _chunk(subs[i], np.random.default_rng([cfg.seed, i + 1]),
-                                                plan0, plan1, change_at), range(n_chunks)))
-        base, inv_base = 0, 0
-        row_src, invalid = [], []
-        for sub, chunk in zip(subs, chunks, strict=True):  # ids follow the events before
-            chunk.attrs["ev"] += base
-            chunk.attrs["v2"] = _v2_mask(sub, chunk.attrs["ts"], v2_from, base)
-            invalid.append(_invalid_text(chunk.invalid_tmpl, chunk.invalid_tenant, chunk.invalid_ts,
-                                         tenant_names, base))
-            src = chunk.row_src
-            row_src.append(np.where(src >= 0, src + base, src - inv_base))
-            base += len(chunk.attrs["ts"])
-            inv_base += len(chunk.invalid_tmpl)
-        attrs = {k: np.concatenate([c.attrs[k] for c in chunks]) for k in ATTRS}
-        inv_payloads = pa.concat_arrays(invalid) if invalid else pa.array([], pa.binary())
-        inv_tenant = np.concatenate([c.invalid_tenant for c in chunks])
-        all_ing = np.concatenate([c.row_ing for c in chunks])
-        del chunks
-        order = _stable_order(all_ing, pool)
-        src = np.concatenate(row_src)[order]
-        ing = all_ing[order]
-        del row_src, all_ing, order
-        starts = list(range(0, len(src), BLOCK_ROWS)) or [0]
+        rows = _draw(cfg, subs, pool, (plan0, plan1, change_at), tenant_names, v2_from)
+        n = len(rows["src"])
+        tenant = np.empty(n, dtype=np.int32)  # each row's tenant, filled in by the blocks
+        fmt = PayloadFormat(PLANS.tolist(), ENDPOINTS.tolist(), METHODS.tolist(), T)
         # blocks are independent: format them on every core (NumPy and Arrow release the GIL)
         blocks = list(pool.map(
-            lambda lo: _block(src[lo:lo + BLOCK_ROWS], attrs, inv_payloads, inv_tenant, tenant_names),
-            starts))
-    table = pa.Table.from_batches([b for b in blocks])
-    return _assemble(table, tenant_names, ing)
+            lambda lo: _block(rows["src"][lo:lo + BLOCK_ROWS], rows["attrs"], rows["inv_payloads"],
+                              rows["inv_tenant"], tenant_names, tenant[lo:lo + BLOCK_ROWS], fmt),
+            list(range(0, n, BLOCK_ROWS)) or [0]))
+        ing = rows["ing"]
+        rows.clear()  # free the events' attributes before the last columns are built
+        return _assemble(blocks, tenant_names, tenant, ing, pool)
 
 
-def _stable_order(keys: np.ndarray, pool: ThreadPoolExecutor) -> np.ndarray:
-    """``np.argsort(keys, kind="stable")`` on every core: the rows are split at a few value
-    pivots (order kept inside each part), each part sorted stably in a thread of ``pool``."""
-    parts = pool._max_workers  # noqa: SLF001 - the pool's size is the parallelism wanted
-    if parts < 2 or len(keys) < 1 << 16:
-        return np.argsort(keys, kind="stable")
-    pivots = np.unique(np.quantile(keys[:: max(1, len(keys) // 10_000)], np.linspace(0, 1, parts + 1)[1:-1],
-                                   method="lower"))
-    which = np.searchsorted(pivots, keys, side="right")
-    idx = [np.flatnonzero(which == p) for p in range(len(pivots) + 1)]
-    return np.concatenate(list(pool.map(lambda i: i[np.argsort(keys[i], kind="stable")], idx)))
+def _draw(cfg: GeneratorConfig, subs: list[GeneratorConfig], pool: ThreadPoolExecutor,
+          plans: tuple[np.ndarray, np.ndarray, np.ndarray], tenant_names: pa.Array, v2_from: int) -> dict:
+    """Every chunk's draws, in ingestion order: the base events' attributes ("attrs", indexed
+    by event id), the invalid messages (payload, tenant) and per output row its source ("src":
+    base event, or -1 - invalid index) and ingestion time ("ing")."""
+    # chunks are drawn on every core (each from its own generator; NumPy releases the GIL);
+    # each is fixed up here as soon as it and the ones before it are drawn
+    chunks, base, inv_base = [], 0, 0
+    row_src, invalid = [], []
+    draws = pool.map(lambda i: _chunk(subs[i], np.random.default_rng([cfg.seed, i + 1]), *plans),
+                     range(len(subs)))
+    for sub, chunk in zip(subs, draws, strict=True):  # ids follow the events before
+        chunk.attrs["v2"] = _v2_mask(sub, chunk.attrs["ts"], v2_from, base)
+        invalid.append(_invalid_text(chunk.invalid_tmpl, chunk.invalid_tenant, chunk.invalid_ts,
+                                     tenant_names, base))
+        src = chunk.row_src
+        row_src.append(np.where(src >= 0, src + base, src - inv_base))
+        base += len(chunk.attrs["ts"])
+        inv_base += len(chunk.invalid_tmpl)
+        chunks.append(chunk)
+    attrs = {k: np.concatenate([c.attrs[k] for c in chunks]) for k in ATTRS}
+    inv_tenant = np.concatenate([c.invalid_tenant for c in chunks])
+    all_ing = np.concatenate([c.row_ing for c in chunks])
+    del chunks
+    src, ing = _ingestion_order(np.concatenate(row_src), all_ing)
+    return {"attrs": attrs, "inv_payloads": pa.concat_arrays(invalid), "inv_tenant": inv_tenant,
+            "src": src, "ing": ing}
+
+
+def _ingestion_order(src: np.ndarray, ing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(``src``, ``ing``) ordered by ingestion time, ties in row order: what
+    ``np.argsort(ing, kind="stable")`` gives, by one sort of (time, row) packed in an int64
+    (no stable argsort needed: the keys are distinct) when the times' range leaves room."""
+    n = len(ing)
+    bits = max(1, (n - 1).bit_length())
+    lo = int(ing.min()) if n else 0
+    if n and int(ing.max()) - lo >= 1 << (62 - bits):  # too wide a range to pack
+        order = np.argsort(ing, kind="stable")
+        return src[order], ing[order]
+    key = ing - lo
+    key <<= bits
+    key |= np.arange(n, dtype=np.int64)
+    key.sort()
+    order = key & ((1 << bits) - 1)
+    key >>= bits
+    key += lo
+    return src[order], key
 
 
 def _block(src: np.ndarray, attrs: dict[str, np.ndarray], invalid: pa.Array, inv_tenant: np.ndarray,
-           tenant_names: pa.Array) -> pa.RecordBatch:
-    """Rows ``src`` (base events, or -1 - invalid index) -> payload, tenant and extracted columns."""
+           tenant_names: pa.Array, tenant: np.ndarray, fmt: PayloadFormat) -> tuple[pa.Array, ...]:
+    """Rows ``src`` (base events, or -1 - invalid index) -> (payload, event_id, event_timestamp,
+    tenant_id) columns; each row's tenant index is written to ``tenant``."""
     n = len(src)
     inv = src < 0
     inv_pos = np.flatnonzero(inv)
     inv_payload = invalid.take(pa.array(-1 - src[inv_pos]))
-    tenant = np.zeros(n, dtype=np.int64)
     tenant[inv_pos] = inv_tenant[-1 - src[inv_pos]]
     if len(inv_pos) == n:  # only invalid messages
-        return pa.RecordBatch.from_pydict({
-            "raw_payload": inv_payload, "tenant": pa.array(tenant),
-            "event_id": pa.nulls(n, pa.string()), "event_timestamp": pa.nulls(n, schemas.TS)})
-    ev_src = np.where(inv, 0, src)
-    a = {k: attrs[k][ev_src] for k in ("tenant", "ev", "ts")}  # per row; payload fields below
-    tenant[~inv] = a["tenant"][~inv]
-    ok = src[~inv] if len(inv_pos) else src
-    v = {k: col[ok] for k, col in attrs.items()}  # the valid rows' attributes, for their payloads
-    m = len(v["ts"])
-    body, suffix = _ts_matrix(v["ts"], v["offset_min"])
-    width = len(tenant_names[0].as_py()) if len(tenant_names) else 0
-    fixed_tenants = width > 7 and pc.all(pc.equal(pc.binary_length(tenant_names), width)).as_py()
-    if fixed_tenants:  # tenant-NNNNN: part of a fixed-width segment
-        tenant_seg: list = [b"tenant-", (v["tenant"], width - 7)]
-        tenant_part: list = []
-    else:
-        tenant_seg, tenant_part = [], [tenant_names.take(pa.array(v["tenant"]))]
-    parts = [
-        _fixed([b'{"event_id": "evt-', (v["ev"], 10), b'", "event_timestamp": "', body], m), suffix,
-        _fixed([b'", "tenant_id": "', *tenant_seg], m), *tenant_part,
-        '", "subscription_plan": "', _pick(PLANS, v["plan"]),
-        '", "endpoint": "', _pick(ENDPOINTS, v["endpoint"]),
-        '", "method": "', _pick(METHODS, v["method"]),
-        _fixed([b'", "status_code": ', (v["status"], 3), b', "latency_ms": '], m),
-        pa.array(v["latency"]).cast(pa.string()),
-        ', "request_bytes": ', pa.array(v["request_bytes"]).cast(pa.string()),
-        ', "response_bytes": ', pa.array(v["response_bytes"]).cast(pa.string()),
-        *_v2_fields(v["user"], v["region"], v["v2"]),
-        "}",
-    ]
-    if len(inv_pos):
-        # the valid rows' parts spread over every row ("" at the invalid ones: new offsets, the
-        # same text) plus one part holding the invalid payloads: one join writes each payload
-        # in its place, no splice or gather of the joined text
-        before = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(~inv, out=before[1:])
-        parts = [_spread(x, before) for x in parts]
-        first = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(inv, out=first[1:])
-        parts.append(_spread(inv_payload, first))
-        payload = pc.binary_join_element_wise(*parts, pa.scalar(b"", pa.binary()))
-    else:
-        payload = pc.binary_join_element_wise(*parts, "").cast(pa.binary())
-    return pa.RecordBatch.from_pydict({
-        "raw_payload": payload, "tenant": pa.array(tenant),
-        "event_id": _ids("evt-", a["ev"], 10, ~inv),
-        "event_timestamp": pa.array(a["ts"], pa.int64(), mask=inv).cast(schemas.TS),
-    })
+        return (inv_payload, pa.nulls(n, pa.string()), pa.nulls(n, schemas.TS),
+                pc.if_else(pa.array(np.zeros(n, dtype=bool)), tenant_names.take(pa.array(tenant)),
+                           pa.scalar(None, pa.string())))
+    ev = np.where(inv, 0, src)  # each row's base event (its index is its id), 0 at invalid rows
+    f = {k: col[ev] for k, col in attrs.items()}
+    f["ev"] = ev
+    tenant[:] = np.where(inv, tenant, f["tenant"])
+    return (fmt.format(f, inv_pos, inv_payload), _ids("evt-", ev, 10, ~inv),
+            pa.array(f["ts"], pa.int64(), mask=inv).cast(schemas.TS),
+            pc.if_else(pa.array(~inv), tenant_names.take(pa.array(tenant)), pa.scalar(None, pa.string())))
 
 
 def _chunk(cfg: GeneratorConfig, rng: np.random.Generator, plan0: np.ndarray, plan1: np.ndarray,
@@ -302,7 +273,6 @@ def _chunk(cfg: GeneratorConfig, rng: np.random.Generator, plan0: np.ndarray, pl
     lag = np.where(late, rng.integers(1 * 3600 * US, 6 * 3600 * US, n_base), lag)
     ing = ts + lag
     attrs = {  # narrow types: these arrays are concatenated and gathered once per history
-        "ev": np.arange(n_base, dtype=np.int64),
         "ts": ts,
         "offset_min": np.where(rng.random(n_base) < 0.05, rng.choice([-300, 60, 120, 330], n_base),
                                0).astype(np.int16),
@@ -364,30 +334,45 @@ def _invalid_text(tmpl: np.ndarray, tenant: np.ndarray, ts: np.ndarray, tenant_n
     return pa.array(out, pa.binary())
 
 
-def _assemble(rows: pa.Table, tenant_names: pa.Array, ing_us: np.ndarray) -> pa.Table:
-    """Rows already in ingestion order (payload, tenant index, extracted fields) -> Bronze."""
+def _assemble(blocks: list[tuple[pa.Array, ...]], tenant_names: pa.Array, tenant: np.ndarray,
+              ing_us: np.ndarray, pool: ThreadPoolExecutor) -> pa.Table:
+    """Blocks of rows in ingestion order (payload, event_id, event_timestamp, tenant_id), each
+    row's tenant index and ingestion time -> Bronze; the columns are built on every core."""
     n = len(ing_us)
-    tenant = rows.column("tenant").to_numpy()
-    known = tenant_names.take(pa.array(tenant))
-    part_np = _partition_of(tenant_names)[tenant]
-    offsets = np.empty(n, dtype=np.int64)
-    for p in range(PARTITIONS):
-        m = part_np == p
-        offsets[m] = np.arange(int(m.sum()))
+
+    def kafka() -> tuple[pa.Array, pa.Array]:
+        part = _partition_of(tenant_names).astype(np.int32)[tenant]
+        offsets = np.empty(n, dtype=np.int64)
+        for p in range(PARTITIONS):
+            rows = np.flatnonzero(part == p)
+            offsets[rows] = np.arange(len(rows))
+        return pa.array(part, pa.int32()), pa.array(offsets)
+
+    def topic() -> pa.Array:
+        return pa.array([TOPIC]).take(pa.array(np.zeros(n, dtype=np.int8)))
+
+    def date() -> pa.Array:  # the rows are in ingestion order: one run of rows per day
+        first, last = (int(ing_us[i]) // DAY for i in (0, -1)) if n else (0, -1)
+        ends = np.searchsorted(ing_us, np.arange(first + 1, last + 2, dtype=np.int64) * DAY)
+        return pa.array(np.repeat(np.arange(first, last + 1, dtype=np.int32), np.diff(ends, prepend=0)),
+                        pa.date32())
+
+    jobs = [pool.submit(f) for f in (kafka, topic, date)]
+    key = tenant_names.take(pa.array(tenant)).cast(pa.binary())
+    (part, offsets), topic_col, date_col = (j.result() for j in jobs)
     ing = pa.array(ing_us, pa.int64()).cast(schemas.TS)
-    ok = pc.is_valid(rows.column("event_timestamp"))
     return pa.table({
-        "raw_payload": rows.column("raw_payload"),
-        "kafka_topic": pa.array([TOPIC]).take(pa.array(np.zeros(n, dtype=np.int64))),
-        "kafka_partition": pa.array(part_np, pa.int32()),
-        "kafka_offset": pa.array(offsets),
+        "raw_payload": pa.chunked_array([b[0] for b in blocks], pa.binary()),
+        "kafka_topic": topic_col,
+        "kafka_partition": part,
+        "kafka_offset": offsets,
         "kafka_timestamp": ing,
-        "kafka_key": known.cast(pa.binary()),
+        "kafka_key": key,
         "ingestion_timestamp": ing,
-        "ingestion_date": pc.cast(ing, pa.date32()),
-        "event_id": rows.column("event_id"),
-        "tenant_id": pc.if_else(ok, known, pa.scalar(None, pa.string())),
-        "event_timestamp": rows.column("event_timestamp"),
+        "ingestion_date": date_col,
+        "event_id": pa.chunked_array([b[1] for b in blocks], pa.string()),
+        "tenant_id": pa.chunked_array([b[3] for b in blocks], pa.string()),
+        "event_timestamp": pa.chunked_array([b[2] for b in blocks], schemas.TS),
     }, schema=schemas.BRONZE_SCHEMA)
 
 

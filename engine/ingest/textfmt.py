@@ -1,5 +1,6 @@
 """Payload text for the generator, vectorized: numbers, timestamps and fixed-width segments
-written into byte matrices with NumPy and turned into Arrow string arrays, no Python loop."""
+written into byte matrices with NumPy and turned into Arrow string arrays, no Python loop;
+``PayloadFormat`` writes whole JSON payloads that way."""
 
 from __future__ import annotations
 
@@ -9,70 +10,40 @@ import pyarrow.compute as pc
 
 US = 1_000_000
 MINUTE = 60 * US
-REGIONS = np.array(["eu-west-1", "us-east-1", "ap-south-1"])
-_V2_HEAD = b', "user_id": "user-'
-_V2_MID = b'", "data_residency_region": "'
-#: the region's text and closing quote; index 0: no v2 fields
-_V2_TAIL = pa.array(["", *(f'{_V2_MID.decode()}{r}"' for r in REGIONS.tolist())])
+REGIONS = ("eu-west-1", "us-east-1", "ap-south-1")
+#: Rows written per byte matrix: a working set that stays in the cache.
+SUB_ROWS = 16_384
 
 
-def _digits(mat: np.ndarray, col: int, values: np.ndarray, width: int) -> None:
-    """Write ``values`` as zero-padded decimal text into ``mat[:, col:col + width]``."""
+def _digits(mat: np.ndarray, col: int, values: np.ndarray, width: int, least: int | None = None) -> None:
+    """Write ``values`` as zero-padded decimal text into ``mat[:, col:col + width]``; with
+    ``least``, only that many digits at least, leading zeros beyond them written as 0 bytes."""
     small = width <= 9  # fits int32, whose division by a constant NumPy does fastest
     v = values.astype(np.int32 if small else np.int64)
     out = np.empty((width, len(v)), dtype=np.uint8)  # a digit per row: contiguous writes
     for pos in range(width - 1, -1, -1):
         q = v // 10
         np.subtract(v, q * 10, out=out[pos], casting="unsafe")
+        if least is not None and pos < width - least:
+            out[pos] += (v > 0) * np.uint8(48)  # no digit left: a 0 byte
         v = q
-    out += 48
+    out[width - (width if least is None else least):] += 48
     mat[:, col: col + width] = out.T
 
 
-def _text(mat: np.ndarray, lengths: np.ndarray | None = None, valid: np.ndarray | None = None
-          ) -> pa.Array:
-    """Rows of a byte matrix (each cut to its length) -> an Arrow string array, no Python loop.
-
-    Rows where ``valid`` is False are NULL.
-    """
+def _text(mat: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
+    """Rows of a byte matrix -> an Arrow string array, no Python loop (NULL where ``valid``
+    is False)."""
     n, width = mat.shape
     bitmap = None
     if valid is not None:
         bitmap = pa.py_buffer(np.packbits(valid.astype(bool), bitorder="little"))
-    if lengths is None:
-        data = np.ascontiguousarray(mat).reshape(-1)
-        offsets = np.arange(0, (n + 1) * width, width, dtype=np.int64)
-    elif lengths.dtype == bool:  # each row whole, or empty
-        data = np.ascontiguousarray(mat[lengths]).reshape(-1)
-        offsets = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.where(lengths, width, 0), out=offsets[1:])
-    else:
-        data = mat[np.arange(width)[None, :] < lengths[:, None]]
-        offsets = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
+    data = np.ascontiguousarray(mat).reshape(-1)
+    offsets = np.arange(0, (n + 1) * width, width, dtype=np.int64)
     if len(data) < 2**31:
         offsets = offsets.astype(np.int32)
         return pa.Array.from_buffers(pa.string(), n, [bitmap, pa.py_buffer(offsets), pa.py_buffer(data)])
     return pa.Array.from_buffers(pa.large_string(), n, [bitmap, pa.py_buffer(offsets), pa.py_buffer(data)])
-
-
-def _fixed(segments: list[bytes | tuple[np.ndarray, int] | np.ndarray], n: int) -> pa.Array:
-    """Fixed-width text per row from literal bytes, (numbers, digits) and byte matrices."""
-    width = sum(len(x) if isinstance(x, bytes) else x[1] if isinstance(x, tuple) else x.shape[1]
-                for x in segments)
-    mat = np.empty((n, width), dtype=np.uint8)
-    col = 0
-    for x in segments:
-        if isinstance(x, bytes):
-            mat[:, col: col + len(x)] = np.frombuffer(x, dtype=np.uint8)
-            col += len(x)
-        elif isinstance(x, tuple):
-            _digits(mat, col, x[0], x[1])
-            col += x[1]
-        else:
-            mat[:, col: col + x.shape[1]] = x
-            col += x.shape[1]
-    return _text(mat)
 
 
 def _ids(prefix: str, idx: np.ndarray, width: int, valid: np.ndarray | None = None) -> pa.Array:
@@ -81,37 +52,7 @@ def _ids(prefix: str, idx: np.ndarray, width: int, valid: np.ndarray | None = No
     mat = np.empty((len(idx), len(head) + width), dtype=np.uint8)
     mat[:, : len(head)] = np.frombuffer(head, dtype=np.uint8)
     _digits(mat, len(head), np.asarray(idx), width)
-    return _text(mat, None, valid)
-
-
-def _pick(values: np.ndarray, idx: np.ndarray) -> pa.Array:
-    return pa.array(values.tolist()).take(pa.array(idx))
-
-
-def _spread(part: str | pa.Array, before: np.ndarray) -> pa.Array:
-    """A join part of the rows some mask keeps -> one row per row, "" where the mask drops
-    one; ``before[i]``: how many kept rows come before row i (n + 1 entries). The text
-    buffer is shared, only offsets are built. A literal becomes a column of it."""
-    n = len(before) - 1
-    if isinstance(part, str):
-        text = part.encode()
-        offsets = (before * len(text)).astype(np.int32)
-        return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets),
-                                                      pa.py_buffer(text * int(before[-1]))])
-    large = part.type in (pa.large_string(), pa.large_binary())
-    _, off, data = part.buffers()
-    offs = np.frombuffer(off, dtype=np.int64 if large else np.int32)[part.offset: part.offset + len(part) + 1]
-    return pa.Array.from_buffers(pa.large_binary() if large else pa.binary(), n,
-                                 [None, pa.py_buffer(np.ascontiguousarray(offs[before])), data])
-
-
-def _v2_fields(user: np.ndarray, region: np.ndarray, v2: np.ndarray) -> list[pa.Array]:
-    """The schema v2 fields' text as two join parts (both "" where not ``v2``)."""
-    mat = np.empty((len(user), len(_V2_HEAD) + 7), dtype=np.uint8)
-    mat[:, : len(_V2_HEAD)] = np.frombuffer(_V2_HEAD, dtype=np.uint8)
-    _digits(mat, len(_V2_HEAD), user, 7)
-    v2 = v2.astype(bool)
-    return [_text(mat, v2), _V2_TAIL.take(pa.array(np.where(v2, region.astype(np.int64) + 1, 0)))]
+    return _text(mat, valid)
 
 
 def _offset_text(minutes: int) -> str:
@@ -123,21 +64,23 @@ def _offset_text(minutes: int) -> str:
 
 def _fmt_ts(ts_us: np.ndarray, offset_min: np.ndarray) -> pa.Array:
     """RFC 3339 text of each instant, written in its local offset (``Z`` for UTC)."""
-    body, suffix = _ts_parts(ts_us, offset_min)
-    return pc.binary_join_element_wise(body, suffix, "")
-
-
-def _ts_parts(ts_us: np.ndarray, offset_min: np.ndarray) -> tuple[pa.Array, pa.Array]:
-    """(local date-time text with microseconds, offset text) of each instant."""
     body, suffix = _ts_matrix(ts_us, offset_min)
-    return _text(body), suffix
+    return pc.binary_join_element_wise(_text(body), suffix, "")
 
 
 def _ts_matrix(ts_us: np.ndarray, offset_min: np.ndarray) -> tuple[np.ndarray, pa.Array]:
     """(local date-time bytes with microseconds as an (n, 26) matrix, offset text)."""
-    n = len(ts_us)
-    off = offset_min.astype(np.int64)
-    local = ts_us.astype(np.int64) + off * MINUTE
+    mat = np.empty((len(ts_us), 26), dtype=np.uint8)
+    mat[:] = np.frombuffer(b"0000-00-00T00:00:00.000000", dtype=np.uint8)
+    _ts_digits(mat, 0, ts_us, offset_min)
+    texts, idx = _offsets(offset_min)
+    return mat, pa.array(texts, pa.string()).take(pa.array(idx))
+
+
+def _ts_digits(mat: np.ndarray, col: int, ts_us: np.ndarray, offset_min: np.ndarray) -> None:
+    """The local date-time digits of each instant into ``mat[:, col:col + 26]``, whose
+    separators (``YYYY-MM-DDTHH:MM:SS.ffffff``) are already there."""
+    local = ts_us.astype(np.int64) + offset_min.astype(np.int64) * MINUTE
     days, rem = np.divmod(local, 86400 * US)
     # civil date from days since 1970-01-01 (H. Hinnant's algorithm, vectorized)
     z = days + 719468
@@ -149,22 +92,149 @@ def _ts_matrix(ts_us: np.ndarray, offset_min: np.ndarray) -> tuple[np.ndarray, p
     day = doy - (153 * mp + 2) // 5 + 1
     month = np.where(mp < 10, mp + 3, mp - 9)
     year = yoe + era * 400 + (month <= 2)
-    mat = np.empty((n, 26), dtype=np.uint8)
-    for col, ch in ((4, "-"), (7, "-"), (10, "T"), (13, ":"), (16, ":"), (19, ".")):
-        mat[:, col] = ord(ch)
     secs, micros = np.divmod(rem, US)
-    _digits(mat, 0, year, 4)
-    _digits(mat, 5, month, 2)
-    _digits(mat, 8, day, 2)
-    _digits(mat, 11, secs // 3600, 2)
-    _digits(mat, 14, secs // 60 % 60, 2)
-    _digits(mat, 17, secs % 60, 2)
-    _digits(mat, 20, micros, 6)
-    # offsets are whole minutes within +-24h: a counting pass finds the few distinct ones
-    shifted = off + 24 * 60
+    secs = secs.astype(np.int32)
+    _digits(mat, col, year, 4)
+    _digits(mat, col + 5, month, 2)
+    _digits(mat, col + 8, day, 2)
+    _digits(mat, col + 11, secs // 3600, 2)
+    _digits(mat, col + 14, secs // 60 % 60, 2)
+    _digits(mat, col + 17, secs % 60, 2)
+    _digits(mat, col + 20, micros, 6)
+
+
+def _offsets(offset_min: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """(text of each distinct offset, each row's index in it); offsets are whole minutes
+    within +-24h: a counting pass finds the few distinct ones."""
+    shifted = offset_min.astype(np.int64) + 24 * 60
     uniq = np.flatnonzero(np.bincount(shifted, minlength=48 * 60 + 1))
     lut = np.zeros(48 * 60 + 1, dtype=np.int64)
     lut[uniq] = np.arange(len(uniq))
-    texts = pa.array([_offset_text(int(m) - 24 * 60) for m in uniq], pa.string())
-    suffix = texts.take(pa.array(lut[shifted]))
-    return mat, suffix
+    return [_offset_text(int(m) - 24 * 60) for m in uniq], lut[shifted]
+
+
+def _right(texts: list[bytes], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Texts right-aligned in a (len(texts), width) byte matrix, and each one's unused
+    leading columns (its pad)."""
+    mat = np.zeros((len(texts), width), dtype=np.uint8)
+    for i, t in enumerate(texts):
+        mat[i, width - len(t):] = np.frombuffer(t, dtype=np.uint8)
+    return mat, np.array([width - len(t) for t in texts], dtype=np.uint8)
+
+
+def _pad(values: np.ndarray, width: int, least: int = 1) -> np.ndarray:
+    """The leading zeros of ``values`` written with ``width`` digits (at least ``least``)."""
+    v = values.astype(np.int64)
+    if len(v) and (v.min() < 0 or v.max() >= 10**width):
+        raise ValueError(f"values outside [0, 1e{width})")
+    pad = np.zeros(len(v), dtype=np.uint8)
+    for k in range(least, width):
+        pad += v < 10**k
+    return pad
+
+
+class PayloadFormat:
+    """Valid events' JSON payloads, written without a per-field join: each row goes into a
+    byte matrix with every field at a fixed column (text of variable length right-aligned in
+    its field's width, the columns it leaves unused 0 bytes, as are absent v2 fields), then
+    one Arrow filter keeps the bytes that are not 0 (no payload text holds one). Rows are
+    written a few thousand at a time (a cache-sized matrix)."""
+
+    def __init__(self, plans: list[str], endpoints: list[str], methods: list[str], tenants: int):
+        row = bytearray()
+        self.at: dict[str, int] = {}
+
+        def field(name: str, text: bytes) -> None:
+            self.at[name] = len(row)
+            row.extend(text)
+
+        row.extend(b'{"event_id": "evt-')
+        field("ev", bytes(10))
+        row.extend(b'", "event_timestamp": "')
+        field("ts", b"0000-00-00T00:00:00.000000")
+        field("suffix", bytes(6))
+        row.extend(b'", "tenant_id": "tenant-')
+        self.tenant_digits = max(5, len(str(tenants - 1)))  # the names are tenant-{i:05d}
+        field("tenant", bytes(self.tenant_digits))
+        self.methods, self.endpoints = len(methods), len(endpoints)
+        combos = [f'", "subscription_plan": "{p}", "endpoint": "{e}", "method": "{m}", "status_code": '.encode()
+                  for p in plans for e in endpoints for m in methods]
+        self.combo, self.combo_pad = _right(combos, max(map(len, combos)))
+        field("combo", bytes(self.combo.shape[1]))
+        field("status", bytes(3))
+        row.extend(b', "latency_ms": ')
+        field("latency", bytes(4))
+        row.extend(b', "request_bytes": ')
+        field("request_bytes", bytes(4))
+        row.extend(b', "response_bytes": ')
+        field("response_bytes", bytes(5))
+        field("v2", b', "user_id": "user-')
+        field("user", bytes(7))
+        row.extend(b'", "data_residency_region": "')
+        self.v2_width = len(row) - self.at["v2"]
+        self.tail, self.tail_pad = _right([b"}", *(f'{r}"}}'.encode() for r in REGIONS)], 12)
+        field("tail", bytes(12))
+        self.template = np.frombuffer(bytes(row), dtype=np.uint8)
+
+    def format(self, f: dict[str, np.ndarray], inv_rows: np.ndarray, inv_payload: pa.Array) -> pa.Array:
+        """The payload of each row (attributes ``f``), but at ``inv_rows``: ``inv_payload``."""
+        n, width = len(f["ts"]), len(self.template)
+        offset_texts, suffix_idx = _offsets(f["offset_min"])
+        suffix, suffix_pad = _right([t.encode() for t in offset_texts], 6)
+        combo_idx = (f["plan"].astype(np.int64) * self.endpoints + f["endpoint"]) * self.methods + f["method"]
+        v2 = f["v2"].astype(np.uint8)
+        tail_idx = np.where(v2, f["region"].astype(np.int64) + 1, 0)
+        lengths = np.full(n, width, dtype=np.int64)  # less each variable field's unused columns
+        for pad in (suffix_pad[suffix_idx], _pad(f["tenant"], self.tenant_digits, 5), self.combo_pad[combo_idx],
+                    _pad(f["latency"], 4), _pad(f["request_bytes"], 4), _pad(f["response_bytes"], 5),
+                    (1 - v2) * self.v2_width, self.tail_pad[tail_idx]):
+            lengths -= pad
+        # the invalid rows: their own text, left-aligned in a row of the matrix, kept by a mask
+        inv_len = pc.binary_length(inv_payload).to_numpy(zero_copy_only=False).astype(np.int64)
+        wide = max(width, int(inv_len.max()) if len(inv_len) else 0)
+        inv_mask = np.arange(wide)[None, :] < inv_len[:, None]
+        inv_mat = np.zeros((len(inv_len), wide), dtype=np.uint8)
+        if inv_len.sum():
+            off = np.frombuffer(inv_payload.buffers()[1], dtype=np.int32)[inv_payload.offset:]
+            inv_mat[inv_mask] = np.frombuffer(inv_payload.buffers()[2], dtype=np.uint8)[
+                off[0]: off[len(inv_len)]]
+        lengths[inv_rows] = inv_len
+        if lengths.sum() >= 2**31:
+            raise ValueError("a block's payloads outgrow 32-bit offsets")
+        offsets = np.zeros(n + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        data = np.empty(int(offsets[-1]), dtype=np.uint8)
+        rows = min(n, SUB_ROWS)
+        mat = np.zeros((rows, wide), dtype=np.uint8)  # columns past ``width``: 0 bytes
+        mask = np.empty((rows, wide), dtype=bool)
+        at = self.at
+        for lo in range(0, n, rows):
+            hi = min(n, lo + rows)
+            m = hi - lo
+            sub = {k: x[lo:hi] for k, x in f.items()}
+            out, keep = mat[:m], mask[:m]
+            out[:, :width] = self.template
+            out[:, width:] = 0  # past any invalid text the matrix held before
+            _digits(out, at["ev"], sub["ev"], 10)
+            _ts_digits(out, at["ts"], sub["ts"], sub["offset_min"])
+            out[:, at["suffix"]: at["suffix"] + 6] = suffix[suffix_idx[lo:hi]]
+            _digits(out, at["tenant"], sub["tenant"], self.tenant_digits, 5)
+            out[:, at["combo"]: at["combo"] + self.combo.shape[1]] = self.combo[combo_idx[lo:hi]]
+            _digits(out, at["status"], sub["status"], 3)
+            _digits(out, at["latency"], sub["latency"], 4, 1)
+            _digits(out, at["request_bytes"], sub["request_bytes"], 4, 1)
+            _digits(out, at["response_bytes"], sub["response_bytes"], 5, 1)
+            _digits(out, at["user"], sub["user"], 7)
+            v2_cols = out[:, at["v2"]: at["v2"] + self.v2_width]
+            np.multiply(v2_cols, v2[lo:hi, None], out=v2_cols)
+            out[:, at["tail"]: at["tail"] + 12] = self.tail[tail_idx[lo:hi]]
+            np.not_equal(out, 0, out=keep)
+            i = np.searchsorted(inv_rows, [lo, hi])
+            if i[1] > i[0]:
+                out[inv_rows[i[0]:i[1]] - lo] = inv_mat[i[0]:i[1]]
+                keep[inv_rows[i[0]:i[1]] - lo] = inv_mask[i[0]:i[1]]
+            bits = pa.py_buffer(np.packbits(keep.reshape(-1), bitorder="little"))
+            text = pc.filter(pa.Array.from_buffers(pa.uint8(), m * wide, [None, pa.py_buffer(out)]),
+                             pa.Array.from_buffers(pa.bool_(), m * wide, [None, bits]))
+            data[offsets[lo]: offsets[hi]] = np.frombuffer(text.buffers()[1], dtype=np.uint8)[: len(text)]
+        return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
