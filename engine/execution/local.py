@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from engine.execution.shuffle import read_ipc, write_ipc
 from engine.execution.specs import (
     JobOutput,
     MapResult,
@@ -33,8 +34,8 @@ class LocalExecutor:
 
     Map outputs wait in memory for the reduce tasks until they exceed the shard memory
     budget; from then on each map's buckets go to Arrow IPC files in a scratch directory
-    and are read back memory-mapped (what Ray's object store does by spilling), so the
-    process does not hold the whole history.
+    and are read back memory-mapped (as the Ray executor's shuffle does,
+    :mod:`engine.execution.shuffle`), so the process does not hold the whole history.
     """
 
     name = "local"
@@ -102,7 +103,6 @@ def _spill(buckets: tuple[pa.Table, ...], directory: str) -> tuple[pa.Table, ...
     out = []
     for table in buckets:
         path = os.path.join(directory, f"{uuid.uuid4().hex}.arrow")
-        with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        out.append(pa.ipc.open_file(pa.memory_map(path)).read_all())
+        write_ipc(table, path)
+        out.append(read_ipc(path))
     return tuple(out)

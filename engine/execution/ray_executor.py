@@ -1,14 +1,12 @@
 """The Ray executor: the same map/reduce shard workers as the local executor, as Ray tasks.
 
-Map tasks read their Bronze (or Silver) row groups straight from the lake and return one
-object per tenant bucket (``num_returns``): the shuffle. That is the only table data in the
-object store: each piece is written once, by the map task that computed it, read zero-copy
-(Arrow buffers mapped from shared memory) by the one reduce task of its bucket, and freed
-when that task ends (the driver holds no reference to it by then). Reduce tasks write their
-tables as staged Parquet files and return small handles; nothing table-sized passes
-through the driver. Tasks are retried when a
-worker process dies; a retried task recomputes its whole output from its
-immutable spec, so nothing is counted twice.
+Map tasks read their Bronze (or Silver) row groups straight from the lake and write each
+tenant bucket they compute as a file of the run's shuffle area in the lake
+(:mod:`engine.execution.shuffle`); the reduce task of a bucket reads that bucket's files
+(memory-mapped on a local lake) and writes its tables as staged Parquet files. Tasks return
+small handles only: no table data passes through Ray's object store or the driver. Tasks
+are retried when a worker process dies; a retried task recomputes its whole output from
+its immutable spec (a map writes new files), so nothing is counted twice.
 
 Errors: a task that raises a :class:`ReplayError` (a ``LakeError``, a ``RuleError`` ...)
 fails the replay with that very error (class, message, data, exit code, ``retryable``);
@@ -25,10 +23,12 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from engine.config import environment, quiet_ray_auth_notice
 from engine.contract.errors import RegistryError, ReplayError, ShardError, TaskError, UsageError
+from engine.execution.shuffle import Piece, ShuffleArea
 from engine.execution.specs import (
     JobOutput,
     MapResult,
@@ -38,7 +38,7 @@ from engine.execution.specs import (
     ReduceSpec,
     combine,
 )
-from engine.execution.workers import map_shard_parts, reduce_shard, release_memory, warm_up
+from engine.execution.workers import map_shard, reduce_shard, release_memory, warm_up
 from rules.base import Rule
 from rules.ruleset import Ruleset
 
@@ -123,20 +123,26 @@ def _with_rules(rules: bytes | None, fn: Callable[..., Any], *args: Any) -> Any:
         swap_default_registry(previous)
 
 
-def map_task(rules: bytes | None, spec: MapSpec) -> tuple[object, ...]:
-    """The map shard task (:func:`map_shard_parts`) with the driver's in-process rules."""
+def map_task(rules: bytes | None, spec: MapSpec, area: ShuffleArea) -> MapResult:
+    """The map shard task (:func:`map_shard`) with the driver's in-process rules; its
+    buckets leave it as files of ``area`` (the result holds their :class:`Piece` handles)."""
     try:
-        return _with_rules(rules, map_shard_parts, spec)
+        res = _with_rules(rules, map_shard, spec)
+        return replace(res, buckets=area.write(res.buckets))
     finally:
+        res = None  # the buckets' rows go before the trim
         release_memory()
 
 
-def reduce_task(rules: bytes | None, spec: ReduceSpec, *pieces: Any) -> ReduceResult:
-    """The reduce shard task (:func:`reduce_shard`) with the driver's in-process rules."""
+def reduce_task(rules: bytes | None, spec: ReduceSpec, area: ShuffleArea, *pieces: Piece | None
+                ) -> ReduceResult:
+    """The reduce shard task (:func:`reduce_shard`) over its bucket's pieces, read from ``area``."""
+    tables: list[Any] = []
     try:
-        return _with_rules(rules, reduce_shard, spec, *pieces)
+        tables = area.read(pieces)
+        return _with_rules(rules, reduce_shard, spec, *tables)
     finally:
-        del pieces  # the bucket's pieces: this task's reference goes before the trim
+        tables.clear()  # the mapped files are released before the trim
         release_memory()
 
 
@@ -218,16 +224,12 @@ class RayExecutor:
         ray = self._ray
         n = len(reduces)
         opts = {"max_retries": MAX_RETRIES, **_task_options()}
-        map_fn = ray.remote(num_cpus=1, num_returns=1 + n, **opts)(map_task)
+        map_fn = ray.remote(num_cpus=1, **opts)(map_task)
         reduce_fn = ray.remote(num_cpus=1, **opts)(reduce_task)
         shipped = ship_rules({s.ruleset.fingerprint: s.ruleset for s in [*maps, *reduces]}.values())
         rules = None if shipped is None else ray.put(shipped)
-        map_refs = []
-        for spec in maps:
-            refs = map_fn.remote(rules, spec)
-            map_refs.append(refs if isinstance(refs, list) else [refs])
-        summaries = [m[0] for m in map_refs]
-        total = len(summaries) + n
+        area = ShuffleArea.create(maps[0].lake_root, maps[0].storage_options) if maps else None
+        total = len(maps) + n
         done = 0
 
         def drain(refs: list[Any]) -> None:
@@ -241,19 +243,21 @@ class RayExecutor:
                     progress("ray", done, total)
 
         try:
-            drain(summaries)  # maps first: reduce tasks need every map's output anyway
-            map_out: list[MapResult] = ray.get(summaries)
+            map_refs = [map_fn.remote(rules, spec, area) for spec in maps]
+            drain(map_refs)  # maps first: reduce tasks need every map's output anyway
+            map_out: list[MapResult] = ray.get(map_refs)
             # biggest shard first (longest-processing-time order): the last wave ends sooner
             size = {s.bucket: sum(m.bucket_rows[s.bucket] for m in map_out if m.bucket_rows)
                     for s in reduces}
             order = sorted(reduces, key=lambda s: -size[s.bucket])
-            red_refs = {s.bucket: reduce_fn.remote(rules, s, *[m[1 + s.bucket] for m in map_refs])
+            red_refs = {s.bucket: reduce_fn.remote(rules, s, area, *[m.buckets[s.bucket] for m in map_out])
                         for s in order}
-            # the driver lets go of the bucket pieces: each is then held only by the reduce
-            # task that reads it, and leaves the object store as soon as that task ends
-            del map_refs, summaries
             drain(list(red_refs.values()))
             red_out: list[ReduceResult] = ray.get([red_refs[s.bucket] for s in reduces])
         except ray.exceptions.RayError as exc:
             raise task_error(exc) from None
+        finally:
+            if area is not None:
+                area.delete()
+        map_out = [replace(m, buckets=()) for m in map_out]
         return combine(map_out, red_out, reduces[0].mode if reduces else "full")

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import pyarrow as pa
 
@@ -61,7 +61,9 @@ class MapSpec:
 class MapResult:
     rows_in: int
     quarantine: Out
-    buckets: tuple[pa.Table, ...]
+    #: each tenant bucket's rows: a table (local executor), or the handle of the shuffle file
+    #: they were written to (Ray executor: :class:`engine.execution.shuffle.Piece`, None if empty)
+    buckets: tuple[Any, ...]
     seconds: float
     node: str = ""
     #: rows per tenant bucket (what the reduce tasks will get from this map)

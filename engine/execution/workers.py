@@ -176,13 +176,6 @@ def _restrict(rows: pa.Table, scope: Scope | None, mode: Mode) -> pa.Table:
     return rows
 
 
-def map_shard_parts(spec: MapSpec) -> tuple[object, ...]:
-    """:func:`map_shard` as (summary, bucket 0, bucket 1, ...) so each bucket is its own object."""
-    res = map_shard(spec)
-    summary = MapResult(res.rows_in, res.quarantine, (), res.seconds, res.node, res.bucket_rows)
-    return (summary, *res.buckets)
-
-
 class _Sink:
     """Collects a table's rows from chunk after chunk: staged as files, or kept in memory."""
 

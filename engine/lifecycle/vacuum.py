@@ -6,6 +6,9 @@ For each Delta table under the lake (its own, each experiment area's, each archi
 - log files and checkpoints older than H, after writing a checkpoint (log retention set
   to H on the table, then ``cleanup_metadata``).
 
+Also shuffle areas (``_shuffle/<run>``, :mod:`engine.execution.shuffle`) that a killed
+driver left behind, past the grace of uncommitted files: they hold copies of event rows.
+
 H defaults to 168 (a week); 0 purges everything but the current version (SPEC 9: after an
 erasure, nothing of an erased row can be read anywhere under the lake). The horizon is
 recorded in the ledger; reading, diffing or rolling back to a version before it is then
@@ -22,7 +25,9 @@ from typing import Any
 from deltalake import CommitProperties
 
 from engine.batch import audit
+from engine.batch.experiment import AREA as EXPERIMENTS
 from engine.contract.errors import UsageError
+from engine.execution.shuffle import stale_areas
 from engine.lake.tables import Lake
 from engine.lifecycle.catalog import (
     LEASE_TABLES,
@@ -46,6 +51,8 @@ class VacuumTable:
 class VacuumPlan:
     retain_hours: int
     tables: tuple[VacuumTable, ...]
+    #: shuffle areas of runs that ended without removing theirs (their roots)
+    shuffle_areas: tuple[str, ...] = ()
 
     @property
     def files(self) -> int:
@@ -53,7 +60,7 @@ class VacuumPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {"retain_hours": self.retain_hours, "files": self.files,
-                "tables": [asdict(t) for t in self.tables]}
+                "tables": [asdict(t) for t in self.tables], "shuffle_areas": list(self.shuffle_areas)}
 
 
 #: Files no commit ever referenced (staged by a replay that never committed) are removed only
@@ -82,7 +89,16 @@ def plan_vacuum(lake: Lake, retain_hours: int = DEFAULT_RETAIN_HOURS) -> VacuumP
     tables = tuple(VacuumTable(ref.label, len(_vacuum(ref, retain_hours, True)),
                                ref.lake.version(ref.table) or 0) for ref in all_tables(lake)
                    if ref.table not in LEASE_TABLES)
-    return VacuumPlan(retain_hours, tables)
+    return VacuumPlan(retain_hours, tables, tuple(a.root for a in _stale_shuffles(lake)))
+
+
+def _stale_shuffles(lake: Lake) -> list[Any]:
+    """Shuffle areas (the lake's and each experiment area's) unchanged for longer than the
+    grace of uncommitted files: a running replay writes or reads its area all along."""
+    grace = UNCOMMITTED_GRACE_HOURS * 3600
+    areas = lake.storage.child(EXPERIMENTS)  # every experiment area, its first run failed too
+    roots = [lake.storage, *(areas.child(name) for name in areas.list_dirs())]
+    return [area for root in roots for area in stale_areas(root, grace)]
 
 
 def _readable_from(ref: TableRef, horizon: Any) -> int:
@@ -124,8 +140,13 @@ def apply_vacuum(lake: Lake, plan: VacuumPlan, reason: str = "vacuum") -> dict[s
             dt.cleanup_metadata()
             if ref.lake is lake:
                 floors[ref.table] = _readable_from(ref, horizon)
+        shuffles = _stale_shuffles(lake)
+        for area in shuffles:
+            area.delete()
         finish(details=json.dumps({"retain_hours": hours, "horizon": horizon.isoformat(),
-                                   "files_removed": removed}, sort_keys=True)[:4000],
+                                   "files_removed": removed, "shuffle_areas_removed": len(shuffles)},
+                                  sort_keys=True)[:4000],
                versions_after=json.dumps({"readable_from": floors}, sort_keys=True))
     return {"operation_id": op_id, "retain_hours": hours, "horizon": horizon.isoformat(),
-            "files_removed": sum(removed.values()), "tables": removed, "readable_from": floors}
+            "files_removed": sum(removed.values()), "tables": removed, "readable_from": floors,
+            "shuffle_areas_removed": len(shuffles)}

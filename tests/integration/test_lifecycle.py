@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
 from engine.contract import schemas
 from engine.contract.errors import UsageError, VersionGoneError
+from engine.execution.shuffle import ShuffleArea
 from engine.ingest.generator import GeneratorConfig, generate
 from engine.ingest.importers import append_new
+from engine.lifecycle.vacuum import UNCOMMITTED_GRACE_HOURS
 from replay import api
 from tests.lakes import ROOT, assert_same_tables, make_lake
 
@@ -134,3 +139,29 @@ def test_a_plan_made_stale_by_an_append_or_an_archive_is_refused(tmp_path, histo
         api.apply(lake, p, "2026-02", reason="stale")
     assert api.run(lake, "2026-02", reason="fresh").conservation_ok
     assert not [r for r in api.history(lake) if r["status"] == "running"]
+
+
+def test_vacuum_removes_shuffle_areas_a_killed_driver_left_past_the_grace(tmp_path, history):
+    """A driver killed mid-replay leaves its shuffle files (copies of event rows) under the
+    lake: vacuum removes them once untouched for the grace, the lake's and an experiment
+    area's alike, and leaves a live run's area alone."""
+    lake = make_lake(tmp_path / "lake", history[:1])
+    api.run(lake, "2026-01", reason="first")
+    rows = [history[0].select(["event_id", "tenant_id"])]
+    dead = ShuffleArea.create(lake.root)
+    dead.write(rows)
+    in_exp = ShuffleArea.create(lake.scratch("gone").root)  # an experiment whose run died
+    in_exp.write(rows)
+    live = ShuffleArea.create(lake.root)
+    live.write(rows)
+    past = time.time() - (UNCOMMITTED_GRACE_HOURS * 3600 + 60)
+    for area in (dead, in_exp):
+        for entry in [*Path(area.root).iterdir(), Path(area.root)]:
+            os.utime(entry, (past, past))
+    plan = api.vacuum(lake, retain_hours=168, dry_run=True)
+    assert sorted(plan["shuffle_areas"]) == sorted([dead.root, in_exp.root])
+    assert Path(dead.root).exists()  # a dry run removes nothing
+    out = api.vacuum(lake, retain_hours=168)
+    assert out["shuffle_areas_removed"] == 2
+    assert not Path(dead.root).exists() and not Path(in_exp.root).exists()
+    assert Path(live.root).exists() and api.vacuum(lake, dry_run=True)["shuffle_areas"] == []

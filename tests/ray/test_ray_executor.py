@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from engine.execution.local import LocalExecutor  # noqa: E402
+from engine.execution.shuffle import AREA
 from replay import api  # noqa: E402
 from tests.lakes import assert_same_tables, make_lake, staged_orphans  # noqa: E402
 
@@ -19,6 +22,7 @@ def test_ray_and_local_produce_identical_tables(tmp_path, history_parts, ray_ex,
     api.run(local, ruleset, executor=LocalExecutor())
     res = api.run(dist, ruleset, executor=ray_ex, shards=3)
     assert res.plan.map_tasks == 3 and res.plan.buckets == 3 and res.conservation_ok
+    assert no_shuffle_left(dist)
     assert_same_tables(local, dist)
     # gold-only replays agree too
     api.run(local, "2026-01" if ruleset == "2026-02" else "2026-02", executor=LocalExecutor())
@@ -26,7 +30,13 @@ def test_ray_and_local_produce_identical_tables(tmp_path, history_parts, ray_ex,
     assert_same_tables(local, dist)
 
 
-@pytest.mark.parametrize("stage", ["map", "reduce"])
+def no_shuffle_left(lake) -> bool:
+    """The run removed its shuffle area (the files its map tasks wrote, dead attempts' too)."""
+    root = os.path.join(lake.root, AREA)
+    return not os.path.exists(root) or os.listdir(root) == []
+
+
+@pytest.mark.parametrize("stage", ["map", "shuffle", "reduce"])
 def test_worker_killed_mid_task_is_retried_without_double_counting(tmp_path, history_parts, ray_ex,
                                                                    monkeypatch, stage):
     local = make_lake(tmp_path / "local", history_parts)
@@ -36,7 +46,7 @@ def test_worker_killed_mid_task_is_retried_without_double_counting(tmp_path, his
     monkeypatch.setenv("MEDALLION_FAULT_KILL_ONCE", f"{stage}:{marker}")
     res = api.run(dist, "2026-02", executor=ray_ex, shards=2)
     assert marker.exists(), "the fault was never injected"
-    assert res.conservation_ok
+    assert res.conservation_ok and no_shuffle_left(dist)
     assert_same_tables(local, dist)
     assert staged_orphans(dist, res.plan.replay_id) == []  # the killed attempt's files are swept
 

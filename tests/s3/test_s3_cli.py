@@ -14,11 +14,14 @@ import subprocess
 import sys
 import time
 
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
 from engine.contract import schemas
+from engine.execution.shuffle import AREA
 from engine.lake.lease import DeltaLease, lease_for
+from engine.lake.storage import Storage
 from replay import api
 from tests.lakes import FIXTURE, ROOT
 
@@ -216,6 +219,11 @@ def test_run_on_a_local_ray_with_options_as_flags_only(cli):
     conserved(ray_run)
     assert ray_run["plan"]["executor"] == "ray" and ray_run["plan"]["buckets"] > 1
     assert ray_run["counts"][schemas.SILVER] == SILVER_2026_01
+    # the shuffle went through objects under the lake, all removed when the replay ended
+    shuffle = Storage(cli.lake, tuple(sorted(cli.opts.items()))).child(AREA)
+    fs, _ = shuffle.filesystem()
+    left = fs.get_file_info(pafs.FileSelector("", recursive=True, allow_not_found=True))
+    assert shuffle.list_dirs() == [] and [i.path for i in left if i.type == pafs.FileType.File and i.path] == []
     assert cli.plan_work("2026-01")["up_to_date"] is True
     local = cli.json("run", "--ruleset", "2026-01", "--mode", "full", "--executor", "local",
                      "--reason", "reference")

@@ -8,9 +8,12 @@ import os
 import subprocess
 import sys
 
+import pyarrow as pa
 import pytest
 
 from engine.contract import schemas
+from engine.execution.shuffle import AREA, ShuffleArea, stale_areas
+from engine.lake.storage import Storage
 from replay import api
 from tests.lakes import FIXTURE, ROOT
 
@@ -76,3 +79,22 @@ def test_cli_on_an_s3_lake_with_options_from_the_environment_or_flags(s3, s3_lak
     p = cli("status", "--lake", s3_lake_uri, "--json", *flags, env=clean_env())
     rows = {r["table"]: r for r in json.loads(p.stdout)["tables"]}
     assert rows[schemas.SILVER]["rows"] == 3841
+
+
+def test_shuffle_pieces_on_the_object_store(s3, s3_lake_uri):
+    """On an S3 lake a map task's buckets are objects under ``<lake>/_shuffle/<run>``
+    (compressed, fetched whole), read back equal, and gone with the area."""
+    opts = tuple(sorted(s3.storage_options().items()))
+    area = ShuffleArea.create(s3_lake_uri, opts)
+    assert area.root.startswith(f"{s3_lake_uri}/{AREA}/")
+    t = pa.table({"tenant_id": pa.array([f"t{i % 5}" for i in range(100_000)]),
+                  "n": pa.array([i % 10 for i in range(100_000)], pa.int64())})  # compressible
+    pieces = area.write([t.slice(0, 60_000), t.slice(0, 0), t.slice(60_000)])
+    assert pieces[1] is None and all(p.size < 0.5 * t.slice(0, p.rows).nbytes for p in (pieces[0], pieces[2]))
+    back = area.read(pieces)
+    assert len(back) == 2 and back[0].equals(t.slice(0, 60_000)) and back[1].equals(t.slice(60_000))
+    lake = Storage(s3_lake_uri, opts)
+    assert lake.child(AREA).list_dirs() == [area.root.rsplit("/", 1)[-1]]
+    assert stale_areas(lake, 3600) == [] and [a.root for a in stale_areas(lake, -1)] == [area.root]
+    area.delete()
+    assert lake.child(AREA).list_dirs() == [] and not area.storage.exists()
