@@ -34,7 +34,7 @@ class RssSampler:
 
     def __init__(self, ray_workers: bool = True) -> None:
         self.peaks: dict[int, tuple[int, str]] = {}  # pid -> (peak RSS in bytes, command)
-        self.shared: dict[int, int] = {}  # pid -> its shared-memory pages (Ray's object store) then
+        self.shared: dict[int, int] = {}  # pid -> its file and shared-memory pages then
         self.ray_workers = ray_workers
         self._stop = threading.Event()
 
@@ -65,7 +65,7 @@ class RssSampler:
                 try:
                     with open(f"/proc/{pid}/status") as f:
                         status = {line.split(":")[0]: line.split()[1] for line in f
-                                  if line.startswith(("VmRSS", "RssShmem"))}
+                                  if line.startswith(("VmRSS", "RssAnon"))}
                     rss = int(status["VmRSS"])
                     with open(f"/proc/{pid}/cmdline", "rb") as f:
                         name = f.read().split(b"\0")[0].decode(errors="replace")
@@ -73,7 +73,7 @@ class RssSampler:
                     continue
                 if rss * 1024 > self.peaks.get(pid, (0, ""))[0]:
                     self.peaks[pid] = (rss * 1024, name)
-                    self.shared[pid] = int(status.get("RssShmem", 0)) * 1024
+                    self.shared[pid] = (rss - int(status.get("RssAnon", rss))) * 1024
 
     def __enter__(self) -> RssSampler:
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -89,9 +89,10 @@ class RssSampler:
                       reverse=True)
 
     def worker_text(self) -> str:
-        """Each Ray worker's peak RSS, with the object store's shared pages counted in it
-        (pages of Ray's shared-memory store the process touched: the store's memory, counted
-        in every process that touched it) and the rest, the process's own."""
+        """Each Ray worker's peak RSS, split into shared pages (mapped files: the shuffle's
+        files, read memory-mapped, the libraries; and shared memory such as Ray's object
+        store: pages the kernel holds once, whoever maps them, and file pages it can drop
+        and read again) and the process's own (anonymous) memory."""
         rows = sorted(((rss, self.shared.get(pid, 0)) for pid, (rss, name) in self.peaks.items()
                        if name.startswith("ray::")), reverse=True)
         return ", ".join(f"{r / 2**20:,.0f} ({s / 2**20:,.0f} shared + {(r - s) / 2**20:,.0f} own)"
