@@ -7,7 +7,9 @@ For each Delta table under the lake (its own, each experiment area's, each archi
   to H on the table, then ``cleanup_metadata``).
 
 Also shuffle areas (``_shuffle/<run>``, :mod:`engine.execution.shuffle`) that a killed
-driver left behind, past the grace of uncommitted files: they hold copies of event rows.
+driver left behind (they hold copies of event rows): the lake's own, all (no replay of the
+lake runs while vacuum holds its lease); an experiment area's, past the grace of
+uncommitted files.
 
 H defaults to 168 (a week); 0 purges everything but the current version (SPEC 9: after an
 erasure, nothing of an erased row can be read anywhere under the lake). The horizon is
@@ -93,12 +95,14 @@ def plan_vacuum(lake: Lake, retain_hours: int = DEFAULT_RETAIN_HOURS) -> VacuumP
 
 
 def _stale_shuffles(lake: Lake) -> list[Any]:
-    """Shuffle areas (the lake's and each experiment area's) unchanged for longer than the
-    grace of uncommitted files: a running replay writes or reads its area all along."""
-    grace = UNCOMMITTED_GRACE_HOURS * 3600
+    """Shuffle areas no run is using: every one of the lake's own (vacuum holds the lake's
+    lease, which every replay and step of this lake holds while it runs), and each
+    experiment area's past the grace of uncommitted files (an experiment replays under its
+    area's lease, not the lake's: its run reads or writes its area all along)."""
     areas = lake.storage.child(EXPERIMENTS)  # every experiment area, its first run failed too
-    roots = [lake.storage, *(areas.child(name) for name in areas.list_dirs())]
-    return [area for root in roots for area in stale_areas(root, grace)]
+    grace = UNCOMMITTED_GRACE_HOURS * 3600
+    return [*stale_areas(lake.storage, -1),
+            *(a for name in areas.list_dirs() for a in stale_areas(areas.child(name), grace))]
 
 
 def _readable_from(ref: TableRef, horizon: Any) -> int:

@@ -141,27 +141,27 @@ def test_a_plan_made_stale_by_an_append_or_an_archive_is_refused(tmp_path, histo
     assert not [r for r in api.history(lake) if r["status"] == "running"]
 
 
-def test_vacuum_removes_shuffle_areas_a_killed_driver_left_past_the_grace(tmp_path, history):
+def test_vacuum_removes_shuffle_areas_a_killed_driver_left(tmp_path, history):
     """A driver killed mid-replay leaves its shuffle files (copies of event rows) under the
-    lake: vacuum removes them once untouched for the grace, the lake's and an experiment
-    area's alike, and leaves a live run's area alone."""
+    lake. Vacuum removes every area of the lake's own (under the lake's lease no replay of
+    it runs) and an experiment area's once untouched for the grace (an experiment runs under
+    its area's lease: a fresh area may be in use)."""
     lake = make_lake(tmp_path / "lake", history[:1])
     api.run(lake, "2026-01", reason="first")
     rows = [history[0].select(["event_id", "tenant_id"])]
-    dead = ShuffleArea.create(lake.root)
-    dead.write(rows)
-    in_exp = ShuffleArea.create(lake.scratch("gone").root)  # an experiment whose run died
-    in_exp.write(rows)
-    live = ShuffleArea.create(lake.root)
-    live.write(rows)
+    dead, fresh_dead = ShuffleArea.create(lake.root), ShuffleArea.create(lake.root)
+    old_exp = ShuffleArea.create(lake.scratch("gone").root)  # an experiment whose run died
+    live_exp = ShuffleArea.create(lake.scratch("running").root)
+    for area in (dead, fresh_dead, old_exp, live_exp):
+        area.write(rows)
     past = time.time() - (UNCOMMITTED_GRACE_HOURS * 3600 + 60)
-    for area in (dead, in_exp):
+    for area in (dead, old_exp):
         for entry in [*Path(area.root).iterdir(), Path(area.root)]:
             os.utime(entry, (past, past))
     plan = api.vacuum(lake, retain_hours=168, dry_run=True)
-    assert sorted(plan["shuffle_areas"]) == sorted([dead.root, in_exp.root])
+    assert sorted(plan["shuffle_areas"]) == sorted([dead.root, fresh_dead.root, old_exp.root])
     assert Path(dead.root).exists()  # a dry run removes nothing
     out = api.vacuum(lake, retain_hours=168)
-    assert out["shuffle_areas_removed"] == 2
-    assert not Path(dead.root).exists() and not Path(in_exp.root).exists()
-    assert Path(live.root).exists() and api.vacuum(lake, dry_run=True)["shuffle_areas"] == []
+    assert out["shuffle_areas_removed"] == 3
+    assert not any(Path(a.root).exists() for a in (dead, fresh_dead, old_exp))
+    assert Path(live_exp.root).exists() and api.vacuum(lake, dry_run=True)["shuffle_areas"] == []
