@@ -7,6 +7,7 @@ under its name at the new versions.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,10 @@ from engine.lake.tables import Lake
 from engine.query.duck import register_all
 
 SAMPLE = 5
+#: DuckDB's memory in the driver while the gate runs: past it, the checks' aggregates and
+#: joins spill to a temporary directory (a whole-table check over 20M rows needs ~1.5 GiB
+#: unbounded), so the driver stays small next to the workers.
+GATE_MEMORY = 768 << 20
 
 
 @dataclass(frozen=True)
@@ -148,7 +153,17 @@ def run_checks(lake: Lake, versions: dict[str, int], bronze_version: int | None,
     ``standard=False`` (an incremental step: its cost must follow the append) skips the
     standard queries, which read whole tables; conservation (from the files' footers) and
     the user's checks still run."""
-    con = lake.storage.connect()
+    with tempfile.TemporaryDirectory(prefix="medallion-gate-") as spill:
+        con = lake.storage.connect(GATE_MEMORY, spill)
+        try:
+            return _run_checks(con, lake, versions, bronze_version, full, user, previous, standard)
+        finally:
+            con.close()
+
+
+def _run_checks(con: Any, lake: Lake, versions: dict[str, int], bronze_version: int | None,
+                full: bool, user: dict[str, str] | None, previous: dict[str, int] | None,
+                standard: bool) -> list[CheckResult]:
     pinned = {**versions}
     if bronze_version is not None:
         pinned[schemas.BRONZE] = bronze_version
@@ -179,5 +194,4 @@ def run_checks(lake: Lake, versions: dict[str, int], bronze_version: int | None,
                 n_old = lake.dataset(table, before).count_rows()
                 out.append(CheckResult(f"row_count:{table}", True, 0, [],
                                        f"{n_old} -> {n_new} rows ({n_new - n_old:+d})"))
-    con.close()
     return out

@@ -251,7 +251,7 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
         wanted = -(-wanted // cpus) * cpus  # whole waves: no CPU idles through the last one
     map_tasks = min(n_units, wanted)
     shard_bytes = rows * ROW_BYTES // max(1, n_buckets)
-    chunks = max(1, -(-shard_bytes * WORK_FACTOR // working_budget(cfg.task_memory)))
+    chunks = max(1, -(-shard_bytes * WORK_FACTOR // working_budget(cfg.task_memory, shard_bytes)))
     if chosen == "full" and not compiled.can_chunk:
         chunks = 1
     tables = replaced_tables(lake, compiled, chosen, scope)

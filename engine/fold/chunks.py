@@ -19,13 +19,15 @@ from engine.contract import schemas
 #: (measured: a reduce task's private memory peaks at ~3.5x its pieces' bytes over its base).
 WORK_FACTOR = 4
 #: A worker process's own footprint (interpreter, Arrow, DuckDB, Ray: ~0.3 GiB measured), which
-#: the task memory also holds: the working set gets the rest (at least half).
+#: the task memory also holds.
 PROCESS_BASE = 512 << 20
 
 
-def working_budget(task_memory: int) -> int:
-    """Bytes a chunk's working set may use within ``task_memory`` (a process's budget)."""
-    return max(1, task_memory // 2, task_memory - PROCESS_BASE)
+def working_budget(task_memory: int, resident: int = 0) -> int:
+    """Bytes a chunk's working set may use within ``task_memory`` (a process's budget) when
+    ``resident`` bytes of input stay in memory all along (the shard's pieces, in memory or
+    memory-mapped: every chunk reads all of them); a quarter of it at least."""
+    return max(1, task_memory // 4, task_memory - PROCESS_BASE - resident)
 
 
 def time_chunks(pieces: tuple[pa.Table, ...], budget: int) -> list[tuple[Any, Any]]:
@@ -35,7 +37,7 @@ def time_chunks(pieces: tuple[pa.Table, ...], budget: int) -> list[tuple[Any, An
     stay in one chunk and chunks follow the total ingestion order of SPEC 2.
     """
     nbytes = sum(p.nbytes for p in pieces)
-    n = -(-nbytes * WORK_FACTOR // working_budget(budget)) if budget > 0 else 1
+    n = -(-nbytes * WORK_FACTOR // working_budget(budget, nbytes)) if budget > 0 else 1
     if n <= 1:
         return [(None, None)]
     ts = pa.chunked_array([c for p in pieces for c in p.column("ingestion_timestamp").chunks],

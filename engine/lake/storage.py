@@ -145,14 +145,21 @@ class Storage:
                 fs.delete_file(info.path)
 
     @staticmethod
-    def connect() -> Any:
+    def connect(memory_limit: int | None = None, spill_dir: str | None = None) -> Any:
         """A DuckDB connection for queries over this lake's Arrow datasets (UTC session).
 
         DuckDB reads the lake through delta-rs's Arrow datasets (no DuckDB extension), so
         the same options reach it; registering datasets is the query layer's job.
+        ``memory_limit`` (bytes) caps DuckDB's own memory: past it, its joins, aggregates
+        and sorts spill to ``spill_dir``.
         """
         import duckdb
 
-        con = duckdb.connect()
+        config: dict[str, str] = {}
+        if memory_limit is not None:
+            config["memory_limit"] = f"{max(1, memory_limit >> 20)}MiB"
+        if spill_dir is not None:
+            config["temp_directory"] = spill_dir
+        con = duckdb.connect(config=config)
         con.execute("SET TimeZone = 'UTC'")
         return con

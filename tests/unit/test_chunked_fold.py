@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from engine.execution.specs import ReduceSpec
 from engine.execution.workers import reduce_shard
-from engine.fold.chunks import time_chunks
+from engine.fold.chunks import PROCESS_BASE, time_chunks, working_budget
 from engine.ingest.generator import GeneratorConfig, generate
 from rules.ruleset import load_ruleset
 from tests.helpers import T0, bronze, compiled, event
@@ -117,12 +117,21 @@ def test_chunk_bounds_split_by_ingestion_time():
     rows = bronze([event(event_id=str(i)) for i in range(100)],
                   [T0 + timedelta(seconds=i // 10) for i in range(100)])
     valid, _ = compiled().validate(rows)
-    bounds = time_chunks((valid,), valid.nbytes)  # about WORK_FACTOR chunks
+    bounds = time_chunks((valid,), valid.nbytes)  # a quarter of it for the work: 16 chunks
     assert bounds[0][0] is None and bounds[-1][1] is None and len(bounds) >= 3
     for (_, hi), (lo, _) in zip(bounds[:-1], bounds[1:], strict=True):
         assert hi == lo
     assert time_chunks((valid,), 0) == [(None, None)]
-    assert time_chunks((valid,), 10 * valid.nbytes) == [(None, None)]
+    assert time_chunks((valid,), PROCESS_BASE + 5 * valid.nbytes) == [(None, None)]
+
+
+def test_the_working_budget_leaves_room_for_the_process_and_the_resident_input():
+    """A task's memory holds the process, its shard's pieces (in memory or mapped: every
+    chunk reads them) and one chunk's work; the work gets a quarter of it at least."""
+    gib, mib = 1 << 30, 1 << 20
+    assert working_budget(2 * gib) == 2 * gib - PROCESS_BASE
+    assert working_budget(2 * gib, 700 * mib) == 2 * gib - PROCESS_BASE - 700 * mib
+    assert working_budget(2 * gib, 3 * gib) == working_budget(2 * gib, 2 * gib) == gib // 2
 
 
 @given(seed=st.integers(0, 10_000), dup=st.floats(0, 0.5), ruleset=st.sampled_from(["2026-01", "2026-02", "2026-03"]))
