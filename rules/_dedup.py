@@ -31,9 +31,12 @@ STATE_SCHEMA = pa.schema([
 
 _SQL = f"""
 WITH multi AS (
-  -- only keys seen more than once (here or in the prior state) can hold duplicates
-  SELECT {KEY} FROM (SELECT {KEY} FROM valid UNION ALL SELECT {KEY} FROM prior)
-  GROUP BY ALL HAVING count(*) > 1
+  -- only keys seen more than once (here or in the prior state) can hold duplicates: twice in
+  -- the chunk, or in the chunk and the state (which holds a key once); the state is probed
+  -- against the chunk's keys, never grouped or hashed whole
+  SELECT {KEY} FROM valid GROUP BY ALL HAVING count(*) > 1
+  UNION
+  SELECT {KEY} FROM prior SEMI JOIN valid USING ({KEY})
 ), cand AS (
   SELECT v.*, false AS is_prior, NULL AS kept0 FROM valid v SEMI JOIN multi m USING ({KEY})
   UNION ALL BY NAME
@@ -67,13 +70,15 @@ FROM valid ANTI JOIN multi USING ({KEY})
 #: State after a chunk: each key's last copy (chunk or prior) with its kept lineage, minus what
 #: the rule may forget. ``$until``: no later chunk holds a row ingested before it.
 _STATE_SQL = f"""
-WITH rows AS (
-  SELECT {KEY}, ingestion_timestamp, kafka_topic, kafka_partition, kafka_offset, kept_after AS kept
-  FROM out
-  UNION ALL BY NAME
-  SELECT * FROM prior
-), last AS (
-  SELECT {KEY}, arg_max(rows, struct_pack({ORDER})) AS r FROM rows GROUP BY ALL
+WITH last AS (
+  -- a key of the chunk: its last copy there (every prior row comes before the chunk's rows)
+  SELECT arg_max(struct_pack({KEY}, ingestion_timestamp, kafka_topic, kafka_partition,
+                             kafka_offset, kept := kept_after), struct_pack({ORDER})) AS r
+  FROM out GROUP BY {KEY}
+  UNION ALL
+  -- any other key: its prior row, as it was
+  SELECT struct_pack({KEY}, ingestion_timestamp, kafka_topic, kafka_partition, kafka_offset, kept) AS r
+  FROM prior ANTI JOIN out USING ({KEY})
 )
 SELECT r.* FROM last WHERE {{retain}}
 """

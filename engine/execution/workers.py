@@ -236,6 +236,9 @@ def reduce_shard(spec: ReduceSpec, *pieces: pa.Table) -> ReduceResult:
         region = compiled.region(rows)
         if region is not None:
             regions.append(region)
+        if len(bounds) > 1:  # the chunk's rows and DuckDB's buffers go before the next chunk
+            rows = valid = silver = duplicates = None
+            release_memory()
     minute, hourly, alerts = compiled.gold_from_minutes(compiled.merge_minutes(minutes))
     kill_once("reduce")
     gold = [(schemas.MINUTE, minute), (schemas.HOURLY, hourly), (schemas.ALERTS, alerts)]
