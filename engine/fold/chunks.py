@@ -17,8 +17,9 @@ from engine.contract import schemas
 
 #: A chunk's working set (DuckDB windows, sorts, copies, the key state carried from the
 #: chunks before) relative to its Arrow input (measured on a 3.5M-row shard of a 20M-event
-#: history: ~5.5x a chunk's bytes over the base, the memory of one chunk freed before the next).
-WORK_FACTOR = 6
+#: history: ~5.5x a chunk's bytes over the base, the memory of one chunk freed before the next;
+#: 8 leaves room for the key state, which grows chunk after chunk).
+WORK_FACTOR = 8
 #: A worker process's own footprint (interpreter, Arrow, DuckDB, Ray: ~0.3 GiB measured), which
 #: the task memory also holds.
 PROCESS_BASE = 512 << 20
