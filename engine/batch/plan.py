@@ -31,8 +31,8 @@ ModeArg = Literal["auto", "full", "gold", "incremental"]
 ROW_BYTES = 170
 #: Bytes of task memory to allow per row of a tenant shard when cutting a replay into shards.
 #: Measured (5M generated events, Ray, 2 CPUs): a reduce task's process peaks at ~1.4 KB per
-#: row of its shard on top of ~0.4 GiB (1.25M rows: 1.74 GiB RSS, of which 0.59 GiB are the
-#: shard's object-store pages); 3 KB per row leaves room for skew and allocator retention, so a
+#: row of its shard on top of ~0.4 GiB (1.25M rows: 1.74 GiB RSS, of which 0.59 GiB were the
+#: shard's pages in Ray's object store, now its shuffle files, mapped); 3 KB per row leaves room for skew and allocator retention, so a
 #: 2 GiB task memory gives shards of at most ~715k rows and processes well under 2 GiB.
 SHARD_ROW_BYTES = 3000
 
