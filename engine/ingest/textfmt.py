@@ -4,6 +4,8 @@ written into byte matrices with NumPy and turned into Arrow string arrays, no Py
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -13,6 +15,24 @@ MINUTE = 60 * US
 REGIONS = ("eu-west-1", "us-east-1", "ap-south-1")
 #: Rows written per byte matrix: a working set that stays in the cache.
 SUB_ROWS = 16_384
+
+
+def fresh(n: int, dtype: type = np.uint8) -> np.ndarray:
+    """An uninitialized array of ``n`` items for an output buffer, in memory that is not backed
+    by transparent huge pages.
+
+    NumPy asks for huge pages (``MADV_HUGEPAGE``) on every allocation of 4 MiB or more. On a
+    virtual machine, the first touch of a huge page the host has not backed yet costs about
+    2 s per GiB (the host fills it in), against about 0.35 s per GiB for ordinary pages, and
+    the output of a large history is gigabytes of fresh memory. An anonymous ``mmap`` advised
+    ``MADV_NOHUGEPAGE`` gets ordinary pages; it is unmapped when the array (and any Arrow
+    buffer made from it) is released."""
+    nbytes = n * np.dtype(dtype).itemsize
+    if nbytes < 1 << 22 or not hasattr(mmap, "MADV_NOHUGEPAGE"):
+        return np.empty(n, dtype=dtype)
+    mem = mmap.mmap(-1, nbytes)
+    mem.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(mem, dtype=dtype, count=n)
 
 
 def _digits(mat: np.ndarray, col: int, values: np.ndarray, width: int, least: int | None = None) -> None:
@@ -203,7 +223,7 @@ class PayloadFormat:
             raise ValueError("a block's payloads outgrow 32-bit offsets")
         offsets = np.zeros(n + 1, dtype=np.int32)
         np.cumsum(lengths, out=offsets[1:])
-        data = np.empty(int(offsets[-1]), dtype=np.uint8)
+        data = fresh(int(offsets[-1]))
         rows = min(n, SUB_ROWS)
         mat = np.zeros((rows, wide), dtype=np.uint8)  # columns past ``width``: 0 bytes
         mask = np.empty((rows, wide), dtype=bool)
