@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from engine.contract import schemas
-from engine.ingest.textfmt import MINUTE, US, PayloadFormat, _fmt_ts, _ids
+from engine.ingest.textfmt import MINUTE, US, PayloadFormat, _fmt_ts, _ids, fresh
 
 PLANS = np.array(["free", "starter", "professional", "enterprise"])
 PLAN_WEIGHTS = np.array([0.4, 0.3, 0.2, 0.1])
@@ -37,6 +37,9 @@ METHODS = np.array(["GET", "POST", "PUT", "DELETE"])
 PARTITIONS = 4
 DAY = 86400 * US
 TOPIC = "api-usage-events"
+#: Arrow's pool for output columns: the system allocator, whose large blocks are ordinary
+#: pages (the default pool, mimalloc, gets huge pages, slow to touch first: see ``fresh``)
+OUT_POOL = pa.system_memory_pool()
 
 #: One template per SPEC quarantine reason; ``{id}``/``{ts}``/``{t}`` are filled in.
 INVALID_TEMPLATES: tuple[bytes, ...] = (
@@ -195,7 +198,7 @@ def _ingestion_order(src: np.ndarray, ing: np.ndarray) -> tuple[np.ndarray, np.n
     if n and int(ing.max()) - lo >= 1 << (62 - bits):  # too wide a range to pack
         order = np.argsort(ing, kind="stable")
         return src[order], ing[order]
-    key = ing - lo
+    key = np.subtract(ing, lo, out=fresh(n, np.int64))  # becomes the ingestion times
     key <<= bits
     key |= np.arange(n, dtype=np.int64)
     key.sort()
@@ -217,14 +220,15 @@ def _block(src: np.ndarray, attrs: dict[str, np.ndarray], invalid: pa.Array, inv
     if len(inv_pos) == n:  # only invalid messages
         return (inv_payload, pa.nulls(n, pa.string()), pa.nulls(n, schemas.TS),
                 pc.if_else(pa.array(np.zeros(n, dtype=bool)), tenant_names.take(pa.array(tenant)),
-                           pa.scalar(None, pa.string())))
+                           pa.scalar(None, pa.string()), memory_pool=OUT_POOL))
     ev = np.where(inv, 0, src)  # each row's base event (its index is its id), 0 at invalid rows
     f = {k: col[ev] for k, col in attrs.items()}
     f["ev"] = ev
     tenant[:] = np.where(inv, tenant, f["tenant"])
     return (fmt.format(f, inv_pos, inv_payload), _ids("evt-", ev, 10, ~inv),
             pa.array(f["ts"], pa.int64(), mask=inv).cast(schemas.TS),
-            pc.if_else(pa.array(~inv), tenant_names.take(pa.array(tenant)), pa.scalar(None, pa.string())))
+            pc.if_else(pa.array(~inv), tenant_names.take(pa.array(tenant)), pa.scalar(None, pa.string()),
+                       memory_pool=OUT_POOL))
 
 
 def _chunk(cfg: GeneratorConfig, rng: np.random.Generator, plan0: np.ndarray, plan1: np.ndarray,
@@ -341,24 +345,26 @@ def _assemble(blocks: list[tuple[pa.Array, ...]], tenant_names: pa.Array, tenant
     n = len(ing_us)
 
     def kafka() -> tuple[pa.Array, pa.Array]:
-        part = _partition_of(tenant_names).astype(np.int32)[tenant]
-        offsets = np.empty(n, dtype=np.int64)
+        part = np.take(_partition_of(tenant_names).astype(np.int32), tenant, out=fresh(n, np.int32))
+        offsets = fresh(n, np.int64)
         for p in range(PARTITIONS):
             rows = np.flatnonzero(part == p)
             offsets[rows] = np.arange(len(rows))
         return pa.array(part, pa.int32()), pa.array(offsets)
 
     def topic() -> pa.Array:
-        return pa.array([TOPIC]).take(pa.array(np.zeros(n, dtype=np.int8)))
+        return pc.take(pa.array([TOPIC]), pa.array(np.zeros(n, dtype=np.int8)), memory_pool=OUT_POOL)
 
     def date() -> pa.Array:  # the rows are in ingestion order: one run of rows per day
         first, last = (int(ing_us[i]) // DAY for i in (0, -1)) if n else (0, -1)
         ends = np.searchsorted(ing_us, np.arange(first + 1, last + 2, dtype=np.int64) * DAY)
-        return pa.array(np.repeat(np.arange(first, last + 1, dtype=np.int32), np.diff(ends, prepend=0)),
-                        pa.date32())
+        days = fresh(n, np.int32)
+        for day, lo, hi in zip(range(first, last + 1), ends - np.diff(ends, prepend=0), ends, strict=True):
+            days[lo:hi] = day  # one slice per day of the history
+        return pa.array(days, pa.date32())
 
     jobs = [pool.submit(f) for f in (kafka, topic, date)]
-    key = tenant_names.take(pa.array(tenant)).cast(pa.binary())
+    key = pc.take(tenant_names, pa.array(tenant), memory_pool=OUT_POOL).cast(pa.binary())
     (part, offsets), topic_col, date_col = (j.result() for j in jobs)
     ing = pa.array(ing_us, pa.int64()).cast(schemas.TS)
     return pa.table({

@@ -69,7 +69,7 @@ def _text(mat: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
 def _ids(prefix: str, idx: np.ndarray, width: int, valid: np.ndarray | None = None) -> pa.Array:
     """``prefix`` + zero-padded number, e.g. evt-0000000042 (NULL where not ``valid``)."""
     head = prefix.encode()
-    mat = np.empty((len(idx), len(head) + width), dtype=np.uint8)
+    mat = fresh(len(idx) * (len(head) + width)).reshape(len(idx), len(head) + width)
     mat[:, : len(head)] = np.frombuffer(head, dtype=np.uint8)
     _digits(mat, len(head), np.asarray(idx), width)
     return _text(mat, valid)
