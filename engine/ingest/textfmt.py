@@ -209,7 +209,7 @@ class PayloadFormat:
                     _pad(f["latency"], 4), _pad(f["request_bytes"], 4), _pad(f["response_bytes"], 5),
                     (1 - v2) * self.v2_width, self.tail_pad[tail_idx]):
             lengths -= pad
-        # the invalid rows: their own text, left-aligned in a row of the matrix, kept by a mask
+        # the invalid rows: their own text, left-aligned in a row of the matrix, 0 bytes after it
         inv_len = pc.binary_length(inv_payload).to_numpy(zero_copy_only=False).astype(np.int64)
         wide = max(width, int(inv_len.max()) if len(inv_len) else 0)
         inv_mask = np.arange(wide)[None, :] < inv_len[:, None]
@@ -218,6 +218,8 @@ class PayloadFormat:
             off = np.frombuffer(inv_payload.buffers()[1], dtype=np.int32)[inv_payload.offset:]
             inv_mat[inv_mask] = np.frombuffer(inv_payload.buffers()[2], dtype=np.uint8)[
                 off[0]: off[len(inv_len)]]
+            if not inv_mat[inv_mask].all():
+                raise ValueError("an invalid payload holds a 0 byte")
         lengths[inv_rows] = inv_len
         if lengths.sum() >= 2**31:
             raise ValueError("a block's payloads outgrow 32-bit offsets")
@@ -226,13 +228,12 @@ class PayloadFormat:
         data = fresh(int(offsets[-1]))
         rows = min(n, SUB_ROWS)
         mat = np.zeros((rows, wide), dtype=np.uint8)  # columns past ``width``: 0 bytes
-        mask = np.empty((rows, wide), dtype=bool)
         at = self.at
         for lo in range(0, n, rows):
             hi = min(n, lo + rows)
             m = hi - lo
             sub = {k: x[lo:hi] for k, x in f.items()}
-            out, keep = mat[:m], mask[:m]
+            out = mat[:m]
             out[:, :width] = self.template
             out[:, width:] = 0  # past any invalid text the matrix held before
             _digits(out, at["ev"], sub["ev"], 10)
@@ -248,12 +249,11 @@ class PayloadFormat:
             v2_cols = out[:, at["v2"]: at["v2"] + self.v2_width]
             np.multiply(v2_cols, v2[lo:hi, None], out=v2_cols)
             out[:, at["tail"]: at["tail"] + 12] = self.tail[tail_idx[lo:hi]]
-            np.not_equal(out, 0, out=keep)
             i = np.searchsorted(inv_rows, [lo, hi])
             if i[1] > i[0]:
                 out[inv_rows[i[0]:i[1]] - lo] = inv_mat[i[0]:i[1]]
-                keep[inv_rows[i[0]:i[1]] - lo] = inv_mask[i[0]:i[1]]
-            bits = pa.py_buffer(np.packbits(keep.reshape(-1), bitorder="little"))
+            # the bytes kept are the ones not 0: packbits packs a non-zero byte as a 1 bit
+            bits = pa.py_buffer(np.packbits(out.reshape(-1), bitorder="little"))
             text = pc.filter(pa.Array.from_buffers(pa.uint8(), m * wide, [None, pa.py_buffer(out)]),
                              pa.Array.from_buffers(pa.bool_(), m * wide, [None, bits]))
             data[offsets[lo]: offsets[hi]] = np.frombuffer(text.buffers()[1], dtype=np.uint8)[: len(text)]
