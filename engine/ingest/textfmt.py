@@ -4,6 +4,7 @@ written into byte matrices with NumPy and turned into Arrow string arrays, no Py
 
 from __future__ import annotations
 
+import functools
 import mmap
 
 import numpy as np
@@ -99,9 +100,33 @@ def _ts_matrix(ts_us: np.ndarray, offset_min: np.ndarray) -> tuple[np.ndarray, p
 
 def _ts_digits(mat: np.ndarray, col: int, ts_us: np.ndarray, offset_min: np.ndarray) -> None:
     """The local date-time digits of each instant into ``mat[:, col:col + 26]``, whose
-    separators (``YYYY-MM-DDTHH:MM:SS.ffffff``) are already there."""
+    separators (``YYYY-MM-DDTHH:MM:SS.ffffff``) are already there.
+
+    A history spans a few days: the dates are computed once per day of the span and copied
+    from that table (when the span is short), and ``HH:MM:SS`` from a table of the 86,400
+    seconds of a day (as 8-byte words: one gather), so only the microseconds are divided."""
     local = ts_us.astype(np.int64) + offset_min.astype(np.int64) * MINUTE
     days, rem = np.divmod(local, 86400 * US)
+    first = int(days.min()) if len(days) else 0
+    span = int(days.max()) - first + 1 if len(days) else 0
+    if span <= DATE_TABLE_DAYS:
+        table = np.empty((span, 10), dtype=np.uint8)
+        table[:] = np.frombuffer(b"0000-00-00", dtype=np.uint8)
+        _date_digits(table, 0, np.arange(first, first + span, dtype=np.int64))
+        mat[:, col: col + 10] = table[days - first]
+    else:
+        _date_digits(mat, col, days)
+    secs, micros = np.divmod(rem, US)
+    mat[:, col + 11: col + 19] = _clock()[secs].view(np.uint8).reshape(-1, 8)
+    _digits(mat, col + 20, micros, 6)
+
+
+#: Longest span of local dates formatted from a per-day table.
+DATE_TABLE_DAYS = 4096
+
+
+def _date_digits(mat: np.ndarray, col: int, days: np.ndarray) -> None:
+    """``YYYY-MM-DD`` digits of days since 1970-01-01 into ``mat[:, col:col + 10]``."""
     # civil date from days since 1970-01-01 (H. Hinnant's algorithm, vectorized)
     z = days + 719468
     era = np.floor_divide(z, 146097)
@@ -112,15 +137,21 @@ def _ts_digits(mat: np.ndarray, col: int, ts_us: np.ndarray, offset_min: np.ndar
     day = doy - (153 * mp + 2) // 5 + 1
     month = np.where(mp < 10, mp + 3, mp - 9)
     year = yoe + era * 400 + (month <= 2)
-    secs, micros = np.divmod(rem, US)
-    secs = secs.astype(np.int32)
     _digits(mat, col, year, 4)
     _digits(mat, col + 5, month, 2)
     _digits(mat, col + 8, day, 2)
-    _digits(mat, col + 11, secs // 3600, 2)
-    _digits(mat, col + 14, secs // 60 % 60, 2)
-    _digits(mat, col + 17, secs % 60, 2)
-    _digits(mat, col + 20, micros, 6)
+
+
+@functools.cache
+def _clock() -> np.ndarray:
+    """``HH:MM:SS`` of each second of a day, one 8-byte word each."""
+    secs = np.arange(86400, dtype=np.int32)
+    table = np.empty((86400, 8), dtype=np.uint8)
+    table[:] = np.frombuffer(b"00:00:00", dtype=np.uint8)
+    _digits(table, 0, secs // 3600, 2)
+    _digits(table, 3, secs // 60 % 60, 2)
+    _digits(table, 6, secs % 60, 2)
+    return table.view(np.uint64).reshape(-1)
 
 
 def _offsets(offset_min: np.ndarray) -> tuple[list[str], np.ndarray]:
