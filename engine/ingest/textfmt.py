@@ -39,14 +39,20 @@ def fresh(n: int, dtype: type = np.uint8) -> np.ndarray:
 def _digits(mat: np.ndarray, col: int, values: np.ndarray, width: int, least: int | None = None) -> None:
     """Write ``values`` as zero-padded decimal text into ``mat[:, col:col + width]``; with
     ``least``, only that many digits at least, leading zeros beyond them written as 0 bytes."""
-    small = width <= 9  # fits int32, whose division by a constant NumPy does fastest
+    # int32, whose division by a constant NumPy does fastest, whenever the values fit it
+    # (ids have 10 digits but are far below 2**31): the same quotients and remainders
+    small = width <= 9 or (len(values) > 0 and values.min() >= -(2**31) and values.max() < 2**31)
     v = values.astype(np.int32 if small else np.int64)
     out = np.empty((width, len(v)), dtype=np.uint8)  # a digit per row: contiguous writes
     for pos in range(width - 1, -1, -1):
         q = v // 10
-        np.subtract(v, q * 10, out=out[pos], casting="unsafe")
-        if least is not None and pos < width - least:
-            out[pos] += (v > 0) * np.uint8(48)  # no digit left: a 0 byte
+        blank = least is not None and pos < width - least
+        if blank:
+            nz = v > 0  # a digit left: written as text, else a 0 byte
+        v -= q * 10  # the remainder, in place (a plain cast on assignment is the fast one)
+        out[pos] = v
+        if blank:
+            out[pos] += nz.view(np.uint8) * np.uint8(48)
         v = q
     out[width - (width if least is None else least):] += 48
     mat[:, col: col + width] = out.T
