@@ -4,6 +4,7 @@ written into byte matrices with NumPy and turned into Arrow string arrays, no Py
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import mmap
 
@@ -27,13 +28,26 @@ def fresh(n: int, dtype: type = np.uint8) -> np.ndarray:
     2 s per GiB (the host fills it in), against about 0.35 s per GiB for ordinary pages, and
     the output of a large history is gigabytes of fresh memory. An anonymous ``mmap`` advised
     ``MADV_NOHUGEPAGE`` gets ordinary pages; it is unmapped when the array (and any Arrow
-    buffer made from it) is released."""
+    buffer made from it) is released. Its pages are then faulted in by one
+    ``MADV_POPULATE_WRITE`` (Linux 5.14+; ~20% cheaper than a fault per page), through
+    ctypes, which lets other threads run meanwhile (``mmap.madvise`` holds the GIL)."""
     nbytes = n * np.dtype(dtype).itemsize
     if nbytes < 1 << 22 or not hasattr(mmap, "MADV_NOHUGEPAGE"):
         return np.empty(n, dtype=dtype)
     mem = mmap.mmap(-1, nbytes)
     mem.madvise(mmap.MADV_NOHUGEPAGE)
-    return np.frombuffer(mem, dtype=dtype, count=n)
+    out = np.frombuffer(mem, dtype=dtype, count=n)
+    if _madvise is not None:  # a failure (older kernel) only leaves the pages to be faulted in
+        _madvise(out.ctypes.data, nbytes, MADV_POPULATE_WRITE)
+    return out
+
+
+#: ``madvise(2)`` called without the GIL (None where libc has none to offer)
+_madvise = getattr(ctypes.CDLL(None), "madvise", None)
+if _madvise is not None:
+    _madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    _madvise.restype = ctypes.c_int
+MADV_POPULATE_WRITE = 23
 
 
 def _digits(mat: np.ndarray, col: int, values: np.ndarray, width: int, least: int | None = None) -> None:
