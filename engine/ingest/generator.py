@@ -222,7 +222,8 @@ def _block(src: np.ndarray, attrs: dict[str, np.ndarray], invalid: pa.Array, inv
                 pc.if_else(pa.array(np.zeros(n, dtype=bool)), tenant_names.take(pa.array(tenant)),
                            pa.scalar(None, pa.string()), memory_pool=OUT_POOL))
     ev = np.where(inv, 0, src)  # each row's base event (its index is its id), 0 at invalid rows
-    f = {k: col[ev] for k, col in attrs.items()}
+    f = {k: np.take(col, ev, out=fresh(n, col.dtype)) if k == "ts" else col[ev]  # ts: an output column
+         for k, col in attrs.items()}
     f["ev"] = ev
     tenant[:] = np.where(inv, tenant, f["tenant"])
     return (fmt.format(f, inv_pos, inv_payload), _ids("evt-", ev, 10, ~inv),

@@ -9,6 +9,7 @@ import functools
 import mmap
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -19,7 +20,7 @@ REGIONS = ("eu-west-1", "us-east-1", "ap-south-1")
 SUB_ROWS = 16_384
 
 
-def fresh(n: int, dtype: type = np.uint8) -> np.ndarray:
+def fresh(n: int, dtype: npt.DTypeLike = np.uint8) -> np.ndarray:
     """An uninitialized array of ``n`` items for an output buffer, in memory that is not backed
     by transparent huge pages.
 
