@@ -65,38 +65,40 @@ class ShuffleArea:
     def storage(self) -> Storage:
         return Storage(self.root, self.options)
 
-    def _path(self, name: str) -> tuple[pafs.FileSystem, str, bool]:
+    def _files(self) -> tuple[pafs.FileSystem, str, bool]:
+        """(filesystem, the area's path in it, whether it is a local directory)."""
         fs, base = self.storage.filesystem()
-        return fs, f"{base}/{name}" if base else name, isinstance(fs, pafs.LocalFileSystem)
+        return fs, base, isinstance(fs, pafs.LocalFileSystem)
 
     def write(self, buckets: Sequence[pa.Table]) -> tuple[Piece | None, ...]:
         """Each bucket as a file (None for an empty bucket: nothing to read)."""
+        fs, base, local = self._files()
         attempt = uuid.uuid4().hex
         out: list[Piece | None] = []
         for i, table in enumerate(buckets):
-            out.append(self.write_one(table, f"{attempt}-b{i}.arrow") if table.num_rows else None)
+            name = f"{attempt}-b{i}.arrow"
+            path = f"{base}/{name}" if base else name
+            if not table.num_rows:
+                out.append(None)
+            elif local:
+                out.append(Piece(name, table.num_rows, write_ipc(table, path)))
+            else:  # buffered: delta-rs's stream takes bytes, which Arrow passes from a flush only
+                with fs.open_output_stream(path) as raw, pa.BufferedOutputStream(raw, 8 << 20) as sink:
+                    opts = pa.ipc.IpcWriteOptions(compression="lz4")
+                    with pa.ipc.new_file(sink, table.schema, options=opts) as writer:
+                        writer.write_table(table)
+                    out.append(Piece(name, table.num_rows, sink.tell()))
             kill_once("shuffle")  # test hook: a worker dies with its pieces half written
         return tuple(out)
 
-    def write_one(self, table: pa.Table, name: str) -> Piece:
-        fs, path, local = self._path(name)
-        if local:
-            size = write_ipc(table, path)
-        else:  # buffered: delta-rs's stream takes bytes, which Arrow passes only from a buffer's flush
-            with fs.open_output_stream(path) as raw, pa.BufferedOutputStream(raw, 8 << 20) as sink:
-                opts = pa.ipc.IpcWriteOptions(compression="lz4")
-                with pa.ipc.new_file(sink, table.schema, options=opts) as writer:
-                    writer.write_table(table)
-                size = sink.tell()
-        return Piece(name, table.num_rows, size)
-
     def read(self, pieces: Sequence[Piece | None]) -> list[pa.Table]:
         """The pieces' tables, in the order given (the empty ones left out)."""
+        fs, base, local = self._files()
         out = []
         for piece in pieces:
             if piece is None:
                 continue
-            fs, path, local = self._path(piece.name)
+            path = f"{base}/{piece.name}" if base else piece.name
             if local:
                 out.append(read_ipc(path))
             else:
@@ -117,10 +119,10 @@ class ShuffleArea:
 
 def write_ipc(table: pa.Table, path: str) -> int:
     """``table`` as an uncompressed Arrow IPC file at the local ``path``; its size in bytes."""
-    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-    with pa.OSFile(path, "rb") as f:
-        return f.size()
+    with pa.OSFile(path, "wb") as sink:
+        with pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        return sink.tell()
 
 
 def read_ipc(path: str) -> pa.Table:
