@@ -72,13 +72,16 @@ FROM valid ANTI JOIN multi USING ({KEY})
 _STATE_SQL = f"""
 WITH last AS (
   -- a key of the chunk: its last copy there (every prior row comes before the chunk's rows)
-  SELECT arg_max(struct_pack({KEY}, ingestion_timestamp, kafka_topic, kafka_partition,
-                             kafka_offset, kept := kept_after), struct_pack({ORDER})) AS r
+  SELECT {KEY}, arg_max(struct_pack({KEY}, ingestion_timestamp, kafka_topic, kafka_partition,
+                                    kafka_offset, kept := kept_after), struct_pack({ORDER})) AS r
   FROM out GROUP BY {KEY}
   UNION ALL
-  -- any other key: its prior row, as it was
-  SELECT struct_pack({KEY}, ingestion_timestamp, kafka_topic, kafka_partition, kafka_offset, kept) AS r
-  FROM prior ANTI JOIN out USING ({KEY})
+  -- any other key: its prior row, as it was (keys compared as GROUP BY does: NULL = NULL)
+  SELECT {KEY}, struct_pack({KEY}, ingestion_timestamp, kafka_topic, kafka_partition, kafka_offset,
+                            kept) AS r
+  FROM prior p WHERE NOT EXISTS (
+    SELECT 1 FROM out o WHERE o.tenant_id IS NOT DISTINCT FROM p.tenant_id
+                          AND o.event_id IS NOT DISTINCT FROM p.event_id)
 )
 SELECT r.* FROM last WHERE {{retain}}
 """

@@ -20,6 +20,7 @@ pickled by value, and each task resolves the ruleset against them (:func:`ship_r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -28,7 +29,7 @@ from typing import Any
 
 from engine.config import environment, quiet_ray_auth_notice
 from engine.contract.errors import RegistryError, ReplayError, ShardError, TaskError, UsageError
-from engine.execution.shuffle import Piece, ShuffleArea
+from engine.execution.shuffle import Piece, ShuffleArea, heartbeat
 from engine.execution.specs import (
     JobOutput,
     MapResult,
@@ -43,6 +44,8 @@ from rules.base import Rule
 from rules.ruleset import Ruleset
 
 MAX_RETRIES = 3
+#: Seconds a failed run waits for its cancelled tasks to end before removing its shuffle area.
+SETTLE_SECONDS = 30
 
 
 def warm_worker() -> int:
@@ -134,12 +137,13 @@ def map_task(rules: bytes | None, spec: MapSpec, area: ShuffleArea) -> MapResult
         release_memory()
 
 
-def reduce_task(rules: bytes | None, spec: ReduceSpec, area: ShuffleArea, *pieces: Piece | None
-                ) -> ReduceResult:
-    """The reduce shard task (:func:`reduce_shard`) over its bucket's pieces, read from ``area``."""
+def reduce_task(rules: bytes | None, spec: ReduceSpec, area: ShuffleArea | None,
+                *pieces: Piece | None) -> ReduceResult:
+    """The reduce shard task (:func:`reduce_shard`) over its bucket's pieces, read from ``area``
+    (None: the run had no map task, nothing to read)."""
     tables: list[Any] = []
     try:
-        tables = area.read(pieces)
+        tables = area.read(pieces) if area is not None else []
         return _with_rules(rules, reduce_shard, spec, *tables)
     finally:
         tables.clear()  # the mapped files are released before the trim
@@ -219,6 +223,22 @@ class RayExecutor:
     def cpus(self) -> int:
         return max(1, int(self._ray.cluster_resources().get("CPU", 1)))
 
+    def _settle(self, refs: list[Any]) -> None:
+        """Cancel the tasks of ``refs`` still running (a run that failed: Ray does not stop a
+        failed task's siblings) and give them a moment to end, so none writes the shuffle area
+        after the driver removed it."""
+        ray = self._ray
+        if not refs:
+            return
+        # (a timeout of 0 reports every task ready here: a short one tells the running ones)
+        _, pending = ray.wait(refs, num_returns=len(refs), timeout=0.01, fetch_local=False)
+        for ref in pending:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+        if pending:
+            with contextlib.suppress(Exception):
+                ray.wait(pending, num_returns=len(pending), timeout=SETTLE_SECONDS, fetch_local=False)
+
     def run(self, maps: list[MapSpec], reduces: list[ReduceSpec],
             progress: Progress | None = None) -> JobOutput:
         ray = self._ray
@@ -229,6 +249,7 @@ class RayExecutor:
         shipped = ship_rules({s.ruleset.fingerprint: s.ruleset for s in [*maps, *reduces]}.values())
         rules = None if shipped is None else ray.put(shipped)
         area = ShuffleArea.create(maps[0].lake_root, maps[0].storage_options) if maps else None
+        launched: list[Any] = []
         total = len(maps) + n
         done = 0
 
@@ -243,20 +264,25 @@ class RayExecutor:
                     progress("ray", done, total)
 
         try:
-            map_refs = [map_fn.remote(rules, spec, area) for spec in maps]
-            drain(map_refs)  # maps first: reduce tasks need every map's output anyway
-            map_out: list[MapResult] = ray.get(map_refs)
-            # biggest shard first (longest-processing-time order): the last wave ends sooner
-            size = {s.bucket: sum(m.bucket_rows[s.bucket] for m in map_out if m.bucket_rows)
-                    for s in reduces}
-            order = sorted(reduces, key=lambda s: -size[s.bucket])
-            red_refs = {s.bucket: reduce_fn.remote(rules, s, area, *[m.buckets[s.bucket] for m in map_out])
-                        for s in order}
-            drain(list(red_refs.values()))
-            red_out: list[ReduceResult] = ray.get([red_refs[s.bucket] for s in reduces])
+            with heartbeat(area):
+                map_refs = [map_fn.remote(rules, spec, area) for spec in maps]
+                launched += map_refs
+                drain(map_refs)  # maps first: reduce tasks need every map's output anyway
+                map_out: list[MapResult] = ray.get(map_refs)
+                # biggest shard first (longest-processing-time order): the last wave ends sooner
+                size = {s.bucket: sum(m.bucket_rows[s.bucket] for m in map_out if m.bucket_rows)
+                        for s in reduces}
+                order = sorted(reduces, key=lambda s: -size[s.bucket])
+                red_refs = {s.bucket: reduce_fn.remote(rules, s, area,
+                                                       *[m.buckets[s.bucket] for m in map_out])
+                            for s in order}
+                launched += red_refs.values()
+                drain(list(red_refs.values()))
+                red_out: list[ReduceResult] = ray.get([red_refs[s.bucket] for s in reduces])
         except ray.exceptions.RayError as exc:
             raise task_error(exc) from None
         finally:
+            self._settle(launched)  # after a failure: no task still writes the area
             if area is not None:
                 area.delete()
         map_out = [replace(m, buckets=()) for m in map_out]

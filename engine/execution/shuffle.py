@@ -13,17 +13,19 @@ No table data passes through the driver or Ray's object store:
 
 A piece's name carries a fresh id per write, so a map task retried after its worker died
 writes new files and never reads or replaces a half-written one; what a dead attempt left is
-removed with the area. The driver deletes the area when the run ends, whatever the outcome;
-an area a killed driver left behind is removed by ``replay vacuum`` once it is older than
-the grace of uncommitted files (:func:`stale_areas`).
+removed with the area. While the run lasts, the driver touches a file of the area every few
+minutes (:func:`heartbeat`); when it ends, whatever the outcome, the driver cancels the
+tasks still running and deletes the area. An area a killed driver left behind is removed by
+``replay vacuum`` (:func:`stale_areas`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -34,6 +36,10 @@ from engine.lake.storage import Storage
 
 #: The shuffle areas of a lake (or of an experiment area) live under ``<root>/_shuffle``.
 AREA = "_shuffle"
+#: The file a running driver touches in its area (the area's newest file: it is in use).
+ALIVE = "alive"
+#: How often: well within vacuum's grace for an experiment's area (an hour).
+HEARTBEAT_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,13 @@ class ShuffleArea:
                 out.append(pa.ipc.open_file(pa.BufferReader(data)).read_all())
         return out
 
+    def touch(self) -> None:
+        """Mark the area in use: its newest file's time is what vacuum reads (:func:`stale_areas`)."""
+        fs, base, _ = self._files()
+        path = f"{base}/{ALIVE}" if base else ALIVE
+        with fs.open_output_stream(path) as raw, pa.BufferedOutputStream(raw, 1 << 12) as sink:
+            sink.write(str(time.time()).encode())
+
     def delete(self) -> None:
         """Remove the area and every file in it (best effort: a leftover is vacuum's)."""
         with contextlib.suppress(Exception):
@@ -130,14 +143,45 @@ def read_ipc(path: str) -> pa.Table:
     return pa.ipc.open_file(pa.memory_map(path)).read_all()
 
 
-def stale_areas(root: Storage, older_than_s: float) -> list[Storage]:
+@contextlib.contextmanager
+def heartbeat(area: ShuffleArea | None, every_s: float = HEARTBEAT_SECONDS) -> Iterator[None]:
+    """Touch ``area`` now and every ``every_s`` seconds while the block runs (its reduce tasks
+    may read files written hours ago: vacuum must not take the area for a dead run's)."""
+    if area is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def touch() -> None:
+        with contextlib.suppress(Exception):  # a missed beat: the next one, well within the grace
+            area.touch()
+
+    def beat() -> None:
+        while not stop.wait(every_s):
+            touch()
+
+    touch()
+
+    thread = threading.Thread(target=beat, name="medallion-shuffle-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def stale_areas(root: Storage, older_than_s: float | None) -> list[Storage]:
     """The shuffle areas under ``root`` whose newest file is older than ``older_than_s``
-    seconds (an area with no file at all counts as stale): runs that ended without their
-    driver deleting them."""
+    seconds (an area with no file at all counts as stale; None: every area, whatever its
+    files' times say): runs that ended without their driver deleting them."""
     out = []
     now = time.time()
     for name in root.child(AREA).list_dirs():
         area = root.child(AREA, name)
+        if older_than_s is None:
+            out.append(area)
+            continue
         fs, base = area.filesystem()
         try:
             infos = fs.get_file_info(pafs.FileSelector(base or "", recursive=True, allow_not_found=True))

@@ -98,10 +98,10 @@ def _stale_shuffles(lake: Lake) -> list[Any]:
     """Shuffle areas no run is using: every one of the lake's own (vacuum holds the lake's
     lease, which every replay and step of this lake holds while it runs), and each
     experiment area's past the grace of uncommitted files (an experiment replays under its
-    area's lease, not the lake's: its run reads or writes its area all along)."""
+    area's lease, not the lake's: its driver touches its area every few minutes)."""
     areas = lake.storage.child(EXPERIMENTS)  # every experiment area, its first run failed too
     grace = UNCOMMITTED_GRACE_HOURS * 3600
-    return [*stale_areas(lake.storage, -1),
+    return [*stale_areas(lake.storage, None),
             *(a for name in areas.list_dirs() for a in stale_areas(areas.child(name), grace))]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -15,6 +16,7 @@ from engine.contract import schemas
 from engine.contract.errors import LakeError, RegistryError, RuleError, ShardError, TaskError
 from engine.execution.local import LocalExecutor
 from engine.execution.ray_executor import MAX_RETRIES, ship_rules
+from engine.execution.shuffle import AREA
 from engine.execution.specs import MapSpec, ReduceSpec
 from replay import api
 from rules import abuse_v2, dedup_v2, plan_limits_v2, validate_v1
@@ -157,3 +159,36 @@ def test_a_bug_in_a_task_is_a_task_error_that_is_not_retryable(loaded, ray_ex):
         api.run(loaded, rs, executor=ray_ex)
     assert not info.value.retryable and info.value.exit_code == 1
     assert "retries" not in str(info.value)
+
+
+def test_a_failed_run_cancels_the_tasks_still_running_and_removes_its_shuffle(tmp_path, history_parts,
+                                                                                ray_ex):
+    """One map task fails while a sibling still works: the driver cancels the sibling (Ray
+    would let it run on, and it would write its pieces after the area is gone), then removes
+    the run's shuffle area."""
+    lake = make_lake(tmp_path / "lake", history_parts)  # 3 files: 3 map tasks on 2 CPUs
+    first, survived = tmp_path / "first", tmp_path / "survived"
+
+    class FailFirst(validate_v1.Validate):
+        version = 12
+
+        @staticmethod
+        def apply(params, bronze, known_plans):
+            try:  # the first task to get here fails at once; the others work slowly
+                os.close(os.open(first, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                time.sleep(4)
+                survived.touch()
+                return validate_v1.Validate.apply(params, bronze, known_plans)
+            raise RuleError("validate@12: the first task fails", rule="validate", version=12)
+
+    default_registry().register(FailFirst)
+    rs = load_ruleset("2026-01").with_rule("validate", 12)
+    with pytest.raises(RuleError, match="the first task fails"):
+        api.run(lake, rs, executor=ray_ex, shards=2)
+    time.sleep(6)  # past the siblings' work, had they not been cancelled
+    assert first.exists() and not survived.exists()
+    shuffle = os.path.join(lake.root, AREA)
+    assert not os.path.exists(shuffle) or os.listdir(shuffle) == []
+    (row,) = [r for r in api.history(lake) if r["kind"] == "replay"]
+    assert row["status"] == "failed"

@@ -60,3 +60,19 @@ def test_shards_over_their_memory_budget_fold_in_chunks_on_ray(tmp_path, history
         assert res.plan.chunks_per_shard > 1 and res.chunks > 2 * 2, res.chunks
         assert res.conservation_ok
         assert_same_tables(local, dist)
+
+
+def test_a_run_with_no_map_task_is_exact_on_ray(tmp_path, history_parts, ray_ex):
+    """A scope no row group can match plans no map task: the reduce tasks run on nothing
+    (no shuffle area at all) and the tables are those of the local executor."""
+    local = make_lake(tmp_path / "local", history_parts)
+    dist = make_lake(tmp_path / "ray", history_parts)
+    for lake, ex in ((local, LocalExecutor()), (dist, ray_ex)):
+        api.run(lake, "2026-01", executor=ex)
+    scope = {"tenants": ["aaa-no-such-tenant"]}  # below every tenant id: every row group pruned
+    assert api.plan(dist, "free-100", executor=ray_ex, **scope).map_tasks == 0
+    for lake, ex in ((local, LocalExecutor()), (dist, ray_ex)):
+        res = api.run(lake, "free-100", executor=ex, reason="nothing in scope", **scope)
+        assert res.conservation_ok is not False
+    assert no_shuffle_left(dist)
+    assert_same_tables(local, dist)

@@ -8,7 +8,7 @@ import time
 import pyarrow as pa
 import pytest
 
-from engine.execution.shuffle import AREA, ShuffleArea, stale_areas
+from engine.execution.shuffle import ALIVE, AREA, ShuffleArea, heartbeat, stale_areas
 from engine.lake.storage import Storage
 
 
@@ -76,3 +76,37 @@ def test_a_bucket_of_one_row_or_none(tmp_path, rows):
     (piece,) = area.write([t])
     assert (piece is None) == (rows == 0)
     assert [x.num_rows for x in area.read([piece])] == ([1] if rows else [])
+
+
+def test_a_running_driver_keeps_its_area_fresh_for_vacuum(tmp_path):
+    """The heartbeat touches the area at once and on every beat, and stops with its block; an
+    area whose files all look old but whose heartbeat is recent is not stale."""
+    area = ShuffleArea.create(str(tmp_path))
+    area.write(buckets())
+    past = time.time() - 7200
+    for name in os.listdir(area.root):
+        os.utime(os.path.join(area.root, name), (past, past))
+    os.utime(area.root, (past, past))
+    assert [a.root for a in stale_areas(Storage(str(tmp_path)), 3600)] == [area.root]
+    alive = os.path.join(area.root, ALIVE)
+    with heartbeat(area, every_s=0.05):
+        first = os.path.getmtime(alive)
+        time.sleep(0.3)
+        assert os.path.getmtime(alive) > first
+        assert stale_areas(Storage(str(tmp_path)), 3600) == []
+    last = os.path.getmtime(alive)
+    time.sleep(0.2)
+    assert os.path.getmtime(alive) == last  # the beat stopped with the block
+    with heartbeat(None):  # no area (a run without map tasks): nothing to do
+        pass
+
+
+def test_every_area_when_no_age_is_asked(tmp_path):
+    """Under the lake's lease no replay of the lake runs: vacuum takes every area of the lake's
+    own, whatever its files' times (a clock ahead of this host's included)."""
+    areas = [ShuffleArea.create(str(tmp_path)) for _ in range(2)]
+    areas[0].write(buckets())
+    future = time.time() + 3600
+    os.utime(areas[0].root, (future, future))
+    found = {a.root for a in stale_areas(Storage(str(tmp_path)), None)}
+    assert found == {a.root for a in areas}
