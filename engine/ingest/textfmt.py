@@ -44,7 +44,10 @@ def fresh(n: int, dtype: npt.DTypeLike = np.uint8) -> np.ndarray:
 
 
 #: ``madvise(2)`` called without the GIL (None where libc has none to offer)
-_madvise = getattr(ctypes.CDLL(None), "madvise", None)
+try:
+    _madvise = getattr(ctypes.CDLL(None), "madvise", None)
+except (OSError, TypeError):  # no C library to load this way (Windows)
+    _madvise = None
 if _madvise is not None:
     _madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     _madvise.restype = ctypes.c_int
