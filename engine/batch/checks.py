@@ -165,14 +165,16 @@ def _failing(con: Any, rel: Any) -> tuple[int, list[dict[str, Any]]]:
     """(failing rows, a sample of them) of a check; a check that cannot finish within the
     gate's memory (not every DuckDB operator spills) runs again without the cap, rather
     than failing a replay whose tables are fine."""
-    try:
+    def run() -> tuple[int, list[dict[str, Any]]]:
         n = rel.aggregate("count(*)").fetchall()[0][0]
         return n, rel.limit(SAMPLE).to_arrow_table().to_pylist() if n else []
+
+    try:
+        return run()
     except duckdb.OutOfMemoryException:
         con.execute("RESET memory_limit")
         try:
-            n = rel.aggregate("count(*)").fetchall()[0][0]
-            return n, rel.limit(SAMPLE).to_arrow_table().to_pylist() if n else []
+            return run()
         finally:
             con.execute("SET memory_limit = ?", [f"{GATE_MEMORY >> 20}MiB"])
 

@@ -1,4 +1,20 @@
-"""The lake: one Delta table per SPEC table under a root directory or URI (SPEC 6)."""
+"""The lake: one Delta table per SPEC table under a root directory or URI (SPEC 6).
+
+:class:`Lake` is the one entry to the tables; its methods, by concern:
+
+- where and what: ``at``, ``storage``, ``uri``, ``scratch`` (an experiment area), ``exists``;
+- reading: ``table`` (cached per :func:`table_cache` block), ``dataset``, ``read``,
+  ``row_count``, ``files``, ``version``, ``readable_from`` / ``check_readable`` (vacuum's
+  horizon);
+- commit metadata: ``carry_metadata``, ``data_changed``, ``is_active``, ``commit_metadata``,
+  ``history`` (the encoding: :func:`encode_metadata` / :func:`decode_metadata` at the end);
+- writing: ``ensure`` (create), ``write`` (delta-rs writes the rows), ``stage`` +
+  ``commit_staged`` (workers' Parquet files, one commit), ``append_fenced`` (Bronze appends),
+  ``barrier``;
+- rewriting and repair: ``rewrite`` (drop the rows a predicate hits: erasure, scoped replays,
+  incremental steps), ``merge_files`` (compaction), ``sweep``
+  (uncommitted files of a replay), ``restore`` (rollback).
+"""
 
 from __future__ import annotations
 

@@ -194,6 +194,34 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// An object member's key and the colon after it (``"key" :``, with the white space
+    /// around it), the key's text appended to ``out``.
+    pub(crate) fn key(&mut self, out: &mut Vec<u8>) -> R<()> {
+        self.string(out)?;
+        self.ws();
+        self.expect(b':')?;
+        self.ws();
+        Ok(())
+    }
+
+    /// After a container's item: a comma (more items follow: false) or ``close``, consumed
+    /// (the container ends: true); anything else is refused.
+    pub(crate) fn item_end(&mut self, close: u8) -> R<bool> {
+        self.ws();
+        match self.peek()? {
+            b',' => {
+                self.i += 1;
+                self.ws();
+                Ok(false)
+            }
+            c if c == close => {
+                self.i += 1;
+                Ok(true)
+            }
+            _ => Err(Reject),
+        }
+    }
+
     /// Any JSON value, checked and skipped.
     pub(crate) fn skip(&mut self, depth: usize, scratch: &mut Vec<u8>) -> R<()> {
         match self.peek()? {
@@ -213,22 +241,10 @@ impl<'a> Parser<'a> {
                 }
                 loop {
                     scratch.clear();
-                    self.string(scratch)?;
-                    self.ws();
-                    self.expect(b':')?;
-                    self.ws();
+                    self.key(scratch)?;
                     self.skip(depth + 1, scratch)?;
-                    self.ws();
-                    match self.peek()? {
-                        b',' => {
-                            self.i += 1;
-                            self.ws();
-                        }
-                        b'}' => {
-                            self.i += 1;
-                            return Ok(());
-                        }
-                        _ => return Err(Reject),
+                    if self.item_end(b'}')? {
+                        return Ok(());
                     }
                 }
             }
@@ -244,17 +260,8 @@ impl<'a> Parser<'a> {
                 }
                 loop {
                     self.skip(depth + 1, scratch)?;
-                    self.ws();
-                    match self.peek()? {
-                        b',' => {
-                            self.i += 1;
-                            self.ws();
-                        }
-                        b']' => {
-                            self.i += 1;
-                            return Ok(());
-                        }
-                        _ => return Err(Reject),
+                    if self.item_end(b']')? {
+                        return Ok(());
                     }
                 }
             }

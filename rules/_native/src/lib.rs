@@ -82,10 +82,7 @@ fn event(p: &[u8], specs: &[Spec], plans: &[Vec<u8>], slots: &mut [Slot], text: 
     if ps.peek()? != b'}' {
         loop {
             key.clear();
-            ps.string(key)?;
-            ps.ws();
-            ps.expect(b':')?;
-            ps.ws();
+            ps.key(key)?;
             match specs.iter().position(|s| s.name == *key) {
                 None => ps.skip(0, key)?,
                 Some(f) => {
@@ -120,18 +117,13 @@ fn event(p: &[u8], specs: &[Spec], plans: &[Vec<u8>], slots: &mut [Slot], text: 
                     };
                 }
             }
-            ps.ws();
-            match ps.peek()? {
-                b',' => {
-                    ps.i += 1;
-                    ps.ws();
-                }
-                b'}' => break,
-                _ => return Err(Reject),
+            if ps.item_end(b'}')? {
+                break;
             }
         }
+    } else {
+        ps.i += 1; // the empty object's closing brace
     }
-    ps.i += 1; // the closing brace
     ps.ws();
     if ps.i != p.len() {
         return Err(Reject);
