@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ from engine.ingest.importers import append_new
 from replay import api
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent  # the repository
 
 
 def baseline(lake: api.Lake, out: Path) -> tuple[float, int, duckdb.DuckDBPyConnection]:
@@ -111,8 +113,11 @@ def kafka_bench(messages: int) -> None:
     import pyarrow as pa
     from confluent_kafka import Consumer
 
-    from engine.ingest.broker import Broker
     from engine.ingest.kafka import IngestConfig, Ingester, produce
+
+    if str(ROOT) not in sys.path:  # `python bench/bench.py` puts bench/ on sys.path, not the repo
+        sys.path.insert(0, str(ROOT))
+    from tests.servers.kafka import Broker  # development tooling, not in the installed package
 
     tmp = Path(tempfile.mkdtemp(prefix="mr-kbench-"))
     b = Broker(port=19592, controller_port=19593, data=tmp / "kafka")

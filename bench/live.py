@@ -1,4 +1,4 @@
-"""Live folding figures for ``make bench`` (SPEC 11): an incremental step for a 1% append as a
+"""Live folding figures for ``make bench`` (docs/semantics.md §11): an incremental step for a 1% append as a
 ratio to the full replay of the same run, and ``follow``'s append -> up-to-date latency."""
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ __all__ = [
     "open_lake", "import_file", "plan", "apply", "run", "status", "sql", "generate_history",
     "produce_history", "ingest", "make_executor", "recover", "recover_if_needed", "rollback",
     "history", "diff", "summary", "Experiment", "experiments", "drop", "rules_catalog",
-    "StalePlanError",
+    "StalePlanError", "executor_shape", "lake_exists",
 ]
 
 IngestConfig = kafka.IngestConfig
@@ -62,6 +62,12 @@ def open_lake(lake: LakeArg, storage_options_: Mapping[str, str] | None = None) 
     if isinstance(lake, Lake):
         return lake
     return Lake.at(lake, storage_options(storage_options_))
+
+
+def lake_exists(lake: LakeArg) -> bool:
+    """Whether ``lake`` holds a lake: a Bronze table or an audit ledger."""
+    lk = open_lake(lake)
+    return lk.exists(schemas.BRONZE) or lk.exists(schemas.AUDIT)
 
 
 def import_file(lake: LakeArg, path: str | Path, fmt: Literal["jsonl", "bronze-parquet"] = "jsonl",
@@ -87,6 +93,26 @@ def make_executor(kind: str = "local", address: str | None = None, num_cpus: int
     raise UsageError(f"unknown executor {kind!r}; use local or ray")
 
 
+class ExecutorShape:
+    """What a plan needs of an executor, its name and CPUs, without starting anything:
+    ``replay plan`` (and ``run --dry-run``, or a ``run`` refused before it starts) runs
+    nothing. A local Ray gets one worker per CPU this process may use, as ``ray.init``
+    gives it; a cluster's CPUs are known only by joining it, so an ``address`` joins."""
+
+    def __init__(self, name: str, workers: int) -> None:
+        self.name, self.workers = name, workers
+
+    def cpus(self) -> int:
+        return self.workers
+
+
+def executor_shape(kind: str = "local", address: str | None = None) -> Executor | ExecutorShape:
+    """The executor :func:`make_executor` would make, as far as a plan sees it."""
+    if kind == "ray" and address is None:
+        return ExecutorShape("ray", max(1, len(os.sched_getaffinity(0))))
+    return make_executor(kind, address)
+
+
 def replay_config(shards: int | None = None, task_memory: int | str | None = None,
                   config: ReplayConfig | None = None) -> ReplayConfig:
     """``config`` with the shorthand overrides applied."""
@@ -100,7 +126,7 @@ def replay_config(shards: int | None = None, task_memory: int | str | None = Non
 
 
 def plan(lake: LakeArg, ruleset: RulesetArg, mode: ModeArg = "auto",
-         executor: Executor | None = None, shards: int | None = None,
+         executor: Executor | ExecutorShape | None = None, shards: int | None = None,
          start: Any = None, end: Any = None, tenants: list[str] | None = None,
          task_memory: int | str | None = None, config: ReplayConfig | None = None) -> Plan:
     """What a replay would recompute and why (read-only: it changes and settles nothing).
@@ -174,9 +200,9 @@ def recover_if_needed(lake: LakeArg) -> list[dict[str, Any]]:
     return batch.recover_if_needed(open_lake(lake))
 
 
-def recover(lake: LakeArg) -> list[dict[str, Any]]:
+def recover(lake: LakeArg, reason: str | None = None) -> list[dict[str, Any]]:
     """Settle replays a dead driver left half-committed: every table pre or post, never a mix."""
-    return batch.recover(open_lake(lake))
+    return batch.recover(open_lake(lake), reason)
 
 
 def rollback(lake: LakeArg, replay_id: str, reason: str) -> dict[str, Any]:
@@ -232,21 +258,38 @@ def freshness(lake: LakeArg) -> dict[str, Any]:
 def follow(lake: LakeArg, executor: Executor | None = None, ruleset: RulesetArg | None = None,
            interval: float = 1.0, until_idle: float | None = None, metrics_port: int | None = None,
            max_steps: int | None = None, out: Callable[[str], None] = print,
-           compact_every: int = 500) -> dict[str, Any]:
+           compact_every: int = 500,
+           on_step: Callable[[dict[str, Any]], None] | None = None,
+           reason: str = "replay follow") -> dict[str, Any]:
     """Run a follower until signalled, idle for ``until_idle`` s, or ``max_steps`` steps folded;
-    every ``compact_every`` steps it compacts the files its steps added (0: never)."""
+    every ``compact_every`` steps it compacts the files its steps added (0: never).
+
+    ``out`` gets a line of text per event, ``on_step`` a record per step. The summary's
+    ``bronze_version`` is the Bronze version Silver and Gold reflect when it stopped (also
+    when it had nothing to fold)."""
     from engine.live.follow import FollowConfig, Follower
 
     cfg = validated(FollowConfig, interval=interval, until_idle=until_idle,
-                    metrics_port=metrics_port, max_steps=max_steps, compact_every=compact_every)
+                    metrics_port=metrics_port, max_steps=max_steps, compact_every=compact_every,
+                    reason=reason)
     rs = load_ruleset(ruleset) if ruleset is not None else None
-    stats = Follower(open_lake(lake), executor or make_executor("local"), cfg, rs, out).run()
+    lk = open_lake(lake)
+    stats = Follower(lk, executor or make_executor("local"), cfg, rs, out, on_step).run()
+    reflected = freshness(lk).get("silver_bronze_version")
     return {"session": stats.session_id, "steps": stats.steps, "rows_folded": stats.rows,
-            "bronze_version": stats.last_version, "replays": stats.replays}
+            "bronze_version": stats.last_version if stats.last_version is not None else reflected,
+            "replays": stats.replays}
 
 
-def sql(lake: LakeArg, text: str, params: Mapping[str, Any] | None = None) -> pa.Table:
-    return query(open_lake(lake), text, dict(params) if params else None)
+def sql(lake: LakeArg, text: str, params: Mapping[str, Any] | None = None, *,
+        allow_local_files: bool = False) -> pa.Table:
+    """Run one read-only SELECT over the lake's tables (``params`` bound as ``$name``).
+
+    Anything else (COPY, CREATE, SET, ATTACH..., several statements) and reading files are
+    refused with :class:`~engine.contract.errors.QueryRefusedError` (exit code 1); ``allow_local_files`` lets the
+    SELECT read local files (``read_csv('/path')``), still never write."""
+    return query(open_lake(lake), text, dict(params) if params else None,
+                 allow_local_files=allow_local_files)
 
 
 def generator_config(**fields: Any) -> GeneratorConfig:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,19 +20,35 @@ from replay.output import emit, emit_rows, format_table, plan_text, progress_pri
 def cmd_import(args: argparse.Namespace) -> int:
     res = api.import_file(args.lake, args.path, args.format, args.topic)
     emit({"source": res.source, "rows_read": res.rows_read, "rows_added": res.rows_added,
-          "rows_skipped": res.rows_skipped, "bronze_version": res.bronze_version}, args.json)
+          "rows_skipped": res.rows_skipped, "rows_erased": res.rows_erased,
+          "bronze_version": res.bronze_version}, args.json)
+    if res.rows_erased and not args.json:  # never silent: these rows will not come back
+        print(f"note: {res.rows_erased:,} rows belong to erased subjects (docs/semantics.md §9) "
+              "and were not imported", file=sys.stderr)
     return 0
 
 
-def _plan(args: argparse.Namespace) -> tuple[Any, api.Plan]:
+def _kind(args: argparse.Namespace, work: str | None = None) -> str:
+    """``--executor`` resolved for ``work`` (a plan's mode, or ``follow``): ``auto`` runs
+    incremental steps and followers in this process and everything over history on Ray;
+    ``--address`` always means Ray."""
+    if args.address and args.executor == "local":
+        raise UsageError("--address joins a Ray cluster: use --executor ray (or auto)")
+    if args.executor != "auto":
+        return args.executor
+    return "ray" if args.address or work not in ("incremental", "follow") else "local"
+
+
+def _plan(args: argparse.Namespace, ex: Any = None) -> tuple[Any, api.Plan]:
+    """The plan of ``run``/``plan``, on ``ex`` or on the executor's shape (nothing started)."""
     if args.shards is not None and args.shards < 1:
         raise UsageError("--shards must be at least 1")
-    ex = api.make_executor(args.executor, args.address)
-    if args.cmd == "run" and not args.dry_run:  # plan on a consistent lake; a plan alone settles nothing
-        for d in api.recover_if_needed(args.lake):
-            print(f"recovered interrupted replay {d['replay_id']}: {d['outcome']}", file=sys.stderr)
+    shape = ex is None
+    ex = api.executor_shape(_kind(args), args.address) if shape else ex
     p = api.plan(args.lake, args.ruleset, args.mode, ex, args.shards, args.start, args.end,
                  args.tenant or None, args.task_memory)
+    if shape and p.mode is not None and p.executor != _kind(args, p.mode):  # auto: steps run here
+        p = replace(p, executor=_kind(args, p.mode))
     return ex, p
 
 
@@ -47,11 +65,16 @@ STALE_ATTEMPTS = 5
 def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return cmd_plan(args)
-    ex, p = _plan(args)
+    _, p = _plan(args)  # refuse a replay without a reason before anything starts
     if not args.reason and not p.up_to_date:
         raise UsageError("--reason is required for a replay (it is recorded in the audit ledger)")
+    for d in api.recover_if_needed(args.lake):  # plan on a consistent lake
+        print(f"recovered interrupted replay {d['replay_id']}: {d['outcome']}", file=sys.stderr)
+    ex, p = _plan(args, api.make_executor(_kind(args, p.mode), args.address) if not p.up_to_date
+                  else None)
     if not args.json:
         print(plan_text(p.to_dict()))
+    res = None
     for attempt in range(STALE_ATTEMPTS):
         try:
             res = api.apply(args.lake, p, args.ruleset, ex, None if args.json else progress_printer(p.rows),
@@ -61,9 +84,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             if attempt == STALE_ATTEMPTS - 1:
                 raise
             print("the lake changed while waiting for its lease; planning again", file=sys.stderr)
-            ex, p = _plan(args)
+            ex, p = _plan(args, ex)
             if not args.json:
                 print(plan_text(p.to_dict()))
+    assert res is not None
     if args.json:
         emit(res.to_dict(), True)
     elif not p.up_to_date:
@@ -81,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
-    done = api.recover(args.lake)
+    done = api.recover(args.lake, args.reason)
     if args.json:
         emit(done, True)
     else:
@@ -141,7 +165,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"ingest {cfg.topic} -> {args.lake.root} with {api.redacted(cfg)}", file=sys.stderr)
     stats = api.ingest(args.lake, cfg, None if args.json else _ingest_progress)
-    emit({"messages": stats.messages, "batches": stats.batches,
+    emit({"messages": stats.messages, "batches": stats.batches, "rows_erased": stats.erased,
           "dropped_batches": stats.dropped_batches, "lag": stats.lag}, args.json)
     return 0
 
@@ -165,12 +189,23 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_follow(args: argparse.Namespace) -> int:
-    ex = api.make_executor(args.executor, args.address)
+    ex = api.make_executor(_kind(args, "follow"), args.address)
+    if args.json:  # one JSON object per line: each step, then the summary; text on stderr
+        def line(text: str) -> None:
+            print(text, file=sys.stderr, flush=True)
+
+        def step(rec: dict[str, Any]) -> None:
+            print(json.dumps(rec, default=str, sort_keys=True), flush=True)
+    else:
+        def line(text: str) -> None:
+            print(text, flush=True)
+
+        step = None  # type: ignore[assignment]
     out = api.follow(args.lake, ex, args.ruleset, args.interval, args.until_idle, args.metrics_port,
-                     args.max_steps, out=lambda line: print(line, flush=True),
-                     compact_every=args.compact_every)
+                     args.max_steps, out=line, compact_every=args.compact_every, on_step=step,
+                     reason=args.reason)
     if args.json:
-        emit(out, True)
+        print(json.dumps({"event": "summary", **out}, default=str, sort_keys=True), flush=True)
     else:
         print(f"follower {out['session']} stopped: {out['steps']} steps, {out['rows_folded']:,} rows "
               f"folded, Bronze version {out['bronze_version']}", flush=True)
@@ -188,8 +223,9 @@ def _parse_params(items: list[str]) -> dict[str, str]:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    tbl = api.sql(args.lake, args.query, _parse_params(args.param))
-    print(format_table(tbl, "json" if args.json else args.format))
+    tbl = api.sql(args.lake, args.query, _parse_params(args.param),
+                  allow_local_files=args.allow_local_files)
+    print(format_table(tbl, "json" if args.json else "csv" if args.csv else "table"))
     return 0
 
 
@@ -234,12 +270,13 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         return 0
     if args.drop:
         api.drop(args.lake, args.drop)
-        print(f"dropped experiment {args.drop}")
+        emit({"dropped": args.drop}, True) if args.json else print(f"dropped experiment {args.drop}")
         return 0
     if not args.candidate:
         raise UsageError("--candidate is required (or --list / --drop NAME)")
     exp = api.Experiment(args.lake, args.candidate, args.baseline, args.start, args.end,
-                         args.tenant or None, args.name, api.make_executor(args.executor, args.address))
+                         args.tenant or None, args.name,
+                         api.make_executor(_kind(args), args.address))
     res = exp.run()
     summ = res.summary()
     diffs = {t: res.diff(t, 3).counts for t in (*schemas.SILVER_TABLES, *schemas.GOLD_TABLES)}
@@ -269,7 +306,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     summ = api.summary(args.lake, args.from_ref, args.to_ref)
     diffs = {t: api.diff(args.lake, t, args.from_ref, args.to_ref, 3).counts for t in schemas.GOLD_TABLES}
     write_report(args.out, f"Replay report: {args.from_ref} -> {args.to_ref or 'current'}", summ, diffs)
-    print(f"report: {args.out}")
+    emit({"report": str(args.out), "from": args.from_ref, "to": args.to_ref, "row_diffs": diffs},
+         True) if args.json else print(f"report: {args.out}")
     return 0
 
 
@@ -286,25 +324,35 @@ def cmd_rules(args: argparse.Namespace) -> int:
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
-    ex = None if args.dry_run else api.make_executor(args.executor, args.address)
-    emit(api.erase(args.lake, args.tenant, args.user, args.requested_at, args.reason, ex,
-                   args.dry_run), args.json)
+    if args.user is not None and len(args.tenant) > 1:
+        raise UsageError("--user names one person of one tenant: give a single --tenant")
+    ex = None if args.dry_run else api.make_executor(_kind(args), args.address)
+    done = [api.erase(args.lake, t, args.user, args.requested_at, args.reason, ex, args.dry_run)
+            for t in args.tenant]  # one audited erasure each, in order
+    if len(done) == 1:
+        emit(done[0], args.json)
+    elif args.json:
+        emit(done, True)
+    else:
+        for d in done:
+            emit(d, False)
+            print()
     return 0
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
-    emit(api.archive(args.lake, args.before, args.to, args.dry_run), args.json)
+    emit(api.archive(args.lake, args.before, args.to, args.dry_run, args.reason), args.json)
     return 0
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
     zorder = [c.strip() for c in args.zorder.split(",") if c.strip()] if args.zorder else None
-    emit(api.optimize(args.lake, args.table or None, zorder, args.dry_run), args.json)
+    emit(api.optimize(args.lake, args.table or None, zorder, args.dry_run, args.reason), args.json)
     return 0
 
 
 def cmd_vacuum(args: argparse.Namespace) -> int:
-    emit(api.vacuum(args.lake, args.retain_hours, args.dry_run), args.json)
+    emit(api.vacuum(args.lake, args.retain_hours, args.dry_run, args.reason), args.json)
     return 0
 
 

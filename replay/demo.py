@@ -4,7 +4,7 @@ Generate ~1M events over 3 days for 2,000 tenants, import them, replay with
 ``2026-01``, replay with a ruleset that differs only by plan_limits@2 (Gold
 only), and print what changed per plan via DuckDB over the two Delta versions.
 Then new events arrive (1% more, later in time): an incremental step folds only
-them (SPEC 11), as ``replay follow`` does step after step.
+them (docs/semantics.md §11), as ``replay follow`` does step after step.
 """
 
 from __future__ import annotations

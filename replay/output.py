@@ -43,13 +43,18 @@ def progress_printer(rows: int = 0, stream=sys.stderr):
     return report
 
 
+#: What each mode reads and writes, as ``replay plan`` prints it.
+FLOWS = {"full": "Bronze -> Silver -> Gold", "gold": "Silver -> Gold",
+         "incremental": "new Bronze rows -> Silver -> Gold (only the keys and tenant-hours they touch)"}
+
+
 def plan_text(p: dict[str, Any]) -> str:
     lines = [f"replay plan {p['replay_id']}  (lake {p['lake']})",
              f"ruleset: {p['ruleset_name']}  fingerprint {p['ruleset_fingerprint']}"]
     if p["up_to_date"]:
         lines.append("up to date: nothing to recompute")
         return "\n".join(lines)
-    lines.append(f"mode: {p['mode']}  ({'Bronze -> Silver -> Gold' if p['mode'] == 'full' else 'Silver -> Gold'})")
+    lines.append(f"mode: {p['mode']}  ({FLOWS.get(p['mode'], p['mode'])})")
     lines.append("why:")
     lines += [f"  - {r}" for r in p["reasons"]]
     if p.get("scope"):

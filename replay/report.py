@@ -100,7 +100,7 @@ def render(title: str, summary: dict[str, pa.Table], row_diffs: dict[str, dict[s
         else pa.table({"table": pa.array([], pa.string())})
     legend = "".join(f'<span style="background:{c}"></span>{n}' for n, c in COLORS.items())
     regions = ""
-    if "regions" in summary:  # SPEC 8: where the region table exists
+    if "regions" in summary:  # docs/semantics.md §8: where the region table exists
         rows = summary["regions"].to_pylist()
         names = ["(none)" if r["data_residency_region"] is None else r["data_residency_region"]
                  for r in rows]

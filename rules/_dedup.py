@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from engine.contract import schemas
 from engine.contract.sql import run_sql
 
-#: SPEC 2: the total ingestion order.
+#: docs/semantics.md §2: the total ingestion order.
 ORDER = "ingestion_timestamp, kafka_topic, kafka_partition, kafka_offset"
 KEY = "tenant_id, event_id"
 

@@ -1,4 +1,4 @@
-"""The event contract of SPEC section 1, shared by validate's two evaluators.
+"""The event contract of docs/semantics.md §1, shared by validate's two evaluators.
 
 Two evaluators implement ``validate@1``: a vectorized DuckDB one for the bulk of
 rows, and :func:`strict_validate`, a per-row strict-JSON reference for the few
@@ -45,7 +45,7 @@ FIELDS: tuple[Field, ...] = (
     Field("user_id", "str", False),
     Field("data_residency_region", "str", False),
 )
-#: SPEC 3.1 step 6 order.
+#: docs/semantics.md §3.1 step 6 order.
 RANGE_ORDER = ("event_id", "tenant_id", "status_code", "latency_ms", "request_bytes", "response_bytes")
 
 TS_PATTERN = (
@@ -73,7 +73,7 @@ def days_in_month(y: int, m: int) -> int:
 
 
 def parse_timestamp_us(text: str) -> int | None:
-    """SPEC timestamp grammar -> UTC microseconds since the epoch, or None if invalid."""
+    """docs/semantics.md §1.3 timestamp grammar -> UTC microseconds since the epoch, or None if invalid."""
     m = _TS_RE.match(text)
     if m is None or m.end() != len(text):
         return None
@@ -115,7 +115,7 @@ def _has_lone_surrogate(value: Any) -> bool:
 
 
 def strict_loads(raw: bytes | None) -> dict[str, Any] | None:
-    """Strict RFC 8259 parse of an event; None when SPEC calls it malformed."""
+    """Strict RFC 8259 parse of an event; None when docs/semantics.md §1.2 calls it malformed."""
     if raw is None:
         return None
     try:

@@ -2,7 +2,7 @@
 
 An implementation detail of :mod:`rules.validate_v1`, never a behaviour of its own.
 Every payload is decoded strictly into the typed fields of :data:`rules._event.FIELDS`;
-a row is *accepted* here only when it is certain to pass every SPEC 3.1 check, and an
+a row is *accepted* here only when it is certain to pass every docs/semantics.md §3.1 check, and an
 accepted row's typed values are exactly the strict reference's. Everything else (any
 decode or type error, a constraint not met, any doubt) is left to the DuckDB query +
 strict reference, which alone name reasons: the fast path never quarantines.
@@ -16,7 +16,7 @@ Two decoders give the same rows (the tests run every case through both):
 - msgspec's typed decoder (one call per row), used where the extension is not installed
   (a cluster node without cargo, say) or inside :func:`msgspec_decoder`.
 
-Why an accepted row is certain to be valid (SPEC 1 / 3.1, check by check; msgspec here,
+Why an accepted row is certain to be valid (docs/semantics.md §1 / §3.1, check by check; msgspec here,
 the native decoder the same by its own grammar):
 - UTF-8: msgspec validates only the strings it decodes, not skipped ones (unknown
   fields, keys), so rows are accepted only when all ASCII or valid UTF-8 as a whole
@@ -35,7 +35,7 @@ the native decoder the same by its own grammar):
 - Duplicated keys: msgspec keeps the last value, as the reference does; each copy is
   type- and range-checked on its own, so a key whose earlier copy would fail is left
   to the fallback (which then lets the last copy win).
-- Timestamp: SPEC's grammar, calendar, offset and the 0001..9999 UTC range checked
+- Timestamp: docs/semantics.md §1.3's grammar, calendar, offset and the 0001..9999 UTC range checked
   vectorized below (truncating the fraction to µs); plan in the active table; not
   after ingestion + the tolerance.
 
@@ -323,7 +323,7 @@ _DIM, _DAYS = _calendar()
 
 
 def parse_timestamps(ts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """SPEC timestamp strings -> (UTC µs, ok), vectorized over little-endian 8-byte words.
+    """docs/semantics.md §1.3 timestamp strings -> (UTC µs, ok), vectorized over little-endian 8-byte words.
 
     ``ok`` is True exactly where :func:`rules._event.parse_timestamp_us` gives a value,
     and the value is the same; NULL is not ok.

@@ -1,4 +1,4 @@
-"""abuse@1 (SPEC 4.3): an `abuse` alert where total_requests >= 10 x plan_limit."""
+"""abuse@1 (docs/semantics.md §4.3): an `abuse` alert where total_requests >= 10 x plan_limit."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""abuse@2 (SPEC 4.3): an `abuse` alert where total_requests >= 5 x plan_limit."""
+"""abuse@2 (docs/semantics.md §4.3): an `abuse` alert where total_requests >= 5 x plan_limit."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The built-in rule versions of SPEC sections 5 and 8 and the built-in rulesets."""
+"""The built-in rule versions of docs/semantics.md §5 and §8 and the built-in rulesets."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ RULES = (
 RULESETS: dict[str, dict[str, int]] = {
     "2026-01": {"validate": 1, "dedup": 1, "plan_limits": 1, "abuse": 1},
     "2026-02": {"validate": 1, "dedup": 2, "plan_limits": 2, "burst_allowance": 1, "abuse": 1},
-    # SPEC 8: 2026-02 + the residency region in Gold (a gold-layer change)
+    # docs/semantics.md §8: 2026-02 + the residency region in Gold (a gold-layer change)
     "2026-03": {"validate": 1, "dedup": 2, "plan_limits": 2, "burst_allowance": 1, "abuse": 1,
                 "region_usage": 1},
 }

@@ -1,4 +1,4 @@
-"""burst_allowance@1 (SPEC 4.1): a per-5-minute allowance absorbs overage.
+"""burst_allowance@1 (docs/semantics.md §4.1): a per-5-minute allowance absorbs overage.
 
 5-minute tumbling windows aligned to the epoch. B is the allowance of the plan
 of the 5-minute window's latest event; C(m) the running sum of raw_over up to

@@ -1,4 +1,4 @@
-"""dedup@1 (SPEC 3.2): the historical streaming dedup with a 10-minute horizon.
+"""dedup@1 (docs/semantics.md §3.2): the historical streaming dedup with a 10-minute horizon.
 
 A copy is a duplicate iff the previous valid copy of its (tenant_id, event_id)
 key in ingestion order, kept or not, was ingested at most ``horizon_seconds``

@@ -1,4 +1,4 @@
-"""dedup@2 (SPEC 3.2): the fix — every copy after the first in ingestion order is a duplicate."""
+"""dedup@2 (docs/semantics.md §3.2): the fix — every copy after the first in ingestion order is a duplicate."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""plan_limits@1 (SPEC 4.1, 5): per-minute request limits per plan.
+"""plan_limits@1 (docs/semantics.md §4.1, §5): per-minute request limits per plan.
 
 The set of plans here is also the set ``validate`` accepts (``unknown_plan``).
 """

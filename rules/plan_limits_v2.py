@@ -1,4 +1,4 @@
-"""plan_limits@2 (SPEC 5): the free plan's limit raised from 60 to 100 requests/minute."""
+"""plan_limits@2 (docs/semantics.md §5): the free plan's limit raised from 60 to 100 requests/minute."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""region_usage@1 (SPEC 8): requests per tenant, hour and data-residency region.
+"""region_usage@1 (docs/semantics.md §8): requests per tenant, hour and data-residency region.
 
 One row per (tenant_id, hour window_start, data_residency_region) with at least one
 Silver event; NULL is its own region (events from before the schema v2 field).

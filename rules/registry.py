@@ -9,7 +9,7 @@ _DEFAULT: Registry | None = None
 
 
 def builtin_registry() -> Registry:
-    """A fresh registry holding the built-in rule versions of SPEC 5 and 8."""
+    """A fresh registry holding the built-in rule versions of docs/semantics.md §5 and §8."""
     reg = Registry()
     for rule in builtin.RULES:
         reg.register(rule)

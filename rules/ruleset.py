@@ -1,4 +1,4 @@
-"""Rulesets and their fingerprints: built-in names, the shipped TOML files, user TOML files (SPEC 7).
+"""Rulesets and their fingerprints: built-in names, the shipped TOML files, user TOML files (docs/semantics.md §7).
 
 A ruleset is a set of (rule, version, parameters), one rule per slot; its
 fingerprint is a stable hash of that set (the name is not part of it).

@@ -1,12 +1,12 @@
-"""validate@1 (SPEC 3.1): parse and check every Bronze message.
+"""validate@1 (docs/semantics.md §3.1): parse and check every Bronze message.
 
 Vectorized: one DuckDB query judges the bulk of rows. DuckDB's JSON reader is
-more lenient than SPEC (it accepts NaN, Infinity and trailing commas, keeps the
+more lenient than docs/semantics.md §1.2 (it accepts NaN, Infinity and trailing commas, keeps the
 first of duplicated keys, and reads integers beyond uint64 as doubles), so rows
 where that could matter are flagged by a cheap screen in the same query and
 re-judged by the strict reference evaluator in :mod:`rules._event`.
 
-Readings of SPEC chosen here (fair to a billing customer, stated once):
+Readings of docs/semantics.md chosen here (fair to a billing customer, stated once):
 - A Kafka tombstone (NULL value) is ``malformed_json``.
 - A timestamp must denote an instant from 0001-01-01 to 9999-12-31 UTC (what every
   timestamp consumer can hold): year 0000, or an offset that moves 0001-01-01 before

@@ -1,4 +1,5 @@
-"""Shared test library: paths of the repo and the shared fixture, and lake comparison helpers."""
+"""Shared test library: paths of the repo and of its fixture (tests/fixtures/basic), and lake
+comparison helpers."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from engine.lake.staging import PREFIX
 from replay import api
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-FIXTURE = SHARED / "fixtures" / "basic"
+# The cross-check fixture lives in the repository (tests/fixtures/README.md): nothing outside ROOT.
+FIXTURE = ROOT / "tests" / "fixtures" / "basic"
 OUTPUTS = (*schemas.SILVER_TABLES, *schemas.GOLD_TABLES)
 
 

@@ -1,9 +1,9 @@
-"""An independent, row-by-row Python implementation of SPEC sections 3-4 and 8, for tests only.
+"""An independent, row-by-row Python implementation of docs/semantics.md §3-§4 and §8, for tests only.
 
 It shares nothing with the engine's fold but the strict per-message validator
-(``rules._event.strict_validate``, itself checked against SPEC edge by edge): dedup,
+(``rules._event.strict_validate``, itself checked against docs/semantics.md edge by edge): dedup,
 minutes, burst windows, hourly rows and alerts are written here again, plainly, from
-the SPEC text. Slow by design; used on small histories.
+the text of docs/semantics.md. Slow by design; used on small histories.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def fold(bronze: list[dict[str, Any]], ruleset: str) -> dict[str, set[tuple]]:
             valid.append({**vals, "lin": lin})
         else:
             quarantine.add((*lin, reason))
-    # SPEC 3.2, in ingestion order
+    # docs/semantics.md §3.2, in ingestion order
     valid.sort(key=lambda v: (v["lin"][3], v["lin"][0], v["lin"][1], v["lin"][2]))
     prev_ing: dict[tuple, int] = {}
     kept: dict[tuple, tuple] = {}
@@ -55,7 +55,7 @@ def fold(bronze: list[dict[str, Any]], ruleset: str) -> dict[str, set[tuple]]:
         else:
             kept[key] = v["lin"]
             silver.append(v)
-    # SPEC 4.1: minutes
+    # docs/semantics.md §4.1: minutes
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for v in silver:
         groups[(v["tenant_id"], v["event_timestamp_us"] // MINUTE * MINUTE)].append(v)
@@ -92,7 +92,7 @@ def fold(bronze: list[dict[str, Any]], ruleset: str) -> dict[str, set[tuple]]:
             m["used"] = m["raw"] - m["over"]
     minute_rows = {(t, ws, ws + MINUTE, m["plan"], m["total"], m["errors"], m["limit"], m["over"],
                     m["used"]) for (t, ws), m in minutes.items()}
-    # SPEC 4.2
+    # docs/semantics.md §4.2
     hours: dict[tuple, list[dict]] = defaultdict(list)
     for (t, ws), m in minutes.items():
         hours[(t, ws // HOUR * HOUR)].append(m)
@@ -100,7 +100,7 @@ def fold(bronze: list[dict[str, Any]], ruleset: str) -> dict[str, set[tuple]]:
                sum(m["total"] for m in ms), sum(m["errors"] for m in ms),
                sum(m["over"] for m in ms), sum(1 for m in ms if m["over"] > 0),
                sum(m["used"] for m in ms)) for (t, hs), ms in hours.items()}
-    # SPEC 4.3
+    # docs/semantics.md §4.3
     alerts = set()
     for (t, ws), m in minutes.items():
         row = (ws, ws, ws + MINUTE, m["plan"], m["total"], m["limit"], m["over"])
@@ -108,7 +108,7 @@ def fold(bronze: list[dict[str, Any]], ruleset: str) -> dict[str, set[tuple]]:
             alerts.add((t, "over_limit", *row))
         if m["total"] >= rs["abuse"] * m["limit"]:
             alerts.add((t, "abuse", *row))
-    # SPEC 8: per tenant, hour and region (NULL is its own region)
+    # docs/semantics.md §8: per tenant, hour and region (NULL is its own region)
     regions: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
     for v in silver:
         hs = v["event_timestamp_us"] // HOUR * HOUR

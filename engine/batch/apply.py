@@ -298,14 +298,14 @@ def _commit(lake: Lake, plan: Plan, ruleset: Ruleset, out: JobOutput, operator: 
             return v
 
         commit_increment(lake, plan, out, meta, step_write)
-        counts = {schemas.SILVER: out.silver.num_rows if out.silver is not None else 0,
-                  schemas.QUARANTINE: out.quarantine.num_rows,
-                  schemas.DUPLICATES: out.duplicates.num_rows if out.duplicates is not None else 0,
-                  schemas.MINUTE: out.minute.num_rows, "bronze_new": plan.rows}
+        # every table the step committed, counted as a full replay counts it: the rows of
+        # the version it made (from the log's statistics, no file read)
+        counts = {t: lake.row_count(t, v) for t, v in versions.items()}
         bronze_n = (lake.row_count(schemas.BRONZE, plan.bronze_version)  # from the log's stats
                     if plan.archive_cutoff is None else
                     count_bronze(lake, plan.bronze_version, plan.archive_version))
-        conservation = bronze_n == sum(lake.row_count(t, versions[t]) for t in schemas.SILVER_TABLES)
+        conservation = bronze_n == sum(counts[t] for t in schemas.SILVER_TABLES)
+        counts[schemas.BRONZE] = bronze_n
         return versions, counts, conservation
     if plan.mode == "full":
         assert out.silver is not None and out.duplicates is not None
@@ -398,12 +398,12 @@ def recover_if_needed(lake: Lake) -> list[dict[str, Any]]:
     return []
 
 
-def recover(lake: Lake) -> list[dict[str, Any]]:
+def recover(lake: Lake, reason: str | None = None) -> list[dict[str, Any]]:
     """Settle replays a dead driver left half-committed: every table pre or post, never a mix."""
     if not lake.exists(schemas.AUDIT):
         return []
     with lease_for(lake, "recover-" + new_replay_id(), wait=environment().lease_wait):
-        return audit.recover(lake, operator_name())
+        return audit.recover(lake, operator_name(), *([reason] if reason else []))
 
 
 def rollback(lake: Lake, replay_id: str, reason: str) -> dict[str, Any]:

@@ -92,8 +92,10 @@ def _committed_by(lake: Lake, table: str, rid: str, before: int) -> int | None:
     return None
 
 
-def recover(lake: Lake, operator: str) -> list[dict[str, Any]]:
-    """Settle every ``running`` replay or rollback left by a dead driver. Returns what was done."""
+def recover(lake: Lake, operator: str, reason: str = "recover an interrupted replay"
+            ) -> list[dict[str, Any]]:
+    """Settle every ``running`` replay or rollback left by a dead driver. Returns what was done;
+    each settlement's ledger row records ``reason``."""
     done = []
     for r in rows(lake):
         if r["status"] != "running" or r["kind"] == "follow":  # a session: see live.follow
@@ -139,7 +141,7 @@ def recover(lake: Lake, operator: str) -> list[dict[str, Any]]:
                  "end_time": now(), "status": "success", "operator": operator, "target_id": rid,
                  "tables": r["tables"], "versions_before": r["versions_before"],
                  "versions_after": json.dumps({t: lake.version(t) for t in tables}),
-                 "reason": "recover an interrupted replay", "details": outcome}
+                 "reason": reason, "details": outcome}
         append(lake, entry)
         done.append({"replay_id": rid, "outcome": outcome})
     return done
@@ -170,13 +172,33 @@ def fold_step(lake: Lake, step_id: str, session_id: str, **session: Any) -> None
     _rewrite(lake, session_id, {session_id: session}, drop=step_id)
 
 
+#: Why an operation of each kind other than a replay cannot be rolled back.
+_WHY_NOT = {
+    "erasure": "an erasure is irreversible by design (docs/semantics.md §9: time travel and "
+               "rollback to a version from before it are refused)",
+    "rollback": "a rollback is not itself rolled back; run the rolled-back replay's ruleset "
+                "again ('replay run --ruleset ...')",
+    "follow": "a follower's steps only fold new Bronze rows; roll back the replay they followed",
+    "vacuum": "vacuum removed files; nothing of it can be restored",
+    "optimize": "optimize changed where rows are stored, never which rows (docs/semantics.md §10)",
+    "compaction": "compaction changed where rows are stored, never which rows "
+                  "(docs/semantics.md §10)",
+    "archive": "archived rows are still read as part of Bronze (docs/semantics.md §10)",
+    "recovery": "a recovery settled an interrupted operation; roll back that operation instead",
+}
+
+
 def rollback(lake: Lake, rid: str, reason: str, operator: str, new_id: str) -> dict[str, Any]:
     """Restore every table of replay ``rid`` to its version before, in one audited operation."""
     if not _ID.match(rid):
         raise UsageError(f"{rid!r} is not a replay id (see 'replay history')")
     r = get(lake, rid)
-    if r is None or r["kind"] != "replay":
-        raise UsageError(f"no replay {rid} in the ledger (see 'replay history')")
+    if r is None:
+        raise UsageError(f"no operation {rid} in the ledger (see 'replay history')")
+    if r["kind"] != "replay":
+        kind = str(r["kind"])
+        raise UsageError(f"{rid} is {'an' if kind[:1] in 'aeiou' else 'a'} {kind} operation, not a "
+                         f"replay: {_WHY_NOT.get(kind, 'only replays can be rolled back')}")
     if r["status"] != "success":
         raise UsageError(f"replay {rid} is {r['status']}; only a successful replay can be rolled back")
     tables = json.loads(r["tables"] or "[]")

@@ -1,7 +1,7 @@
 """The validation gate: standard checks in DuckDB over the tables a replay just committed.
 
 Each check is a query that returns failing rows (like a dbt test): none means pass.
-Users add their own as ``*.sql`` files (``--checks DIR``); they see every SPEC table
+Users add their own as ``*.sql`` files (``--checks DIR``); they see every table of docs/semantics.md
 under its name at the new versions.
 """
 
@@ -126,7 +126,7 @@ REGION_CHECKS: dict[str, str] = {
 
 
 def conservation(lake: Lake, pinned: dict[str, int]) -> CheckResult:
-    """|bronze| = |silver| + |quarantine| + |duplicates| (SPEC 3), from the Parquet footers."""
+    """|bronze| = |silver| + |quarantine| + |duplicates| (docs/semantics.md §3), from the Parquet footers."""
     n = {t: lake.dataset(t, pinned.get(t)).count_rows() if lake.exists(t) else 0
          for t in schemas.SILVER_TABLES}
     n[schemas.BRONZE] = bronze_rows(lake, pinned.get(schemas.BRONZE))  # hot and archived

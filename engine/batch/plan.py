@@ -49,7 +49,7 @@ def shard_count(rows: int, cpus: int, task_memory: int) -> int:
 
 
 def silver_fingerprint(ruleset: Ruleset) -> str:
-    """What Silver depends on: the silver-layer rules, the set of known plans (SPEC 5) and the
+    """What Silver depends on: the silver-layer rules, the set of known plans (docs/semantics.md §5) and the
     fold's version (fold version 1 is implied: fingerprints recorded before it existed hold)."""
     plans = sorted(Compiled.of(ruleset).known_plans)
     parts: dict[str, object] = {"silver": ruleset.layer_fingerprint("silver"), "plans": plans}
@@ -290,7 +290,7 @@ def _gold_replay_id(lake: Lake) -> str | None:
 
 def incremental_source(lake: Lake, ruleset: Ruleset, sfp: str, silver_meta: dict[str, Any],
                        bronze_v: int | None, follow: bool = False) -> Appended | str:
-    """The Bronze files to fold incrementally, or why the lake needs more than that (SPEC 11):
+    """The Bronze files to fold incrementally, or why the lake needs more than that (docs/semantics.md §11):
     Silver and Gold must be whole, of this ruleset and fold, and Bronze must only have grown."""
     if silver_meta.get("silver_fingerprint") != sfp or (silver_meta.get("mixed_with") and not follow):
         return "Silver was not built whole by this ruleset's silver rules"
@@ -395,7 +395,7 @@ def active_ruleset(lake: Lake) -> Ruleset:
 
 def replaced_tables(lake: Lake, compiled: Compiled, mode: Mode | None,
                     scope: Scope | None = None) -> tuple[str, ...]:
-    """The tables a replay in ``mode`` replaces. An optional Gold table (SPEC 8) is made while
+    """The tables a replay in ``mode`` replaces. An optional Gold table (docs/semantics.md §8) is made while
     the ruleset has its rule, and retired (emptied, marked) by an unscoped replay without it."""
     if mode is None:
         return ()

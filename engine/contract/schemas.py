@@ -1,4 +1,4 @@
-"""Arrow schemas of every table of SPEC sections 2-4 and the ledger (pure: no I/O)."""
+"""Arrow schemas of every table of docs/semantics.md §2-§4 and the ledger (pure: no I/O)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ DUPLICATES = "silver_duplicates"
 MINUTE = "tenant_usage_1min"
 HOURLY = "tenant_usage_hourly"
 ALERTS = "enforcement_alerts"
-#: SPEC 8: exists only while the active ruleset has region_usage
+#: docs/semantics.md §8: exists only while the active ruleset has region_usage
 REGION = "tenant_usage_region_hourly"
 AUDIT = "reprocessing_audit"
-#: SPEC 9: the tombstones of erasure requests (hashed subjects, no clear identifier)
+#: docs/semantics.md §9: the tombstones of erasure requests (hashed subjects, no clear identifier)
 ERASURES = "_medallion_erasures"
 
-#: SPEC 11: the dedup key index of incremental folding (one row per key and step, hashed keys)
+#: docs/semantics.md §11: the dedup key index of incremental folding (one row per key and step, hashed keys)
 DEDUP_STATE = "_medallion_dedup_state"
 SILVER_TABLES = (SILVER, QUARANTINE, DUPLICATES)
 GOLD_TABLES = (MINUTE, HOURLY, ALERTS)

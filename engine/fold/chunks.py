@@ -1,4 +1,4 @@
-"""Ingestion-time chunks: a shard over its memory budget is folded in slices of SPEC 2's order.
+"""Ingestion-time chunks: a shard over its memory budget is folded in slices of docs/semantics.md §2's order.
 
 Chunk bounds are ingestion_timestamp values, so rows of one instant stay in one
 chunk and chunks follow the total ingestion order; the dedup rule carries its
@@ -36,7 +36,7 @@ def time_chunks(pieces: tuple[pa.Table, ...], budget: int) -> list[tuple[Any, An
     """Ingestion-time bounds [lo, hi) splitting ``pieces`` into chunks that fit ``budget``.
 
     Bounds are ingestion_timestamp values (None: unbounded), so rows of one instant
-    stay in one chunk and chunks follow the total ingestion order of SPEC 2.
+    stay in one chunk and chunks follow the total ingestion order of docs/semantics.md §2.
     """
     nbytes = sum(p.nbytes for p in pieces)
     n = -(-nbytes * WORK_FACTOR // working_budget(budget, nbytes)) if budget > 0 else 1

@@ -1,4 +1,4 @@
-"""The fold of SPEC sections 3-4: Bronze rows -> Silver -> Gold, through a ruleset's plugins.
+"""The fold of docs/semantics.md §3-§4: Bronze rows -> Silver -> Gold, through a ruleset's plugins.
 
 Pure functions over Arrow tables. The executors call them inside shard workers;
 a shard must hold every event of its tenants (dedup and windows are per tenant).
@@ -145,7 +145,7 @@ class Compiled:
 
     @property
     def has_region(self) -> bool:
-        """Whether the ruleset makes ``tenant_usage_region_hourly`` (SPEC 8)."""
+        """Whether the ruleset makes ``tenant_usage_region_hourly`` (docs/semantics.md §8)."""
         return self.ruleset.get("region_usage") is not None
 
     def region(self, silver: pa.Table) -> pa.Table | None:

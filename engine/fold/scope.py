@@ -37,7 +37,7 @@ class Scope:
     end: datetime | None = None
     tenants: tuple[str, ...] = ()
     #: how the scope is described in commits and the ledger (None: its times and tenants);
-    #: an erasure's scope names no tenant in clear (SPEC 9)
+    #: an erasure's scope names no tenant in clear (docs/semantics.md §9)
     label: str | None = None
 
     @classmethod

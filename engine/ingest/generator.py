@@ -10,7 +10,7 @@ What a history holds, for a seed:
 - late events ingested hours after they happened, non-UTC offsets, schema v2
   fields (``user_id``, ``data_residency_region``) in the second half, or from
   ``v2_start`` on for a ``v2_share`` of the events;
-- invalid messages (``invalid_rate``) covering every SPEC quarantine reason.
+- invalid messages (``invalid_rate``) covering every quarantine reason of docs/semantics.md §3.1.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ TOPIC = "api-usage-events"
 #: pages (the default pool, mimalloc, gets huge pages, slow to touch first: see ``fresh``)
 OUT_POOL = pa.system_memory_pool()
 
-#: One template per SPEC quarantine reason; ``{id}``/``{ts}``/``{t}`` are filled in.
+#: One template per quarantine reason (docs/semantics.md §3.1); ``{id}``/``{ts}``/``{t}`` are filled in.
 INVALID_TEMPLATES: tuple[bytes, ...] = (
     b"{not json",
     b"",
@@ -123,7 +123,7 @@ class _Chunk:
 
 
 def generate(cfg: GeneratorConfig) -> pa.Table:
-    """A Bronze table (SPEC section 2) in ingestion order.
+    """A Bronze table (docs/semantics.md §2) in ingestion order.
 
     Events are drawn in chunks (bounded working set) as numbers only; after one global
     ordering by ingestion time, the payload text is formatted block by block straight into

@@ -39,7 +39,7 @@ class ImportResult:
     rows_added: int
     rows_skipped: int
     bronze_version: int | None
-    #: rows dropped because they belong to an erased subject (SPEC 9)
+    #: rows dropped because they belong to an erased subject (docs/semantics.md §9)
     rows_erased: int = 0
 
 
@@ -56,7 +56,7 @@ def extract_fields(raw: pa.Array) -> pa.Table:
 def bronze_rows(raw: pa.Array, topic: str, partition: int | pa.Array, offsets: pa.Array,
                 ingestion: datetime, kafka_timestamp: pa.Array | None = None,
                 kafka_key: pa.Array | None = None) -> pa.Table:
-    """Assemble SPEC section 2 rows for raw messages (``partition``: one for all, or per row)."""
+    """Assemble docs/semantics.md §2 rows for raw messages (``partition``: one for all, or per row)."""
     n = len(raw)
     us = pa.scalar(ingestion, schemas.TS).cast(pa.int64()).as_py()  # as pa.array([ingestion]) reads it
     ing = pa.array(np.full(n, us, dtype=np.int64)).cast(schemas.TS)
@@ -103,7 +103,7 @@ def append_new(lake: Lake, rows: pa.Table, source: str, metadata: dict[str, str]
     """Append the rows whose (topic, partition, offset) Bronze does not hold yet.
 
     The append is fenced on the Bronze snapshot the key check and the tombstones were read
-    against (SPEC 9: an erasure's barrier commit makes a stale import read them again), so
+    against (docs/semantics.md §9: an erasure's barrier commit makes a stale import read them again), so
     two imports of one file, or an import racing an erasure, never add a row twice or back.
     """
     for attempt in range(IMPORT_ATTEMPTS):
@@ -185,7 +185,7 @@ def import_jsonl(lake: Lake, path: str | Path, topic: str | None = None,
 
 
 def import_bronze_parquet(lake: Lake, path: str | Path) -> ImportResult:
-    """Parquet file(s) with exactly the SPEC section 2 columns; known keys are skipped."""
+    """Parquet file(s) with exactly the docs/semantics.md §2 columns; known keys are skipped."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file or directory")

@@ -78,7 +78,7 @@ class IngestStats:
     messages: int = 0
     batches: int = 0
     dropped_batches: int = 0
-    #: messages dropped because they belong to an erased subject (SPEC 9)
+    #: messages dropped because they belong to an erased subject (docs/semantics.md §9)
     erased: int = 0
     started: float = field(default_factory=time.monotonic)
     first_message_at: float | None = None  # after the group join: when data started flowing
@@ -237,7 +237,7 @@ class Ingester:
         picked = order[keep]
         kept = operator.itemgetter(*picked.tolist())(msgs) if len(picked) > 1 else (msgs[picked[0]],)
         rows = self._rows(kept, part[keep], off[keep])
-        # SPEC 9: rows of erased subjects are dropped (tombstones read after the snapshot: an
+        # docs/semantics.md §9: rows of erased subjects are dropped (tombstones read after the snapshot: an
         # erasure committed since makes this commit fail, and the batch is read again)
         rows, erased = drop_erased(self.lake, rows)
         self.stats.erased += erased

@@ -1,4 +1,4 @@
-"""The lake: one Delta table per SPEC table under a root directory or URI (SPEC 6).
+"""The lake: one Delta table per contract table under a root directory or URI (docs/semantics.md §6).
 
 :class:`Lake` is the one entry to the tables; its methods, by concern:
 
@@ -169,7 +169,7 @@ class Lake:
     def data_changed(self, table: str, since: int | None) -> bool:
         """Whether a commit after version ``since`` changed which rows ``table`` holds.
 
-        Neutral commits (SPEC 10: compaction, Z-ordering, vacuum, archiving, property
+        Neutral commits (docs/semantics.md §10: compaction, Z-ordering, vacuum, archiving, property
         changes, each marked ``medallion.neutral`` or one of Delta's own maintenance
         operations) move rows without changing them, so they do not count.
         """
@@ -193,14 +193,14 @@ class Lake:
 
     def is_active(self, table: str) -> bool:
         """The table exists and its latest commit did not retire it (an optional Gold table
-        is retired by a replay whose ruleset no longer makes it, SPEC 8)."""
+        is retired by a replay whose ruleset no longer makes it, docs/semantics.md §8)."""
         if not self.exists(table):
             return False
         return table not in schemas.OPTIONAL_GOLD or not self.commit_metadata(table).get("retired")
 
     def readable_from(self, table: str) -> tuple[int, str] | None:
         """The oldest version of ``table`` that may still be read, and what removed the older
-        ones (a vacuum past its retention, or an erasure: SPEC 9), from the ledger."""
+        ones (a vacuum past its retention, or an erasure: docs/semantics.md §9), from the ledger."""
         if table == schemas.AUDIT or not self.exists(schemas.AUDIT):
             return None
         flt = pc.field("kind").isin(["vacuum", "erasure"]) & (pc.field("status") == "success")
@@ -226,7 +226,7 @@ class Lake:
         return self.table(table).version() if self.exists(table) else None
 
     def ensure(self, table: str) -> DeltaTable:
-        """Open ``table``, creating it empty with its SPEC schema on first use."""
+        """Open ``table``, creating it empty with its schema (docs/semantics.md) on first use."""
         if not self.exists(table):
             try:
                 DeltaTable.create(

@@ -1,7 +1,7 @@
 """``replay archive``: move Bronze rows ingested before a date to an archive location.
 
 Every replay, plan and experiment keeps reading hot and archive together as one Bronze
-(:mod:`engine.lake.bronze`), so results do not change (SPEC 10). The move, under the
+(:mod:`engine.lake.bronze`), so results do not change (docs/semantics.md §10). The move, under the
 lake's lease and one ledger row:
 
 1. removes what a previous archive that died left in the archive past the old cutoff

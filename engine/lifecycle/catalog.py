@@ -21,7 +21,7 @@ from engine.lake.bronze import archive_of
 from engine.lake.lease import lease_for
 from engine.lake.tables import Lake, encode_metadata
 
-#: Tables of the lake besides SPEC's: the erasure tombstones and the lease.
+#: Tables of the lake besides those of docs/semantics.md: the erasure tombstones and the lease.
 TOMBSTONES = schemas.ERASURES
 LEASE_TABLE = "_medallion_lease"
 #: the lease a `replay follow` process holds for its life (object-store lakes)
@@ -54,7 +54,7 @@ def all_tables(lake: Lake) -> list[TableRef]:
 
 
 def neutral_commit(op: str, op_id: str) -> CommitProperties:
-    """Commit properties of a lifecycle commit that moves rows without changing them (SPEC 10)."""
+    """Commit properties of a lifecycle commit that moves rows without changing them (docs/semantics.md §10)."""
     return CommitProperties(custom_metadata=encode_metadata(
         {"op": op, "replay_id": op_id, "neutral": "true"}))
 

@@ -1,4 +1,4 @@
-"""``replay erase``: SPEC 9 right-to-erasure, as one audited, atomic operation.
+"""``replay erase``: docs/semantics.md §9 right-to-erasure, as one audited, atomic operation.
 
 Plan, then apply. :func:`plan_erasure` finds the Bronze rows that belong to the subject
 (a tenant, or one person of a tenant, as of the request time R) and says what will be
@@ -148,7 +148,7 @@ def apply_erasure(lake: Lake, plan: ErasurePlan, executor: Executor, reason: str
             archived = _keys(lake, stone, arch.lake) if arch is not None else hot.slice(0, 0)
             keys = pa.concat_tables([hot, archived])
             _delete_keys(lake, schemas.BRONZE, hot, op_id)
-            if arch is not None:  # archived rows of the subject go too (SPEC 9)
+            if arch is not None:  # archived rows of the subject go too (docs/semantics.md §9)
                 _delete_keys(arch.lake, schemas.BRONZE, archived, op_id)
             _delete_keys(lake, schemas.QUARANTINE, keys, op_id)
             versions: dict[str, int] = {}

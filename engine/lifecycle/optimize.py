@@ -1,4 +1,4 @@
-"""``replay optimize``: compact small files and Z-order tables (SPEC 10: rows move, never change).
+"""``replay optimize``: compact small files and Z-order tables (docs/semantics.md §10: rows move, never change).
 
 Plan, then apply: :func:`plan_optimize` lists per table the files and bytes now and
 what will be done; :func:`apply_optimize` runs delta-rs ``optimize.compact`` or
@@ -27,7 +27,7 @@ DEFAULT_ZORDER = {schemas.BRONZE: ("tenant_id", "event_timestamp"),
                   schemas.SILVER: ("tenant_id",),
                   # Gold is not partitioned: plain compaction would merge files of every day into
                   # one, and an incremental step touching a recent hour would rewrite all of it;
-                  # ordered by window, each file keeps to a stretch of time (SPEC 11)
+                  # ordered by window, each file keeps to a stretch of time (docs/semantics.md §11)
                   **{t: ("window_start",) for t in schemas.WINDOWED}}
 OPTIMIZABLE = (*schemas.ALL_TABLES, schemas.DEDUP_STATE)
 #: Z-ordered files get small row groups: their min/max statistics are what scoped replays

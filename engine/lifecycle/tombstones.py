@@ -1,4 +1,4 @@
-"""Erasure subjects (SPEC 9): which Bronze rows belong to them, and the tombstones that keep
+"""Erasure subjects (docs/semantics.md §9): which Bronze rows belong to them, and the tombstones that keep
 erased data from coming back.
 
 A tombstone keeps no clear identifier: ``subject_hash`` is the SHA-256 (hex) of the
@@ -8,7 +8,7 @@ request time R. A row belongs to a subject iff its payload, decoded as UTF-8 (in
 bytes replaced, a leading BOM ignored), parses as a JSON object (NaN and unpaired
 surrogates allowed, the last of duplicated keys wins) whose ``tenant_id`` (and, for a
 person, ``user_id``) is that exact JSON string, and whose ``event_timestamp`` is absent,
-not a string, unparseable under SPEC 1's grammar, or <= R.
+not a string, unparseable under docs/semantics.md §1.3's grammar, or <= R.
 
 Reading chosen here: a timestamp the grammar accepts but no UTC instant from 0001 to 9999
 can hold counts as unparseable, so the row is erased (privacy first at that edge).
@@ -69,7 +69,7 @@ def load(lake: Lake) -> list[Tombstone]:
 
 
 def lenient_object(raw: bytes | None) -> dict[str, Any] | None:
-    """SPEC 9's parse: UTF-8 with replacement, BOM ignored, NaN and lone surrogates allowed."""
+    """docs/semantics.md §9's parse: UTF-8 with replacement, BOM ignored, NaN and lone surrogates allowed."""
     if raw is None:
         return None
     text = raw.decode("utf-8", errors="replace")
@@ -83,7 +83,7 @@ def lenient_object(raw: bytes | None) -> dict[str, Any] | None:
 
 
 def belongs(obj: dict[str, Any] | None, stones: list[Tombstone]) -> bool:
-    """Whether a parsed payload belongs to any of the subjects (SPEC 9)."""
+    """Whether a parsed payload belongs to any of the subjects (docs/semantics.md §9)."""
     if obj is None or not isinstance(obj.get("tenant_id"), str):
         return False
     tenant = obj["tenant_id"]
@@ -104,7 +104,7 @@ def belonging_mask(raw: pa.Array | pa.ChunkedArray, stones: list[Tombstone]) -> 
 
     DuckDB hashes each payload's tenant in one vectorized pass; only rows whose tenant hash
     is a subject's, or whose tenant DuckDB cannot establish (malformed JSON, duplicated
-    keys, ...), are parsed again in Python under SPEC 9's rules.
+    keys, ...), are parsed again in Python under docs/semantics.md §9's rules.
     """
     n = len(raw)
     if not stones or n == 0:
@@ -127,7 +127,7 @@ def drop_erased(lake: Lake, rows: pa.Table) -> tuple[pa.Table, int]:
     """``rows`` (Bronze-shaped) without those of recorded subjects; and how many were dropped.
 
     Every writer into Bronze calls this (file import, Kafka ingest), so erased data never
-    comes back (SPEC 9).
+    comes back (docs/semantics.md §9).
     """
     stones = load(lake)
     if not stones or rows.num_rows == 0:

@@ -11,7 +11,7 @@ driver left behind (they hold copies of event rows): the lake's own, all (no rep
 lake runs while vacuum holds its lease); an experiment area's, past the grace of
 uncommitted files.
 
-H defaults to 168 (a week); 0 purges everything but the current version (SPEC 9: after an
+H defaults to 168 (a week); 0 purges everything but the current version (docs/semantics.md §9: after an
 erasure, nothing of an erased row can be read anywhere under the lake). The horizon is
 recorded in the ledger; reading, diffing or rolling back to a version before it is then
 refused in one line (``Lake.check_readable``).

@@ -1,1 +1,1 @@
-"""Live folding (SPEC 11): incremental steps over what Bronze gained, and the follower."""
+"""Live folding (docs/semantics.md §11): incremental steps over what Bronze gained, and the follower."""

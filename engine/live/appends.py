@@ -1,6 +1,6 @@
 """What Bronze gained since a version: the files its data commits added, from the Delta log.
 
-An incremental step (SPEC 11) folds only the rows added since the Bronze version the
+An incremental step (docs/semantics.md §11) folds only the rows added since the Bronze version the
 current Silver and Gold reflect. Those rows are the files added by the data commits
 between that version and now, read straight from ``_delta_log/<version>.json``. The
 answer is None (fold the whole history instead) when it cannot be exact:

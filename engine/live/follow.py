@@ -59,6 +59,8 @@ class FollowConfig(BaseModel):
     max_steps: int | None = Field(default=None, ge=1)
     #: compact the files steps add (Silver, the key index, Gold) every this many steps (0: never)
     compact_every: int = Field(default=500, ge=0)
+    #: why the follower runs: its session's ledger row records it
+    reason: str = "replay follow"
 
 
 @dataclass
@@ -113,8 +115,12 @@ class Follower:
     """The follow loop; :meth:`run` returns when stopped (signal, ``until_idle``, ``max_steps``)."""
 
     def __init__(self, lake: Lake, executor: Executor, cfg: FollowConfig,
-                 ruleset: Ruleset | None = None, out: Callable[[str], None] = print) -> None:
+                 ruleset: Ruleset | None = None, out: Callable[[str], None] = print,
+                 on_step: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """``out`` gets one line of text per event (steps, waits, compactions); ``on_step``
+        gets each step that folded rows as a record (``replay follow --json``'s lines)."""
         self.lake, self.executor, self.cfg, self.ruleset, self.out = lake, executor, cfg, ruleset, out
+        self.on_step = on_step
         self.stop = threading.Event()
         self.stats = FollowStats("f" + new_replay_id()[1:])
 
@@ -180,7 +186,7 @@ class Follower:
             audit.append(self.lake, {
                 "reprocessing_id": self.stats.session_id, "kind": "follow",
                 "start_time": audit.now(), "status": "running", "operator": operator_name(),
-                "mode": "follow", "reason": f"replay follow (interval {self.cfg.interval:g} s)",
+                "mode": "follow", "reason": f"{self.cfg.reason} (interval {self.cfg.interval:g} s)",
                 "details": "started"})
 
     def _close_session(self) -> None:
@@ -264,6 +270,11 @@ class Follower:
             metrics.steps.inc()
             metrics.duration.observe(seconds)
             metrics.last_success.set(st.last_success)
+        if self.on_step is not None:
+            self.on_step({"event": "step", "replay_id": plan.replay_id, "mode": plan.mode,
+                          "ruleset": ruleset.name, "rows_folded": plan.rows,
+                          "bronze_version": plan.bronze_version, "seconds": round(seconds, 3),
+                          "lag_rows": fresh["lag_rows"], "lag_seconds": fresh["lag_seconds"]})
         self.out(f"step {plan.replay_id} ({plan.mode}, {ruleset.name}): folded {plan.rows} rows up "
                  f"to Bronze v{plan.bronze_version} in {seconds:.2f} s; lag {fresh['lag_rows']} rows, "
                  f"{fresh['lag_seconds']:.1f} s")

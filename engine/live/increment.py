@@ -1,4 +1,4 @@
-"""The incremental fold of one tenant bucket (SPEC 11): new valid rows -> changed Silver and Gold.
+"""The incremental fold of one tenant bucket (docs/semantics.md §11): new valid rows -> changed Silver and Gold.
 
 A step's map tasks validate the new Bronze rows and split them by tenant bucket, as
 a full replay's do; this is the reduce side. For the bucket's new valid copies:

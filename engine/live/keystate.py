@@ -6,7 +6,7 @@ and the lineage of its nearest kept copy. A dedup rule with ``apply_chunk`` then
 folds a key's new copies that all come after its last one as one more chunk.
 
 - Keys are stored as a 128-bit hash (MD5 of the tenant's length, tenant and event id): the index holds
-  no tenant or event id in clear, so an erasure never has to find them here (SPEC 9).
+  no tenant or event id in clear, so an erasure never has to find them here (docs/semantics.md §9).
 - Clustered by the last copy's ingestion time (a rebuild sorts by it, steps append recent
   keys), so a rule with a horizon (dedup@1) reads only the recent part of it.
 - Append-only: a step appends one row per key it touched, tagged ``seq`` (the Bronze
@@ -34,7 +34,7 @@ from rules._dedup import STATE_SCHEMA
 TABLE = schemas.DEDUP_STATE
 #: 128-bit key of (tenant_id, event_id): the tenant's length leads, so no pair can fake another
 KEY_SQL = "unhex(md5(length(tenant_id)::VARCHAR || ':' || tenant_id || event_id))"
-#: a copy's position in ingestion order (SPEC 2)
+#: a copy's position in ingestion order (docs/semantics.md §2)
 POS = "struct_pack(i := ingestion_timestamp, t := kafka_topic, p := kafka_partition, o := kafka_offset)"
 
 #: Per key, from every copy given (rows: tenant_id, event_id, lineage, kept): the last copy's

@@ -1,7 +1,7 @@
 """A/B comparison in DuckDB: table diffs between versions and the entitlement summary.
 
 Versions are given as a Delta version number, a replay id (the table as that replay
-left it) or ``REPLAY_ID:before``. Rows are matched on each table's key (SPEC tables).
+left it) or ``REPLAY_ID:before``. Rows are matched on each table's key (docs/semantics.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SPEC 10: archived Bronze is still Bronze for every replay, plan, import and erasure."""
+"""docs/semantics.md §10: archived Bronze is still Bronze for every replay, plan, import and erasure."""
 
 from __future__ import annotations
 

@@ -34,22 +34,36 @@ def test_import_run_status_sql(tmp_path):
     assert fresh["lag_rows"] == 0 and fresh["follower"] is None
     assert fresh["silver_bronze_version"] == fresh["bronze_version"] == fresh["gold_bronze_version"]
     q = run("sql", "--lake", lk, "SELECT count(*) AS n FROM tenant_usage_1min WHERE tenant_id = $t",
-            "--param", "t=acme", "--format", "csv", check_rc=0).stdout
+            "--param", "t=acme", "--csv", check_rc=0).stdout
     assert q.splitlines()[-1] == "6"
     inj = run("sql", "--lake", lk, "SELECT count(*) AS n FROM tenant_usage_1min WHERE tenant_id = $t",
-              "--param", "t=acme' OR '1'='1", "--format", "csv", check_rc=0).stdout
+              "--param", "t=acme' OR '1'='1", "--csv", check_rc=0).stdout
     assert inj.splitlines()[-1] == "0"
 
 
 @pytest.mark.parametrize("args,code,needle", [
     (("run", "--executor", "local", "--lake", "/nonexistent/x", "--ruleset", "2026-01"), 2, "replay import"),
-    (("run", "--executor", "local", "--lake", "/tmp", "--ruleset", "nope"), 2, "neither a built-in"),
+    (("run", "--executor", "local", "--lake", "{lake}", "--ruleset", "nope"), 2, "neither a built-in"),
+    (("rollback", "--lake", "{lake}", "r20260101T000000-00000000", "--reason", "x"), 2,
+     "nothing to roll back"),
     (("import", "--lake", "/tmp/x", "/no/such.jsonl"), 2, "no such file"),
     (("run", "--ruleset"), 2, "expected one argument"),
     (("frobnicate",), 2, "invalid choice"),
-    (("sql", "--lake", "/tmp/none", "SELEC 1"), 2, "SQL: Parser Error"),
+    (("sql", "--lake", "/tmp/none", "SELECT 1"), 2, "no lake at /tmp/none"),
+    (("status", "--lake", "/tmp/none"), 2, "no lake at /tmp/none"),
+    (("history", "--lake", "/tmp/none", "--json"), 2, "no lake at /tmp/none"),
+    (("run", "--lake", "/tmp/none", "--ruleset", "2026-01"), 2, "no lake at /tmp/none"),
+    (("follow", "--executor", "local", "--address", "127.0.0.1:1"), 2, "--executor ray"),
+    (("erase", "--lake", "{lake}", "--tenant", "a", "--tenant", "b", "--user", "u", "--reason", "r"), 2,
+     "single --tenant"),
 ])
-def test_errors_are_one_line_with_exit_codes(args, code, needle):
+def test_errors_are_one_line_with_exit_codes(args, code, needle, tmp_path_factory):
+    if "{lake}" in args:
+        lake = tmp_path_factory.getbasetemp() / "errors-lake"
+        if not lake.exists():
+            run("import", "--lake", str(lake), "--format", "bronze-parquet",
+                str(FIXTURE / "bronze.parquet"), check_rc=0)
+        args = tuple(str(lake) if a == "{lake}" else a for a in args)
     p = run(*args)
     assert p.returncode == code, p.stderr
     lines = p.stderr.strip().splitlines()

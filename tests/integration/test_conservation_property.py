@@ -1,4 +1,4 @@
-"""Conservation (SPEC 3) on random histories: every Bronze row lands in exactly one Silver table."""
+"""Conservation (docs/semantics.md §3) on random histories: every Bronze row lands in exactly one Silver table."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC 9 end to end: erase, equal to a replay without the rows, nothing comes back, purge."""
+"""docs/semantics.md §9 end to end: erase, equal to a replay without the rows, nothing comes back, purge."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The shared fixture: our tables equal an independent implementation of SPEC, row for row."""
+"""The cross-check fixture (tests/fixtures/basic): our tables equal an independent
+implementation of docs/semantics.md, row for row (how they are compared: tests/fixtures/README.md)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,10 @@ def _norm(rows, cols):
 
 @pytest.fixture(scope="module")
 def fixture_lake(tmp_path_factory):
-    if not FIXTURE.exists():
-        pytest.fail(f"shared fixture missing at {FIXTURE}: CI must provide ../shared")
+    if not (FIXTURE / "bronze.parquet").exists():
+        pytest.fail(f"cross-check fixture missing at {FIXTURE}: it is part of the repository "
+                    "(tests/fixtures/README.md); restore it from git or with "
+                    "`make fixture-refresh SHARED=<upstream shared dir>`")
     lk = api.open_lake(tmp_path_factory.mktemp("fx") / "lake")
     res = api.import_file(lk, FIXTURE / "bronze.parquet", "bronze-parquet")
     assert res.rows_added == 3849

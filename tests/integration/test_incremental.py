@@ -1,4 +1,4 @@
-"""SPEC 11: after any sequence of appends and incremental steps, every table equals a full fold
+"""docs/semantics.md §11: after any sequence of appends and incremental steps, every table equals a full fold
 of the same Bronze. Property tests over random append sequences, then each hard case alone."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SPEC 10: optimize and vacuum move rows, never change them; plans and replays stay the same."""
+"""docs/semantics.md §10: optimize and vacuum move rows, never change them; plans and replays stay the same."""
 
 from __future__ import annotations
 

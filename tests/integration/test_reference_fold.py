@@ -1,4 +1,4 @@
-"""Generated histories through the engine equal an independent implementation of SPEC (tests/reference.py)."""
+"""Generated histories through the engine equal an independent implementation of docs/semantics.md (tests/reference.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC 8: the residency region in Gold, added by a gold-layer change (2026-02 -> 2026-03)."""
+"""docs/semantics.md §8: the residency region in Gold, added by a gold-layer change (2026-02 -> 2026-03)."""
 
 from __future__ import annotations
 

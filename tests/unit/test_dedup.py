@@ -1,4 +1,4 @@
-"""SPEC 3.2: dedup@1 (10-minute horizon, chains) vs dedup@2 (global), keyed per tenant."""
+"""docs/semantics.md §3.2: dedup@1 (10-minute horizon, chains) vs dedup@2 (global), keyed per tenant."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC 9's "belongs to the subject", rule by rule (the vectorized mask and the per-row parse)."""
+"""docs/semantics.md §9's "belongs to the subject", rule by rule (the vectorized mask and the per-row parse)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC 4: minute and hourly usage, plan limits, burst allowance, alerts."""
+"""docs/semantics.md §4: minute and hourly usage, plan limits, burst allowance, alerts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""validate@1, SPEC 3.1, edge by edge."""
+"""validate@1, docs/semantics.md §3.1, edge by edge."""
 
 from __future__ import annotations
 
