@@ -286,8 +286,9 @@ def sql(lake: LakeArg, text: str, params: Mapping[str, Any] | None = None, *,
     """Run one read-only SELECT over the lake's tables (``params`` bound as ``$name``).
 
     Anything else (COPY, CREATE, SET, ATTACH..., several statements) and reading files are
-    refused with :class:`~engine.contract.errors.QueryRefusedError` (exit code 1); ``allow_local_files`` lets the
-    SELECT read local files (``read_csv('/path')``), still never write."""
+    refused with :class:`~engine.contract.errors.QueryRefusedError` (exit code 1);
+    ``allow_local_files`` lets the SELECT read local files (``read_csv('/path')``), still
+    never write."""
     return query(open_lake(lake), text, dict(params) if params else None,
                  allow_local_files=allow_local_files)
 

@@ -106,3 +106,12 @@ class ChecksFailedError(ReplayError):
 
 class QueryError(UsageError):
     """A query the user wrote does not run (syntax, unknown table or column, missing parameter)."""
+
+
+class QueryRefusedError(ReplayError):
+    """A query ``replay sql`` refuses by policy (exit code 1): anything but one SELECT (COPY,
+    CREATE, INSERT, SET, ATTACH, INSTALL, LOAD, EXPORT, PRAGMA..., several statements), or a
+    SELECT that reads files or URLs (``read_csv``, ``read_text``...) without
+    ``--allow-local-files``. Not a usage error: the SQL is well formed and means what it says,
+    the command will not run it (as a permission denied); a query that cannot run at all
+    (syntax, unknown table or column) is a :class:`QueryError` (exit code 2)."""

@@ -2,7 +2,8 @@
 
 Tables are Arrow datasets from delta-rs, so DuckDB pushes filters and
 projections down (a query on one tenant or day does not read every file).
-No DuckDB extension is needed.
+No DuckDB extension is needed. :func:`query` (``replay sql``) runs one SELECT on a
+connection locked to the registered tables: no COPY ... TO, no file or URL reads.
 
 Older versions, by name in SQL (registered on demand when a query mentions them):
 - ``tenant_usage_1min__v42``: the table at Delta version 42;
@@ -21,7 +22,7 @@ import duckdb
 import pyarrow as pa
 
 from engine.contract import schemas
-from engine.contract.errors import LakeError, QueryError
+from engine.contract.errors import LakeError, QueryError, QueryRefusedError
 from engine.lake.bronze import bronze_parts
 from engine.lake.tables import Lake
 
@@ -126,17 +127,70 @@ def register_mentioned_versions(con: duckdb.DuckDBPyConnection, lake: Lake, sql:
         register_version(con, lake, m.group(1), v, f"{m.group(1)}@{m.group(2)}")
 
 
-def query(lake: Lake, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
-    """Run ``sql`` over the lake; ``params`` are bound (``$name`` in SQL), never formatted in."""
-    con = connect(lake)
-    register_mentioned_versions(con, lake, sql)
+def select_only(sql: str) -> None:
+    """Refuse (:class:`QueryRefusedError`) anything but one SELECT, as DuckDB's own parser
+    classifies it: ``SELECT``/``WITH``/``FROM``/``VALUES``/``DESCRIBE``/``SHOW``/``SUMMARIZE``
+    pass; COPY, CREATE, INSERT, UPDATE, DELETE, ATTACH, INSTALL, LOAD, EXPORT, SET, PRAGMA,
+    CALL, EXPLAIN, PIVOT (which DuckDB parses as several statements) and a second statement
+    do not."""
     try:
-        rel = con.sql(sql, params=params) if params else con.sql(sql)
-        if rel is None:
-            raise QueryError("the statement returned no rows; replay sql runs queries (SELECT ...)")
-        return rel.to_arrow_table()
+        statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
-        first = " ".join(str(exc).split("\n")[0].split())
-        raise QueryError(f"SQL: {first}") from None
+        raise QueryError(f"SQL: {_first_line(exc)}") from None
+    if not statements:
+        raise QueryError("SQL: the query is empty")
+    if len(statements) > 1:
+        raise QueryRefusedError(f"SQL refused: {len(statements)} statements; replay sql runs "
+                                "one query (SELECT ...)")
+    kind = statements[0].type
+    if kind != duckdb.StatementType.SELECT:
+        raise QueryRefusedError(f"SQL refused: {kind.name} is not a query; replay sql runs one "
+                                "read-only SELECT over the lake's tables")
+
+
+def lock_down(con: duckdb.DuckDBPyConnection, allow_local_files: bool = False) -> None:
+    """Make ``con`` read only what is registered in it, for good: no file or URL access (with
+    ``allow_local_files``: local files only, never a URL), no extension loaded on demand, no
+    Python variables scanned by name, then the configuration locked so a query cannot turn
+    any of it back. Registered Arrow datasets (and views over them) still read: delta-rs and
+    pyarrow read the lake, local or object store, from Python, not DuckDB."""
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute("SET python_enable_replacements = false")
+    if allow_local_files:
+        con.execute("SET allowed_directories = ['/']")  # any local path; never http(s)://, s3://
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
+def query(lake: Lake, sql: str, params: dict[str, Any] | None = None, *,
+          allow_local_files: bool = False) -> pa.Table:
+    """Run one read-only ``sql`` query over the lake's tables; ``params`` are bound (``$name``
+    in SQL), never formatted in.
+
+    Only one SELECT runs (:func:`select_only`), on a connection locked once the lake's tables
+    are registered (:func:`lock_down`): it reads those tables and nothing else, unless
+    ``allow_local_files`` (then local files too). A refusal is a :class:`QueryRefusedError`
+    (exit code 1); a query that does not run, a :class:`QueryError` (exit code 2)."""
+    select_only(sql)
+    con = connect(lake)
+    try:
+        register_mentioned_versions(con, lake, sql)
+        lock_down(con, allow_local_files)
+        try:
+            rel = con.sql(sql, params=params) if params else con.sql(sql)
+            if rel is None:
+                raise QueryError("the statement returned no rows; replay sql runs queries (SELECT ...)")
+            return rel.to_arrow_table()
+        except duckdb.PermissionException as exc:
+            hint = (" (--allow-local-files reads local files, never URLs)" if allow_local_files
+                    else " (reading local files needs --allow-local-files)")
+            raise QueryRefusedError(f"SQL refused: {_first_line(exc)}{hint}") from None
+        except duckdb.Error as exc:
+            raise QueryError(f"SQL: {_first_line(exc)}") from None
     finally:
         con.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split("\n")[0].split())
