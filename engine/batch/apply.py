@@ -153,6 +153,7 @@ def execute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
             if plan.mode == "incremental":  # conservation was counted at commit, from the log
                 results = [checks.CheckResult("conservation", bool(conservation), 0 if conservation
                                               else 1, [])]
+                results += checks.run_step_checks(lake, versions, out.touched)
                 if user_checks:
                     results += checks.run_checks(lake, versions, plan.bronze_version, False,
                                                  user_checks, None, standard=False)

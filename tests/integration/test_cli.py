@@ -111,3 +111,30 @@ def test_experiment_diff_and_report_commands(tmp_path):
     assert run("experiment", "--lake", lk, "--drop", out["name"], check_rc=0).returncode == 0
     bad = run("diff", "--lake", lk, "--from", "1")
     assert bad.returncode == 2 and "--table" in bad.stderr
+
+
+def test_plan_and_a_refused_run_start_nothing(tmp_path):
+    """`replay plan` (default executor: auto) and a `run` refused for want of --reason
+    never start Ray: a plan runs nothing."""
+    lk = str(tmp_path / "lake")
+    run("import", "--lake", lk, "--format", "bronze-parquet", str(FIXTURE / "bronze.parquet"), check_rc=0)
+    code = ("import sys; from replay.cli import main\n"
+            f"assert main(['plan', '--lake', {lk!r}, '--ruleset', '2026-01']) == 0\n"
+            f"assert main(['run', '--lake', {lk!r}, '--ruleset', '2026-01']) == 2\n"
+            "print('RAY', 'ray' in sys.modules)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    assert "on the ray executor" in p.stdout  # the plan names where it would run
+    assert p.stdout.strip().splitlines()[-1] == "RAY False"
+    assert "--reason is required" in p.stderr
+
+
+def test_import_after_an_erasure_says_what_it_dropped(tmp_path):
+    lk = str(tmp_path / "lake")
+    src = str(FIXTURE / "bronze.parquet")
+    run("import", "--lake", lk, "--format", "bronze-parquet", src, check_rc=0)
+    run("run", "--executor", "local", "--lake", lk, "--ruleset", "2026-01", "--reason", "a", check_rc=0)
+    run("erase", "--executor", "local", "--lake", lk, "--tenant", "acme", "--reason", "gdpr", check_rc=0)
+    again = run("import", "--lake", lk, "--format", "bronze-parquet", src, check_rc=0)
+    erased = int(next(ln for ln in again.stdout.splitlines() if ln.startswith("rows_erased:")).split()[1])
+    assert erased > 0 and f"{erased:,} rows belong to erased subjects" in again.stderr
