@@ -102,7 +102,8 @@ class Ran:
 
 class Shell:
     """Runs README lines one by one as a user types them in one terminal: in ``cwd``, with
-    the project's virtualenv on PATH, ``export`` lines carried to the lines after them.
+    the project's virtualenv on PATH, ``export`` and ``. FILE`` lines carried to the lines
+    after them.
 
     A line ending in ``&`` starts in the background (stopped with SIGINT by :meth:`close`).
     A long-running command typed without a stop flag (``replay follow``) runs until
@@ -121,7 +122,7 @@ class Shell:
 
     def run(self, line: str, timeout: float = 600, until=None, settle: float = 3.0) -> Ran:
         line = line.strip()
-        if line.startswith("export "):
+        if line.startswith(("export ", ". ", "source ")):  # the terminal keeps them
             self.exports.append(line)
         if line.endswith("&"):
             p = subprocess.Popen(["bash", "-c", self._script(line[:-1].rstrip())], cwd=self.cwd,
