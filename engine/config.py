@@ -14,6 +14,8 @@ workers) call :func:`start_process` explicitly.
 | ``MEDALLION_FAULT_AFTER_COMMITS`` | test hook: the driver dies after N table commits |
 | ``MEDALLION_FAULT_KILL_ONCE`` | test hook: ``stage:marker`` kills a worker once in ``map`` or ``reduce`` |
 | ``MEDALLION_LEASE_WAIT`` | seconds a replay, rollback or lifecycle operation waits for the lake's lease (default 120) |
+| ``MEDALLION_COMMIT_WAIT`` | seconds an import keeps retrying a Bronze commit that other writers' commits beat (default 600) |
+| ``MEDALLION_FAULT_LOSE_RACES`` | test hook: the first N fenced Bronze commits of this process lose their race |
 """
 
 from __future__ import annotations
@@ -82,6 +84,10 @@ class Environment(BaseModel):
     #: seconds a replay, rollback or lifecycle operation waits for the lake's lease (a
     #: follower's step, another replay) before giving up
     lease_wait: float = Field(default=120.0, ge=0)
+    #: seconds an import keeps retrying a Bronze commit that lost its race to other writers
+    #: (ingesters, other imports, maintenance) before it gives up
+    commit_wait: float = Field(default=600.0, ge=0)
+    fault_lose_races: int | None = Field(default=None, ge=0)
 
     @property
     def faults(self) -> dict[str, str]:
@@ -111,7 +117,9 @@ def environment(env: Mapping[str, str] | None = None) -> Environment:
               "duckdb_threads": env.get("MEDALLION_DUCKDB_THREADS") or 0,
               "fault_after_commits": env.get("MEDALLION_FAULT_AFTER_COMMITS") or None,
               "fault_kill_once": env.get("MEDALLION_FAULT_KILL_ONCE") or None,
-              "lease_wait": env.get("MEDALLION_LEASE_WAIT") or 120.0}
+              "lease_wait": env.get("MEDALLION_LEASE_WAIT") or 120.0,
+              "commit_wait": env.get("MEDALLION_COMMIT_WAIT") or 600.0,
+              "fault_lose_races": env.get("MEDALLION_FAULT_LOSE_RACES") or None}
     try:
         return Environment.model_validate(fields)
     except ValidationError as exc:

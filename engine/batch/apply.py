@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from engine import txn
 from engine.batch import audit, checks
 from engine.batch.plan import (
     NO_VERSION,
@@ -118,84 +119,66 @@ def execute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
         if plan.mode == "incremental":  # the key index must describe the current Silver
             state_v = prepare_state(lake, plan.since_version or 0,
                                     {"replay_id": plan.replay_id, "bronze_version": plan.since_version})
-        before = {t: lake.version(t) for t in plan.tables}
         prev = lake.commit_metadata(schemas.MINUTE) if lake.exists(schemas.MINUTE) else {}
-        audit.append(lake, {
-            "reprocessing_id": plan.replay_id, "kind": "replay", "start_time": audit.now(),
-            "layer": "gold" if plan.mode == "gold" else "silver+gold", "mode": plan.mode,
-            "reason": reason or "", "status": "running", "operator": operator,
-            "ruleset_name": ruleset.name, "ruleset_before": prev.get("ruleset_fingerprint"),
-            "ruleset_after": ruleset.fingerprint, "bronze_version": plan.bronze_version,
-            "tables": json.dumps(list(plan.tables)), "versions_before": json.dumps(before),
-        })
-        try:
-            out = _compute(lake, plan, ruleset, executor, progress, state_v)
-        except BaseException as exc:
-            audit.update(lake, plan.replay_id, status="failed", end_time=audit.now(),
-                         details=f"failed before any commit: {type(exc).__name__}: {exc}"[:500])
-            for table in plan.tables:
-                lake.sweep(table, plan.replay_id)  # nothing was committed: drop staged files
-            raise
-        try:
-            versions, counts, conservation = _commit(lake, plan, ruleset, out, operator, lease.check)
-        except BaseException as exc:
-            if lease.lost:  # another driver owns the lake now: its ledger is not ours to settle
+        with txn.start(lake, lease, plan.replay_id, "replay", plan.tables, reason or "", operator,
+                       layer="gold" if plan.mode == "gold" else "silver+gold", mode=plan.mode,
+                       ruleset_name=ruleset.name, ruleset_before=prev.get("ruleset_fingerprint"),
+                       ruleset_after=ruleset.fingerprint, bronze_version=plan.bronze_version) as tx:
+            try:
+                out = compute(lake, plan, ruleset, executor, progress, state_v)
+            except BaseException as exc:
+                tx.abort(f"failed before any commit: {type(exc).__name__}: {exc}")
+                for table in plan.tables:
+                    lake.sweep(table, plan.replay_id)  # nothing was committed: drop staged files
                 raise
-            # every table back to its version before, even when all were committed: the
-            # validation gate never ran over them
-            _undo(lake, plan, before, {}, f"failed while committing: {type(exc).__name__}: {exc}")
-            raise
-        try:
-            for table in plan.tables:
-                lake.sweep(table, plan.replay_id)  # files of killed and retried task attempts
-            rng = _affected(out)
-            whole = plan.scope is None or lake.bronze_root is None  # a scoped experiment holds a part
-            if plan.mode == "incremental":  # conservation was counted at commit, from the log
-                results = [checks.CheckResult("conservation", bool(conservation), 0 if conservation
-                                              else 1, [])]
-                results += checks.run_step_checks(lake, versions, out.touched)
-                if user_checks:
-                    results += checks.run_checks(lake, versions, plan.bronze_version, False,
-                                                 user_checks, None, standard=False)
-            else:
-                results = checks.run_checks(lake, versions, plan.bronze_version,
-                                            plan.mode == "full" and whole, user_checks, before)
-        except BaseException as exc:  # the gate could not run: nothing unchecked is published
-            _undo(lake, plan, before, {}, f"failed after committing: {type(exc).__name__}: {exc}")
-            raise
-        failed = [r.name for r in results if not r.passed]
-        record = dict(versions_after=json.dumps(versions), conservation_ok=conservation,
-                      record_count=counts.get(schemas.SILVER, counts.get(schemas.MINUTE)),
-                      affected_start=rng[0], affected_end=rng[1], allow_failed_checks=allow_failed_checks,
-                      checks=json.dumps([r.to_dict() for r in results], default=str))
-        if failed and not allow_failed_checks:
-            _undo(lake, plan, before, record,
-                  f"validation gate failed: {', '.join(failed)}; every table restored")
-            raise ChecksFailedError(
-                f"validation gate failed ({', '.join(failed)}); replay {plan.replay_id} rolled back "
-                "(see 'replay history --json'; --allow-failed-checks publishes anyway)",
-                failed=failed, replay_id=plan.replay_id)
-        lease.check()  # a driver that lost the lease does not declare success
-        audit.update(lake, plan.replay_id, status="success", end_time=audit.now(), **record,
-                     details=f"published despite failed checks: {', '.join(failed)}" if failed else None)
-        if on_success is not None:  # still under the lease (a follower folds its step's row)
-            on_success()
+            try:
+                versions, counts, conservation = commit_replay(lake, plan, ruleset, out, operator, tx.guard)
+                tx.record(versions)
+            except BaseException as exc:
+                # every table back to its version before, even when all were committed: the
+                # validation gate never ran over them
+                tx.abort(f"failed while committing: {type(exc).__name__}: {exc}")
+                raise
+            try:
+                for table in plan.tables:
+                    lake.sweep(table, plan.replay_id)  # files of killed and retried task attempts
+                rng = _affected(out)
+                whole = plan.scope is None or lake.bronze_root is None  # a scoped experiment holds a part
+                if plan.mode == "incremental":  # conservation was counted at commit, from the log
+                    results = [checks.CheckResult("conservation", bool(conservation),
+                                                  0 if conservation else 1, [])]
+                    results += checks.run_step_checks(lake, versions, out.touched)
+                    if user_checks:
+                        results += checks.run_checks(lake, versions, plan.bronze_version, False,
+                                                     user_checks, None, standard=False)
+                else:
+                    results = checks.run_checks(lake, versions, plan.bronze_version,
+                                                plan.mode == "full" and whole, user_checks, tx.before)
+            except BaseException as exc:  # the gate could not run: nothing unchecked is published
+                tx.abort(f"failed after committing: {type(exc).__name__}: {exc}")
+                raise
+            failed = [r.name for r in results if not r.passed]
+            record = dict(versions_after=json.dumps(versions), conservation_ok=conservation,
+                          record_count=counts.get(schemas.SILVER, counts.get(schemas.MINUTE)),
+                          affected_start=rng[0], affected_end=rng[1],
+                          allow_failed_checks=allow_failed_checks,
+                          checks=json.dumps([r.to_dict() for r in results], default=str))
+            if failed and not allow_failed_checks:
+                tx.abort(f"validation gate failed: {', '.join(failed)}; every table restored",
+                         **{k: v for k, v in record.items() if k != "versions_after"})
+                raise ChecksFailedError(
+                    f"validation gate failed ({', '.join(failed)}); replay {plan.replay_id} rolled "
+                    "back (see 'replay history --json'; --allow-failed-checks publishes anyway)",
+                    failed=failed, replay_id=plan.replay_id)
+            tx.finish(**record, details=f"published despite failed checks: {', '.join(failed)}"
+                      if failed else None)
+            if on_success is not None:  # still under the lease (a follower folds its step's row)
+                on_success()
     return RunResult(plan, versions, counts, conservation, time.perf_counter() - t0, operator,
                      tuple(results), out.chunks)
 
 
-def _undo(lake: Lake, plan: Plan, before: dict[str, int], record: dict[str, Any],
-          details: str) -> None:
-    """Restore every table of a committed replay and end its ledger row ``failed``."""
-    for table in plan.tables:
-        if lake.version(table) != before[table]:
-            lake.restore(table, before[table], plan.replay_id)
-    audit.update(lake, plan.replay_id, status="failed", end_time=audit.now(), **{
-        **record, "versions_after": json.dumps({t: lake.version(t) for t in plan.tables})},
-        details=details[:500])
-
-
-def _compute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
+def compute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
              progress: Progress | None, state_version: int | None = None) -> JobOutput:
     assert plan.mode is not None
     if plan.mode == "incremental":
@@ -231,7 +214,7 @@ def _affected(out: JobOutput) -> tuple[Any, Any]:
             pc.max(out.minute.column("window_end")).as_py())
 
 
-def _commit(lake: Lake, plan: Plan, ruleset: Ruleset, out: JobOutput, operator: str,
+def commit_replay(lake: Lake, plan: Plan, ruleset: Ruleset, out: JobOutput, operator: str,
             guard: Callable[[], None] | None = None
             ) -> tuple[dict[str, int], dict[str, int], bool | None]:
     """Commit every table of the replay; ``guard`` runs before each commit (the lease's
@@ -313,14 +296,20 @@ def _commit(lake: Lake, plan: Plan, ruleset: Ruleset, out: JobOutput, operator: 
         for table, data in ((schemas.SILVER, out.silver), (schemas.QUARANTINE, out.quarantine),
                             (schemas.DUPLICATES, out.duplicates)):
             write(table, data, {"layer": "silver"})
-        # count Bronze itself, not what the tasks read: a lost file or row group must show
-        bronze_rows = count_bronze(lake, plan.bronze_version, plan.archive_version)
-        conservation = bronze_rows == sum(counts[t] for t in schemas.SILVER_TABLES)
-        if scope is None:  # a scoped replay reads only the row groups its scope can touch
-            conservation = conservation and bronze_rows == out.rows_in
-        if scope is not None and lake.bronze_root:
-            conservation = None  # a scoped experiment holds only its scope
-        counts[schemas.BRONZE] = bronze_rows
+        gone = lake.readable_from(schemas.BRONZE)
+        if gone is not None and plan.bronze_version is not None and plan.bronze_version < gone[0]:
+            # an erasure recomputing a lagging Silver records the Bronze version Silver still
+            # reflects, which a forward-only delete made unreadable: nothing there to count
+            conservation = None
+        else:
+            # count Bronze itself, not what the tasks read: a lost file or row group must show
+            bronze_rows = count_bronze(lake, plan.bronze_version, plan.archive_version)
+            conservation = bronze_rows == sum(counts[t] for t in schemas.SILVER_TABLES)
+            if scope is None:  # a scoped replay reads only the row groups its scope can touch
+                conservation = conservation and bronze_rows == out.rows_in
+            if scope is not None and lake.bronze_root:
+                conservation = None  # a scoped experiment holds only its scope
+            counts[schemas.BRONZE] = bronze_rows
     silver_meta = lake.commit_metadata(schemas.SILVER)
     gold_meta = {"layer": "gold", "silver_replay_id": silver_meta.get("replay_id")}
     for table, data in ((schemas.MINUTE, out.minute), (schemas.HOURLY, out.hourly),

@@ -65,9 +65,20 @@ def update(lake: Lake, rid: str, **changes: Any) -> None:
         raise UsageError(f"no ledger entry {rid}")
 
 
-def _rewrite(lake: Lake, op: str, changes: dict[str, dict[str, Any]], drop: str | None) -> bool:
-    """Overwrite the ledger in one commit with rows changed (by id) and one row dropped.
-    Returns whether any row was changed."""
+def rewrite(lake: Lake, op: str, changes: dict[str, dict[str, Any]],
+            add: list[dict[str, Any]] | None = None) -> None:
+    """Change rows (by id) and append ``add``, all in one ledger commit (the commit point of
+    an operation that settles others: :func:`engine.txn.publish`)."""
+    missing = set(changes) - {r["reprocessing_id"] for r in read(lake).to_pylist()}
+    if missing:
+        raise UsageError(f"no ledger entry {', '.join(sorted(missing))}")
+    _rewrite(lake, op, changes, drop=None, add=add)
+
+
+def _rewrite(lake: Lake, op: str, changes: dict[str, dict[str, Any]], drop: str | None,
+             add: list[dict[str, Any]] | None = None) -> bool:
+    """Overwrite the ledger in one commit with rows changed (by id), one row dropped and
+    rows appended. Returns whether any row was changed."""
     out, hit = [], False
     for r in read(lake).to_pylist():
         if r["reprocessing_id"] == drop:
@@ -76,7 +87,8 @@ def _rewrite(lake: Lake, op: str, changes: dict[str, dict[str, Any]], drop: str 
             r.update(changes[r["reprocessing_id"]])
             hit = True
         out.append(r)
-    if hit or drop is not None:
+    out += [{f.name: row.get(f.name) for f in AUDIT_SCHEMA} for row in add or []]
+    if hit or drop is not None or add:
         lake.write(schemas.AUDIT, pa.Table.from_pylist(out, schema=AUDIT_SCHEMA), mode="overwrite",
                    metadata=_meta(op, "audit-update" if drop is None else "audit-fold-step"))
     return hit
@@ -92,59 +104,12 @@ def _committed_by(lake: Lake, table: str, rid: str, before: int) -> int | None:
     return None
 
 
-def recover(lake: Lake, operator: str, reason: str = "recover an interrupted replay"
+def recover(lake: Lake, operator: str, reason: str = "recover an interrupted operation"
             ) -> list[dict[str, Any]]:
-    """Settle every ``running`` replay or rollback left by a dead driver. Returns what was done;
-    each settlement's ledger row records ``reason``."""
-    done = []
-    for r in rows(lake):
-        if r["status"] != "running" or r["kind"] == "follow":  # a session: see live.follow
-            continue
-        rid = r["reprocessing_id"]
-        tables = json.loads(r["tables"] or "[]")
-        before = {k: int(v) for k, v in json.loads(r["versions_before"] or "{}").items()}
-        tables = [t for t in tables if t in before]  # a table without a version before: not ours
-        started = now()
-        if r["kind"] in ("optimize", "vacuum", "archive"):
-            # neutral operations: what they committed moved rows without changing them; an
-            # archive's switch is its success row, which a dead one never wrote
-            update(lake, rid, status="failed", end_time=now(),
-                   details="interrupted; neutral operation left as it was (run it again)")
-            outcome = "marked failed (neutral operation, nothing to undo)"
-        elif r["kind"] == "rollback":
-            restored = [t for t in tables if lake.version(t) != before[t]]
-            for t in restored:
-                lake.restore(t, before[t], rid)
-            update(lake, rid, status="success", end_time=now(),
-                   versions_after=json.dumps({t: lake.version(t) for t in tables}),
-                   details=f"completed by recovery: restored {len(restored)} table(s)")
-            if r["target_id"]:
-                update(lake, r["target_id"], status="rolled_back")
-            outcome = "rollback completed"
-        else:
-            committed = {t: _committed_by(lake, t, rid, before[t]) for t in tables}
-            if tables and all(v is not None for v in committed.values()):
-                update(lake, rid, status="success", end_time=now(),
-                       versions_after=json.dumps(committed),
-                       details="settled by recovery: every table had been committed")
-                outcome = "rolled forward"
-            else:
-                undone = [t for t, v in committed.items() if v is not None]
-                for t in undone:
-                    lake.restore(t, before[t], rid)
-                update(lake, rid, status="failed", end_time=now(),
-                       versions_after=json.dumps({t: lake.version(t) for t in tables}),
-                       details=f"interrupted; recovery restored {len(undone)} committed table(s) "
-                               f"to their version before")
-                outcome = f"rolled back {len(undone)} of {len(tables)} tables"
-        entry = {"reprocessing_id": f"{rid}.recovery", "kind": "recovery", "start_time": started,
-                 "end_time": now(), "status": "success", "operator": operator, "target_id": rid,
-                 "tables": r["tables"], "versions_before": r["versions_before"],
-                 "versions_after": json.dumps({t: lake.version(t) for t in tables}),
-                 "reason": reason, "details": outcome}
-        append(lake, entry)
-        done.append({"replay_id": rid, "outcome": outcome})
-    return done
+    """Settle every operation a dead process left ``running`` (see :mod:`engine.txn`)."""
+    from engine.txn import recover as settle
+
+    return settle(lake, operator, reason)
 
 
 def _changed_by_more_than_steps(lake: Lake, table: str, since: int) -> bool:
@@ -218,6 +183,8 @@ def rollback(lake: Lake, rid: str, reason: str, operator: str, new_id: str) -> d
     for t in tables:
         lake.restore(t, before[t], new_id)
     versions = {t: lake.version(t) for t in tables}
-    update(lake, new_id, status="success", end_time=now(), versions_after=json.dumps(versions))
-    update(lake, rid, status="rolled_back")
+    # published in one ledger commit: the rollback succeeded and its target is rolled back
+    rewrite(lake, new_id, {new_id: {"status": "success", "end_time": now(),
+                                    "versions_after": json.dumps(versions)},
+                           rid: {"status": "rolled_back"}})
     return {"rollback_id": new_id, "replay_id": rid, "restored": before, "versions": versions}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from engine.config import environment
 
@@ -28,3 +29,17 @@ def die_after_commits(committed: int) -> None:
     limit = environment().fault_after_commits
     if limit is not None and committed >= limit:
         os._exit(99)
+
+
+_races_lost = 0
+
+
+def lose_race(lake: Any, table: str) -> None:
+    """``MEDALLION_FAULT_LOSE_RACES=N``: the first N fenced Bronze commits of this process
+    lose their race: a neutral barrier commit lands on ``table`` right before each. A no-op
+    unless the variable is set."""
+    global _races_lost
+    limit = environment().fault_lose_races
+    if limit is not None and _races_lost < limit:
+        _races_lost += 1
+        lake.barrier(table, "fault-lose-race")

@@ -137,6 +137,8 @@ def _append_once(lake: Lake, rows: pa.Table, source: str, metadata: dict[str, st
                             metadata={**metadata, "op": "import"})
             rows = rows.filter(pc.invert(old))
     if rows.num_rows:
+        from engine.execution import faults
+        faults.lose_race(lake, schemas.BRONZE)
         version = lake.append_fenced(snapshot, schemas.BRONZE, rows, {**metadata, "op": "import"}, [])
     return ImportResult(source, read, added, read - added - erased, version, erased)
 

@@ -43,6 +43,8 @@ from engine.ingest.importers import bronze_rows
 from engine.lake.tables import Lake
 from engine.lifecycle.tombstones import drop_erased
 
+#: attempts of one batch's commit whose race another writer won while none of its partitions moved
+COMMIT_ATTEMPTS = 5
 SECRET_WORDS = ("password", "secret", "key", "token", "credential")
 
 
@@ -242,6 +244,8 @@ class Ingester:
         rows, erased = drop_erased(self.lake, rows)
         self.stats.erased += erased
         try:
+            from engine.execution import faults
+            faults.lose_race(self.lake, schemas.BRONZE)
             self.lake.append_fenced(snapshot, schemas.BRONZE, rows, {
                 "op": "ingest", "topic": self.cfg.topic,
                 "offsets": {t.app_id: t.version for t in txns}}, txns)

@@ -1,10 +1,14 @@
 """One replay at a time per lake: a lease with a heartbeat, taken and renewed atomically.
 
-Two kinds, same interface (:func:`lease_for` picks one):
+Two kinds, same interface (:func:`lease_for` picks one by where the lake physically is, never
+by how it was spelled):
 
-- :class:`Lease`, for a lake given as a local path: the file ``<lake>/_medallion/lease.json``.
-- :class:`DeltaLease`, for a lake given as a URI (``s3://``, ``file://`` ...): the one-row
-  Delta table ``<lake>/_medallion_lease``.
+- :class:`Lease`, for a lake on a local filesystem, given as a path or a ``file:`` URI: the file
+  ``<dir>/_medallion/lease.json``, ``<dir>`` the lake's identity (the real path of its
+  directory, engine/lake/storage.py), so ``/data/lake``, ``file:///data/lake``,
+  ``./lake/`` or a symlink to it all lock one file.
+- :class:`DeltaLease`, for a lake on an object store (``s3://`` ...): the one-row Delta table
+  ``<lake>/_medallion_lease``.
 
 A lease body names its owner (a replay id), a random ``token`` of the lease object that wrote
 it, the pid and host, and the time of its last heartbeat. A lease whose heartbeat is older than
@@ -308,7 +312,10 @@ class Lease(_Heartbeat):
 
 
 class DeltaLease(_Heartbeat):
-    """The lease of a lake given as a URI: a one-row Delta table ``_medallion_lease``.
+    """The lease of an object-store lake: a one-row Delta table ``_medallion_lease``.
+
+    (It works on local filesystems too, where the tests race it; :func:`lease_for` never gives
+    it to a local lake, whose writers all take the file lease.)
 
     Every write is a Delta commit on top of exactly the version that was read, without
     retries: of two drivers racing for the lease one commit lands, the other fails with
@@ -462,17 +469,19 @@ class DeltaLease(_Heartbeat):
 def lease_for(lake: Any, owner: str, ttl: float = TTL_SECONDS,
               heartbeat: float | None = None, wait: float = 0.0,
               name: str = "lease") -> Lease | DeltaLease:
-    """A file lease for a lake given as a local path, a Delta-table lease for one given as a URI.
+    """The lease of the physical lake: a file lease for a local one (a path or a ``file:`` URI:
+    the file under its identity, whatever the spelling), a Delta-table lease for an object store.
 
     ``wait``: how long ``with lease:`` waits for another holder. ``name``: which lease (the
     lake's write lease, or ``follower``: the one a ``replay follow`` process holds for its life).
     """
     lease: Lease | DeltaLease
-    if lake.storage.scheme is not None:  # any URI, file:// included, takes the object-store path
+    storage = lake.storage
+    if storage.is_local:
+        lease = Lease(Path(storage.identity) / "_medallion" / f"{name}.json", owner, ttl, heartbeat)
+    else:
         lease = DeltaLease(lake, owner, ttl, heartbeat)
         if name != "lease":
             lease.TABLE = f"_medallion_{name}"
-    else:
-        lease = Lease(Path(lake.root) / "_medallion" / f"{name}.json", owner, ttl, heartbeat)
     lease.wait = wait
     return lease

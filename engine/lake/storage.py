@@ -5,19 +5,38 @@ object store is reached with exactly the options delta-rs uses (no module builds
 its own client, and none guesses from the environment: the options come from
 ``--storage-option`` / ``MEDALLION_STORAGE_OPTIONS``, merged in :func:`storage_options`).
 
-- A local lake is a directory; its root is absolute. ``file://`` URIs are local too.
+- A local lake is a directory; its root is absolute. ``file:`` URIs are local too.
 - Any other ``scheme://`` root is an object store reached through delta-rs's own
   filesystem (``deltalake.fs.DeltaStorageHandler``), so pyarrow reads and writes use
   the same endpoint, credentials and flags as the Delta log.
+
+**One lake, one name.** A lake can be spelled many ways; :meth:`Storage.resolve` gives each
+spelling one ``root`` (how the code reaches it) and :attr:`Storage.identity` names the
+physical lake (what the lease is keyed on: engine/lake/lease.py):
+
+- a plain path: absolute, ``.``/``..`` and repeated or trailing slashes gone (lexically, as
+  delta-rs does); relative paths are taken from the current directory;
+- a ``file:`` URI (``file:///abs``, ``file://localhost/abs``, ``file:/abs``, any case of
+  ``file``, percent-encoded or not): root ``file://`` + the percent-encoded normalized path,
+  so delta-rs (which decodes it) and the local filesystem (:meth:`Storage.local_path`
+  decodes it) reach the same directory; a ``file:`` URI naming another host, or a relative
+  one (``file:lake``), is refused;
+- identity of a local lake: the directory's real path (symlinks resolved), whether it was
+  given as a path or as a ``file:`` URI;
+- an object store: the scheme in lower case, no trailing slash; identity also writes ``s3a``
+  as ``s3`` (delta-rs reaches both through one S3 store). ``.`` and ``..`` segments are
+  refused (delta-rs resolves them, object keys do not).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, unquote
 
 import pyarrow.fs as pafs
 
@@ -28,9 +47,44 @@ from engine.contract.errors import UsageError
 LOCAL_SHORTCUT = True
 
 
+#: Schemes that name the same store as another (delta-rs serves ``s3a://`` as ``s3://``).
+SCHEME_ALIASES = {"s3a": "s3"}
+
+
 def _scheme(root: str) -> str | None:
     head, sep, _ = root.partition("://")
     return head.lower() if sep and head.isidentifier() else None
+
+
+def _is_file_uri(text: str) -> bool:
+    return text[:5].lower() == "file:"
+
+
+def _clean_path(path: str) -> str:
+    """An absolute path without ``.``/``..`` segments, repeated or trailing slashes."""
+    path = posixpath.normpath(path)
+    return "/" + path.lstrip("/")  # normpath keeps a leading "//"; POSIX reads it as "/"
+
+
+def _file_uri_path(text: str) -> str:
+    """The local directory a ``file:`` URI names (absolute, decoded, normalized)."""
+    rest = text[len("file:"):]
+    if rest.startswith("//"):
+        host, slash, path = rest[2:].partition("/")
+        if host.lower() not in ("", "localhost"):
+            raise UsageError(f"lake {text}: a file URI must name this machine "
+                             "(file:///path or file://localhost/path)")
+        rest = slash + path or "/"
+    if not rest.startswith("/"):
+        raise UsageError(f"lake {text}: a file URI needs an absolute path (file:///path); "
+                         "give a relative directory as a plain path")
+    return _clean_path(unquote(rest))
+
+
+def _local_dir(path: str) -> str:
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"lake path {path} is a file; pass a directory for --lake")
+    return path
 
 
 def storage_options(explicit: Mapping[str, str] | None = None,
@@ -55,22 +109,45 @@ class Storage:
 
     @classmethod
     def resolve(cls, root: str | os.PathLike[str], options: Mapping[str, str] | None = None) -> Storage:
-        """Normalize ``root``: a local path becomes absolute; a URI keeps its scheme."""
+        """Normalize ``root`` (the module's "One lake, one name"): a local path becomes
+        absolute and clean, a ``file:`` URI ``file://`` + its clean, percent-encoded path, an
+        object-store URI keeps its scheme (lower case) without trailing slashes."""
         text = os.fspath(root)
-        if _scheme(text) is None:
-            text = os.path.abspath(text)
-            if os.path.exists(text) and not os.path.isdir(text):
-                raise UsageError(f"lake path {text} is a file; pass a directory for --lake")
-        return cls(text.rstrip("/") or "/", tuple(sorted((options or {}).items())))
+        if _is_file_uri(text):
+            text = "file://" + quote(_local_dir(_file_uri_path(text)))
+        elif _scheme(text) is None:
+            text = _local_dir(_clean_path(os.path.abspath(text)))
+        else:
+            scheme, _, rest = text.partition("://")
+            rest = rest.rstrip("/")
+            if {".", ".."} & set(rest.split("/")):
+                raise UsageError(f"lake {text}: '.' and '..' are not parts of an object-store "
+                                 "location; spell it without them")
+            text = f"{scheme.lower()}://{rest}"
+        return cls(text, tuple(sorted((options or {}).items())))
+
+    @property
+    def identity(self) -> str:
+        """The physical lake: for a local one the real path of its directory (symlinks
+        resolved, the same for every path or ``file:`` URI spelling of it); for an object store
+        ``scheme://bucket/prefix`` (``s3a`` written ``s3``). Two roots with one identity are
+        one lake: they share one lease."""
+        local = self.local_path()
+        if local is not None:
+            return os.path.realpath(local)
+        root = Storage.resolve(self.root).root
+        scheme, _, rest = root.partition("://")
+        return f"{SCHEME_ALIASES.get(scheme, scheme)}://{rest}"
 
     @property
     def scheme(self) -> str | None:
-        """``s3``, ``gs``, ``az``... for an object store; None for a local path."""
-        return _scheme(self.root)
+        """``s3``, ``gs``, ``az``... for an object store, ``file`` for a ``file:`` URI; None
+        for a local path."""
+        return "file" if _is_file_uri(self.root) else _scheme(self.root)
 
     @property
     def is_local(self) -> bool:
-        """True for a directory on this machine (a plain path or ``file://``)."""
+        """True for a directory on this machine (a plain path or a ``file:`` URI)."""
         return self.scheme in (None, "file")
 
     @property
@@ -80,14 +157,18 @@ class Storage:
 
     def child(self, *parts: str) -> Storage:
         """The storage of a path under this root (a table, an experiment area)."""
-        return Storage("/".join([self.root, *(p.strip("/") for p in parts)]), self.options)
+        names = [p.strip("/") for p in parts]
+        if self.scheme == "file":  # the root is percent-encoded: so are the names under it
+            names = [quote(n) for n in names]
+        return Storage("/".join([self.root, *names]), self.options)
 
     def local_path(self) -> str | None:
-        """The root as a local filesystem path, or None for an object store."""
+        """The root as a local filesystem path (the directory delta-rs uses for it: a
+        ``file:`` URI decoded), or None for an object store."""
         if self.scheme is None:
-            return self.root
+            return _clean_path(os.path.abspath(self.root))
         if self.scheme == "file":
-            return self.root[len("file://"):]
+            return _file_uri_path(self.root)
         return None
 
     def filesystem(self) -> tuple[pafs.FileSystem, str]:

@@ -203,7 +203,10 @@ class Lake:
         ones (a vacuum past its retention, or an erasure: docs/semantics.md §9), from the ledger."""
         if table == schemas.AUDIT or not self.exists(schemas.AUDIT):
             return None
-        flt = pc.field("kind").isin(["vacuum", "erasure"]) & (pc.field("status") == "success")
+        # an erasure that did not complete still recorded the floors of its forward-only
+        # deletes (engine/txn): its rows are gone from those versions on
+        flt = pc.field("kind").isin(["vacuum", "erasure"]) & pc.field("status").isin(["success",
+                                                                                     "failed"])
         rows = self.read(schemas.AUDIT, columns=["reprocessing_id", "kind", "end_time", "versions_after"],
                          filter=flt).to_pylist()
         best: tuple[int, str] | None = None
@@ -429,11 +432,32 @@ class Lake:
                 continue
         return removed
 
+    def data_metadata_at(self, table: str, version: int) -> dict[str, Any]:
+        """The medallion metadata that describes the rows of ``version``: its commit's, or,
+        when that commit was neutral (an optimize, a compaction, a barrier, an archive's
+        delete), the metadata of the last commit at or before it that changed rows."""
+        dt = self.table(table)
+        n = (dt.version() or 0) - version + 4
+        while True:  # newest first, in growing windows
+            entries = dt.history(n)
+            for entry in entries:
+                v = entry.get("version")
+                if v is None or v > version:
+                    continue
+                if not is_neutral(entry) or entry.get(META_PREFIX + "carried") == "true":
+                    return decode_metadata(entry)
+            if len(entries) < n:
+                return {}
+            n *= 4
+
     def restore(self, table: str, version: int, by: str) -> int:
-        """Restore ``table`` to ``version``; the commit carries that version's metadata."""
+        """Restore ``table`` to ``version`` in a commit of its own: a change of rows (never
+        neutral, whatever the commit of ``version`` was) whose metadata describes the rows it
+        brings back (:meth:`data_metadata_at`) and names the operation that restored them."""
         self.check_readable(table, version)
-        meta = self.commit_metadata(table, version)
-        meta.update({"restored_by": by, "restored_from": version})
+        meta = {k: v for k, v in self.data_metadata_at(table, version).items()
+                if k not in ("neutral", "carried", "carried_data_version", "op")}
+        meta.update({"restored_by": by, "restored_from": version, "op": "restore"})
         self.table(table).restore(version, commit_properties=CommitProperties(
             custom_metadata=encode_metadata(meta)))
         return self.table(table).version()

@@ -94,12 +94,13 @@ def plan_archive(lake: Lake, before: date | str, to: str) -> ArchivePlan:
 def apply_archive(lake: Lake, plan: ArchivePlan, reason: str = "archive") -> dict[str, Any]:
     archive = Lake.at(plan.to, lake.storage_options)
     with lifecycle_operation(lake, "archive", reason, tables=[schemas.BRONZE],
-                             target_id=archive.root) as (op_id, finish, _):
+                             target_id=archive.root) as (op_id, finish, guard):
         archive.ensure(schemas.BRONZE)
         low = pc.field("ingestion_date") >= pa.scalar(plan.previous_cutoff or date.min, pa.date32())
         # 1. leftovers of an archive that died past its cutoff are never read: remove them
         stale = archive.table(schemas.BRONZE)
         if archive.read(schemas.BRONZE, columns=["ingestion_date"], filter=low).num_rows:
+            guard()
             _delete_dates(stale, plan.previous_cutoff or date.min, None, op_id)
         hot = lake.dataset(schemas.BRONZE)
         moved = 0
@@ -109,6 +110,7 @@ def apply_archive(lake: Lake, plan: ArchivePlan, reason: str = "archive") -> dic
                 continue  # below the old cutoff: already archived, only left to delete
             rows = hot.to_table(filter=pc.field("ingestion_date") == pa.scalar(d, pa.date32()))
             rows = schemas.conform(rows, schemas.BRONZE_SCHEMA)
+            guard()  # an archive that lost the lake's lease writes nothing more
             write_deltalake(archive.uri(schemas.BRONZE), rows, mode="append",
                             partition_by=schemas.PARTITIONS[schemas.BRONZE],
                             storage_options=archive.storage.delta_options,

@@ -3,7 +3,6 @@ bookkeeping every lifecycle operation shares: the lease, a ledger row, neutral c
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -11,14 +10,12 @@ from typing import Any
 
 from deltalake import CommitProperties
 
-from engine.batch import audit
+from engine import txn
 from engine.batch.apply import operator_name
 from engine.batch.experiment import list_experiments
 from engine.batch.plan import new_replay_id
-from engine.config import environment
 from engine.contract import schemas
 from engine.lake.bronze import archive_of
-from engine.lake.lease import lease_for
 from engine.lake.tables import Lake, encode_metadata
 
 #: Tables of the lake besides those of docs/semantics.md: the erasure tombstones and the lease.
@@ -62,26 +59,14 @@ def neutral_commit(op: str, op_id: str) -> CommitProperties:
 @contextmanager
 def lifecycle_operation(lake: Lake, kind: str, reason: str, *, tables: list[str] | None = None,
                         **fields: Any) -> Iterator[tuple[str, Callable[..., None], Callable[[], None]]]:
-    """Lease + a ``running`` ledger row that ends ``success`` or ``failed`` (never ``running``).
+    """One transaction of kind ``kind`` (:mod:`engine.txn`): lease, a ``running`` ledger row
+    that ends ``success`` or ``failed`` (never ``running``), undone by its kind's policy.
 
     Yields (operation id, ``finish(**fields)``, the lease's ``check``); fields passed to
-    ``finish`` land in the row.
+    ``finish`` land in the row when it is published.
     """
-    op_id = new_replay_id()
     done: dict[str, Any] = {}
-    with lease_for(lake, op_id, wait=environment().lease_wait) as lease:
-        audit.recover(lake, operator_name())
-        before = {t: lake.version(t) for t in tables or [] if lake.exists(t)}
-        audit.append(lake, {"reprocessing_id": op_id, "kind": kind, "start_time": audit.now(),
-                            "status": "running", "operator": operator_name(), "reason": reason,
-                            "mode": kind, "tables": json.dumps(sorted(before)),
-                            "versions_before": json.dumps(before), **fields})
-        try:
-            yield op_id, done.update, lease.check
-            lease.check()  # a process that lost the lease does not declare success
-        except BaseException as exc:
-            if not lease.lost:  # a new owner's ledger is not ours to touch
-                audit.update(lake, op_id, status="failed", end_time=audit.now(),
-                             details=f"{type(exc).__name__}: {exc}"[:500])
-            raise
-        audit.update(lake, op_id, status="success", end_time=audit.now(), **done)
+    with txn.begin(lake, new_replay_id(), kind, tables or [], reason, operator_name(),
+                   **fields) as tx:
+        yield tx.op_id, done.update, tx.guard
+        tx.finish(**done)

@@ -15,14 +15,18 @@ recomputed. :func:`apply_erasure`, under the lake's lease and one ledger row of 
 4. drops every experiment area (scratch copies may hold the rows);
 5. records, per table, the first version after it: older versions are refused in one line.
 
-A failure restores every table it changed and leaves the ledger row ``failed`` (the
-tombstone stays: erased data cannot come back in between; run the erasure again).
+A failure (or a recovery after SIGKILL) keeps its deletes from Bronze, the archive and
+quarantine (forward-only: erased rows never come back, and Bronze is never restored under
+the appends of ingest and import), restores Silver and Gold, records the new versions'
+floors and leaves the row ``failed``: run the erasure again (the tombstone stays, so no
+writer brings the rows back meanwhile).
 After ``replay vacuum --retain-hours 0`` nothing of an erased row is left under the lake.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -31,10 +35,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.batch import audit
-from engine.batch.apply import _commit, _compute, operator_name
+from engine import txn
+from engine.batch.apply import commit_replay, compute, operator_name
 from engine.batch.experiment import drop_experiment, list_experiments
-from engine.batch.plan import active_ruleset, build_plan
+from engine.batch.plan import active_ruleset, build_plan, new_replay_id
 from engine.contract import schemas
 from engine.contract.errors import UsageError
 from engine.execution.specs import Executor
@@ -42,7 +46,6 @@ from engine.fold.scope import Scope
 from engine.lake.bronze import archive_of
 from engine.lake.tables import Lake
 from engine.lifecycle import tombstones
-from engine.lifecycle.catalog import lifecycle_operation
 
 KEY = list(schemas.BRONZE_KEY)
 
@@ -104,10 +107,13 @@ def plan_erasure(lake: Lake, tenant_id: str, user_id: str | None = None,
                        tuple(e["name"] for e in list_experiments(lake)))
 
 
-def _delete_keys(lake: Lake, table: str, keys: pa.Table, op_id: str) -> None:
-    """Delete the rows with these Bronze keys from ``table`` (one copy-on-write commit)."""
+def _delete_keys(lake: Lake, table: str, keys: pa.Table, op_id: str,
+                 guard: Callable[[], None]) -> None:
+    """Delete the rows with these Bronze keys from ``table`` (one copy-on-write commit, made
+    only while ``guard`` says the lease is still held)."""
     if not keys.num_rows or not lake.exists(table):
         return
+    guard()
     keys = keys.select(KEY)
 
     def hit(data: pa.Table) -> pa.Array:
@@ -125,67 +131,58 @@ def _delete_keys(lake: Lake, table: str, keys: pa.Table, op_id: str) -> None:
 
 
 def apply_erasure(lake: Lake, plan: ErasurePlan, executor: Executor, reason: str) -> dict[str, Any]:
-    """Apply ``plan`` (see the module docstring); returns what was done (hashes only)."""
-    touched = [schemas.BRONZE, schemas.QUARANTINE]
-    with lifecycle_operation(lake, "erasure", reason, tenants=plan.subject_hash) as (op_id, finish,
-                                                                                  guard):
-        before = {t: lake.version(t) for t in (*touched, *schemas.SILVER_TABLES, *schemas.GOLD_TABLES,
-                                               schemas.REGION) if lake.exists(t)}
-        # what a recovery needs if this process dies midway: every table back as it was
-        audit.update(lake, op_id, tables=json.dumps(sorted(before)), versions_before=json.dumps(before))
+    """Apply ``plan`` (see the module docstring) as one transaction (:mod:`engine.txn`, kind
+    ``erasure``); returns what was done (hashes only)."""
+    tables = list(dict.fromkeys((schemas.BRONZE, schemas.QUARANTINE, *schemas.SILVER_TABLES,
+                                 *schemas.GOLD_TABLES, schemas.REGION)))
+    with txn.begin(lake, new_replay_id(), "erasure", tables, reason, operator_name(),
+                   tenants=plan.subject_hash) as tx:
+        op_id, before = tx.op_id, tx.before
         silver_meta = lake.commit_metadata(schemas.SILVER) if lake.exists(schemas.SILVER) else {}
         # Silver already behind Bronze (rows ingested since the last replay)? It stays behind
         # for the other tenants: the recomputation records the Bronze version Silver reflects
         lagging = lake.data_changed(schemas.BRONZE, silver_meta.get("bronze_version"))
         arch = archive_of(lake)
-        arch_before = arch.lake.version(schemas.BRONZE) if arch is not None else None
-        try:
-            stone = tombstones.record(lake, plan.tenant_id, plan.user_id, plan.requested_at, op_id)
-            # a neutral barrier commit: a writer that read Bronze before the tombstone existed
-            # cannot commit on top of its snapshot any more (Kafka ingest and import are fenced)
-            lake.barrier(schemas.BRONZE, op_id)
-            hot = _keys(lake, stone)
-            archived = _keys(lake, stone, arch.lake) if arch is not None else hot.slice(0, 0)
-            keys = pa.concat_tables([hot, archived])
-            _delete_keys(lake, schemas.BRONZE, hot, op_id)
-            if arch is not None:  # archived rows of the subject go too (docs/semantics.md §9)
-                _delete_keys(arch.lake, schemas.BRONZE, archived, op_id)
-            _delete_keys(lake, schemas.QUARANTINE, keys, op_id)
-            versions: dict[str, int] = {}
-            if lake.exists(schemas.MINUTE):
-                ruleset = active_ruleset(lake)
-                scope = Scope(tenants=(plan.tenant_id,),
-                              label=f"erasure {op_id} (subject {plan.subject_hash[:16]})")
-                replay = build_plan(lake, ruleset, "full", executor=executor.name, cpus=executor.cpus(),
-                                    scope=scope, reuse=False)
-                replay = replace(replay, replay_id=op_id)
-                out = _compute(lake, replay, ruleset, executor, None)
-                if lagging:  # Silver keeps saying which Bronze it reflects: a plan sees the rest
-                    replay = replace(replay, bronze_version=silver_meta.get("bronze_version"),
-                                     archive_version=silver_meta.get("archive_version"))
-                versions, _, conservation = _commit(lake, replay, ruleset, out, operator_name(),
-                                                    guard)
-                if conservation is False and not lagging:
-                    raise RuntimeError("conservation failed after the recomputation")
-                for table in replay.tables:
-                    lake.sweep(table, op_id)
-        except BaseException:
-            for table, v in before.items():  # every table as it was (the tombstone stays)
-                if lake.version(table) != v:
-                    lake.restore(table, v, op_id)
-            if arch_before is not None and arch is not None \
-                    and arch.lake.version(schemas.BRONZE) != arch_before:
-                arch.lake.restore(schemas.BRONZE, arch_before, op_id)  # the archive too
-            raise
+        tx.guard()
+        stone = tombstones.record(lake, plan.tenant_id, plan.user_id, plan.requested_at, op_id)
+        # a neutral barrier commit: a writer that read Bronze before the tombstone existed
+        # cannot commit on top of its snapshot any more (Kafka ingest and import are fenced)
+        tx.commit(schemas.BRONZE, lambda: lake.barrier(schemas.BRONZE, op_id))
+        hot = _keys(lake, stone)
+        archived = _keys(lake, stone, arch.lake) if arch is not None else hot.slice(0, 0)
+        keys = pa.concat_tables([hot, archived])
+        # forward-only (docs/semantics.md §9): an abort or a recovery never brings these back
+        _delete_keys(lake, schemas.BRONZE, hot, op_id, tx.guard)
+        if arch is not None:  # archived rows of the subject go too
+            _delete_keys(arch.lake, schemas.BRONZE, archived, op_id, tx.guard)
+        _delete_keys(lake, schemas.QUARANTINE, keys, op_id, tx.guard)
+        versions: dict[str, int] = {}
+        if lake.exists(schemas.MINUTE):
+            ruleset = active_ruleset(lake)
+            scope = Scope(tenants=(plan.tenant_id,),
+                          label=f"erasure {op_id} (subject {plan.subject_hash[:16]})")
+            replay = build_plan(lake, ruleset, "full", executor=executor.name, cpus=executor.cpus(),
+                                scope=scope, reuse=False)
+            replay = replace(replay, replay_id=op_id)
+            out = compute(lake, replay, ruleset, executor, None)
+            if lagging:  # Silver keeps saying which Bronze it reflects: a plan sees the rest
+                replay = replace(replay, bronze_version=silver_meta.get("bronze_version"),
+                                 archive_version=silver_meta.get("archive_version"))
+            versions, _, conservation = commit_replay(lake, replay, ruleset, out, operator_name(),
+                                                      tx.guard)
+            tx.record(versions)
+            if conservation is False and not lagging:
+                raise RuntimeError("conservation failed after the recomputation")
+            for table in replay.tables:
+                lake.sweep(table, op_id)
         dropped = []
         for exp in list_experiments(lake):  # listed under the lease: none can start meanwhile
             drop_experiment(lake, exp["name"])
             dropped.append(exp["name"])
         after = {t: lake.version(t) for t in before}
         # every version before this one, of every table, may hold the subject's rows
-        floors = {t: after[t] for t in after}
-        finish(versions_before=json.dumps(before), versions_after=json.dumps(
-            {**after, "readable_from": floors}, sort_keys=True), record_count=keys.num_rows,
+        tx.finish(versions_before=json.dumps(before), versions_after=json.dumps(
+            {**after, "readable_from": after}, sort_keys=True), record_count=keys.num_rows,
             ruleset_name=plan.ruleset_name,
             details=json.dumps({"rows_erased": keys.num_rows, "experiments_dropped": len(dropped),
                                 "requested_at": plan.requested_at.isoformat()}))

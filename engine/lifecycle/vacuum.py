@@ -124,9 +124,10 @@ def apply_vacuum(lake: Lake, plan: VacuumPlan, reason: str = "vacuum") -> dict[s
     hours = plan.retain_hours
     removed: dict[str, int] = {}
     floors: dict[str, int] = {}
-    with lifecycle_operation(lake, "vacuum", reason) as (op_id, finish, _):
+    with lifecycle_operation(lake, "vacuum", reason) as (op_id, finish, guard):
         horizon = audit.now() - timedelta(hours=hours)
         for ref in all_tables(lake):
+            guard()  # a vacuum that lost the lake's lease changes nothing more
             dt = ref.lake.table(ref.table)
             if ref.table in LEASE_TABLES:  # in use: no commit here, only the log's tail
                 dt.create_checkpoint()

@@ -67,7 +67,7 @@ def test_rollback_refuses_when_a_later_replay_changed_the_tables(loaded):
     api.run(loaded, "2026-02", reason="b")
     with pytest.raises(UsageError, match="changed since"):
         api.rollback(loaded, a.plan.replay_id, reason="too late")
-    with pytest.raises(UsageError, match="no replay"):
+    with pytest.raises(UsageError, match="no operation"):
         api.rollback(loaded, "r20990101T000000-deadbeef", reason="x")
 
 

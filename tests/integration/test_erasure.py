@@ -97,21 +97,48 @@ def test_tenant_erasure_and_re_import_drops_the_subject(lake, tmp_path):
     assert api.plan(lake, "2026-02").up_to_date
 
 
-def test_a_failed_recomputation_restores_every_table(lake, monkeypatch):
+def test_a_failed_erasure_keeps_its_deletes_restores_derived_tables_and_others_appends(lake, monkeypatch):
+    """Policy of kind ``erasure`` (engine/txn): an erasure that fails midway keeps its deletes
+    (Bronze is never restored: an ingest that committed meanwhile keeps its rows, and erased
+    rows never come back), restores Silver and Gold, and records the new floors."""
     api.run(lake, "2026-01", reason="before")
-    before = {t: lake.version(t) for t in (schemas.BRONZE, *schemas.SILVER_TABLES, *schemas.GOLD_TABLES)}
+    derived = {t: lake.version(t) for t in (schemas.SILVER, schemas.DUPLICATES, *schemas.GOLD_TABLES)}
+    bronze_before = lake.version(schemas.BRONZE)
     import engine.lifecycle.erasure as erasure
 
-    def boom(*a, **k):
+    late = bronze([event(event_id=f"LATE-{i}", tenant_id="gamma") for i in range(5)], topic="late")
+
+    def boom(*a, **k):  # an ingest commits while the erasure recomputes, then a worker dies
+        append_new(lake, late, "late", {"source": "concurrent ingest"})
         raise RuntimeError("worker lost")
 
-    monkeypatch.setattr(erasure, "_compute", boom)
+    monkeypatch.setattr(erasure, "compute", boom)
     with pytest.raises(RuntimeError, match="worker lost"):
         api.erase(lake, "acme", requested_at=R, reason="x")
     row = [r for r in api.history(lake) if r["kind"] == "erasure"][0]
     assert row["status"] == "failed"
-    assert all(lake.read(t).num_rows == lake.dataset(t, v).count_rows() for t, v in before.items())
+    raw = b"\n".join(lake.read(schemas.BRONZE, columns=["raw_payload"]).column(0).to_pylist())
+    ids = {i for i in [*(f"LATE-{i}" for i in range(5)), "ERASE-ME-1", "ERASE-ME-2"]
+           if f'"{i}"'.encode() in raw}
+    assert {f"LATE-{i}" for i in range(5)} <= ids  # the concurrent append survived
+    assert not {"ERASE-ME-1", "ERASE-ME-2"} & ids  # the deletes stay
+    for t, v in derived.items():  # Silver and Gold as they were
+        assert lake.read(t).sort_by([(k, "ascending") for k in schemas.KEYS[t]]).equals(
+            lake.read(t, v).sort_by([(k, "ascending") for k in schemas.KEYS[t]])), t
+    with pytest.raises(VersionGoneError):  # Bronze before the deletes held the erased rows
+        lake.check_readable(schemas.BRONZE, bronze_before)
     assert {r["status"] for r in api.history(lake)} == {"success", "failed"}
+    monkeypatch.undo()
+    api.erase(lake, "acme", requested_at=R, reason="again")  # running it again completes it
+    assert not {"ERASE-ME-1", "ERASE-ME-2"} & event_ids(lake)
+    api.run(lake, "2026-01", reason="fold the late rows")  # Silver lagged behind the ingest
+    assert_same_tables(lake, replayed_without_erased(lake, lake_tmp(lake), "2026-01"))
+
+
+def lake_tmp(lake):
+    from pathlib import Path
+
+    return Path(lake.root.removeprefix("file://")).parent
 
 
 def test_after_vacuum_nothing_of_an_erased_row_is_left_under_the_lake(lake):
