@@ -33,3 +33,65 @@ def test_rollback_onto_a_neutral_version_brings_back_its_ruleset(tmp_path):
         meta = lk.commit_metadata(t)
         assert meta["ruleset_name"] == "2026-01" and meta["restored_by"] and "neutral" not in meta, t
     assert api.plan(lk, "2026-01").up_to_date
+
+
+def _cli(*args, env=None):
+    import os
+    import subprocess
+    import sys
+
+    from tests.lakes import ROOT
+
+    return subprocess.run([sys.executable, "-m", "replay", *args], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, **(env or {})}, timeout=300)
+
+
+def _bronze_ids(lk) -> set[str]:
+    import json
+
+    return {json.loads(p)["event_id"] for p in
+            lk.read(schemas.BRONZE, columns=["raw_payload"]).column(0).to_pylist()
+            if p.startswith(b"{") and b'"event_id"' in p and b"NaN" not in p}
+
+
+def test_an_erasure_killed_midway_then_recovered_keeps_the_appends_made_meanwhile(tmp_path):
+    """SIGKILL (os._exit) after the erasure's first Silver commit, an ingest commit, then
+    `replay recover`: Bronze keeps the ingest's rows (never restored), the erased rows stay
+    gone, Silver and Gold are back as they were, the row says failed."""
+    from engine.ingest.importers import append_new
+    from tests.helpers import bronze, event
+
+    lk = _lake(tmp_path)
+    api.run(lk, "2026-01", executor=LocalExecutor(), reason="a")
+    derived = {t: lk.version(t) for t in TABLES}
+    acme = {i for i in _bronze_ids(lk) if i}  # before: every id
+    p = _cli("erase", "--executor", "local", "--lake", lk.root, "--tenant", "acme", "--reason", "gdpr",
+             env={"MEDALLION_FAULT_AFTER_COMMITS": "1"})
+    assert p.returncode == 99, p.stderr
+    append_new(lk, bronze([event(event_id=f"LATE-{i}", tenant_id="gamma") for i in range(4)],
+                          topic="late"), "late", {"source": "concurrent ingest"})
+    r = _cli("recover", "--lake", lk.root, "--json")
+    assert r.returncode == 0, r.stderr
+    ids = _bronze_ids(lk)
+    assert {f"LATE-{i}" for i in range(4)} <= ids
+    assert len(acme - ids) > 0  # acme's rows left Bronze and stay out
+    for t, v in derived.items():
+        assert lk.row_count(t) == lk.row_count(t, v), t
+    rows = {x["kind"]: x for x in api.history(lk)}
+    assert rows["erasure"]["status"] == "failed" and rows["recovery"]["status"] == "success"
+    assert not [x for x in api.history(lk) if x["status"] == "running"]
+
+
+def test_a_rollback_publishes_itself_and_its_target_in_one_ledger_commit(tmp_path):
+    """A rollback killed between two ledger updates left its target `success`: the target's
+    `rolled_back` and the rollback's `success` are one commit now."""
+    lk = _lake(tmp_path)
+    api.run(lk, "2026-01", executor=LocalExecutor(), reason="a")
+    b = api.run(lk, "2026-02", executor=LocalExecutor(), reason="b")
+    v0 = lk.version(schemas.AUDIT)
+    out = api.rollback(lk, b.plan.replay_id, reason="undo")
+    assert lk.version(schemas.AUDIT) == v0 + 2  # the running row, then one publish
+    mid = {r["reprocessing_id"]: r["status"] for r in lk.read(schemas.AUDIT, v0 + 1).to_pylist()}
+    assert mid[out["rollback_id"]] == "running" and mid[b.plan.replay_id] == "success"
+    end = {r["reprocessing_id"]: r["status"] for r in api.history(lk)}
+    assert end[out["rollback_id"]] == "success" and end[b.plan.replay_id] == "rolled_back"
