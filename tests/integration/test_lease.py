@@ -1,8 +1,11 @@
 """The lake's lease excludes: processes racing for it, a stalled owner that loses it.
 
 Both kinds of lease are raced by separate processes (spawned, not threads), round after
-round: on a local lake (the flock-protected lease file) and on a ``file://`` lake (the Delta
-lease, conditional commits). tests/s3/test_s3_lease.py runs the same scenarios on SeaweedFS.
+round: on a local lake (the flock-protected lease file :func:`lease_for` gives every local lake,
+a path or a ``file://`` URI) and, built directly, the Delta lease (conditional commits) on a
+``file://`` lake. tests/s3/test_s3_lease.py runs the same scenarios on SeaweedFS, where
+:func:`lease_for` picks the Delta lease; tests/integration/test_lake_identity.py races processes
+that name one lake differently.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ import multiprocessing as mp
 import os
 import signal
 import time
+from collections.abc import Sequence
 
 import pytest
 
 from engine.contract.errors import LeaseHeldError
-from engine.lake.lease import DeltaLease, Lease, lease_for
+from engine.lake.lease import TTL_SECONDS, DeltaLease, Lease, lease_for
 from engine.lake.tables import Lake
 
 RACERS = 4
@@ -26,13 +30,22 @@ ROUNDS = 6
 CTX = mp.get_context("spawn")
 
 
+def delta_lease(lake: Lake, owner: str, ttl: float = TTL_SECONDS, heartbeat: float | None = None,
+                wait: float = 0.0) -> DeltaLease:
+    """The Delta lease, built directly: :func:`lease_for` gives it to object-store lakes only
+    (a local lake always gets the file lease), so on a local lake the tests make it here."""
+    lease = DeltaLease(lake, owner, ttl, heartbeat)
+    lease.wait = wait
+    return lease
+
+
 # -- in the racing processes -------------------------------------------------------------------
 
 
-def _racer(lake: Lake, i: int, rounds: int, start, read_together, results) -> None:
+def _racer(lake: Lake, i: int, rounds: int, start, read_together, results, make=lease_for) -> None:
     """Race for the lease once per round: report, hold it while the others try, release."""
     for r in range(rounds):
-        lease = lease_for(lake, f"r{r}-racer{i}", ttl=30.0, heartbeat=1.0)
+        lease = make(lake, f"r{r}-racer{i}", ttl=30.0, heartbeat=1.0)
         if read_together is not None:  # the Delta lease: everyone reads one version, then commits
             opened = lease._open
             first = [True]
@@ -62,11 +75,11 @@ def _racer(lake: Lake, i: int, rounds: int, start, read_together, results) -> No
         start.wait(60)
 
 
-def _stalled_owner(lake: Lake, mode: str, events, go) -> None:
+def _stalled_owner(lake: Lake, mode: str, events, go, make=lease_for) -> None:
     """Take the lease, get stopped (SIGSTOP) past the TTL by the test, then report what the
     lease says once resumed: via the heartbeat thread (``beat``) or a check() right away."""
     heartbeat = 0.2 if mode == "beat" else 600.0  # "check": the thread never beats first
-    lease = lease_for(lake, "r-stalled", ttl=1.0, heartbeat=heartbeat).acquire()
+    lease = make(lake, "r-stalled", ttl=1.0, heartbeat=heartbeat).acquire()
     events.put(("acquired", os.getpid()))
     go.wait(120)
     if mode == "beat":
@@ -87,9 +100,9 @@ def _stalled_owner(lake: Lake, mode: str, events, go) -> None:
 # -- in the test process -------------------------------------------------------------------------
 
 
-def plant_expired(lake: Lake) -> None:
+def plant_expired(lake: Lake, make=lease_for) -> None:
     """An expired lease left by a dead driver of another replay."""
-    stale = lease_for(lake, "r-dead", ttl=0.0)
+    stale = make(lake, "r-dead", ttl=0.0)
     body = {**stale._body(), "heartbeat": time.time() - 3600}
     if isinstance(stale, DeltaLease):
         stale._write(body)
@@ -98,14 +111,19 @@ def plant_expired(lake: Lake) -> None:
         stale.path.write_text(json.dumps(body))
 
 
-def race_rounds(lake: Lake, racers: int = RACERS, rounds: int = ROUNDS) -> list[list[str]]:
+def race_rounds(lake: Lake | Sequence[Lake], racers: int = RACERS, rounds: int = ROUNDS,
+                make=lease_for) -> list[list[str]]:
     """Run ``rounds`` races of ``racers`` processes (odd rounds over an expired lease); assert
-    exactly one winner each round; return each round's losers' messages."""
-    delta = isinstance(lease_for(lake, "probe"), DeltaLease)
+    exactly one winner each round; return each round's losers' messages. Given several
+    spellings of one lake, racer ``i`` names it the ``i``-th way (round robin)."""
+    spellings = [lake] if isinstance(lake, Lake) else list(lake)
+    lake = spellings[0]
+    delta = isinstance(make(lake, "probe"), DeltaLease)
     start = CTX.Barrier(racers + 1)
     read_together = CTX.Barrier(racers) if delta else None
     results = CTX.Queue()
-    procs = [CTX.Process(target=_racer, args=(lake, i, rounds, start, read_together, results))
+    procs = [CTX.Process(target=_racer, args=(spellings[i % len(spellings)], i, rounds, start,
+                                              read_together, results, make))
              for i in range(racers)]
     for p in procs:
         p.start()
@@ -113,18 +131,18 @@ def race_rounds(lake: Lake, racers: int = RACERS, rounds: int = ROUNDS) -> list[
     try:
         for r in range(rounds):
             if r % 2:
-                plant_expired(lake)
+                plant_expired(lake, make)
             start.wait(120)  # go
             got = [results.get(timeout=120) for _ in range(racers)]
             assert {g[0] for g in got} == {r}
             winners = [g[1] for g in got if g[2]]
             assert len(winners) == 1, f"round {r}: winners {winners}"
-            held = lease_for(lake, "observer").read()
+            held = make(lake, "observer").read()
             assert held is not None and held["owner"] == f"r{r}-racer{winners[0]}"
             losses.append([g[3] for g in got if not g[2]])
             start.wait(120)  # every racer has tried: the winner checks and releases
             start.wait(120)  # released
-            assert lease_for(lake, "observer").read() is None
+            assert make(lake, "observer").read() is None
     except BaseException:
         start.abort()  # the racers stop waiting for this round
         if read_together is not None:
@@ -140,9 +158,9 @@ def race_rounds(lake: Lake, racers: int = RACERS, rounds: int = ROUNDS) -> list[
 
 
 @contextlib.contextmanager
-def outside_critical_section(lake: Lake):
+def outside_critical_section(lake: Lake, make=lease_for):
     """For the file lease: hold its flock, so a process stopped now is not inside it."""
-    lease = lease_for(lake, "observer")
+    lease = make(lake, "observer")
     if not isinstance(lease, Lease):
         yield
         return
@@ -154,20 +172,20 @@ def outside_critical_section(lake: Lake):
         os.close(fd)
 
 
-def stalled_owner_loses(lake: Lake, mode: str) -> None:
+def stalled_owner_loses(lake: Lake, mode: str, make=lease_for) -> None:
     """A stalled owner (stopped past its TTL) loses cleanly to a new owner: its resumed
     heartbeat / check() reports the loss and it never writes the lease again."""
     events, go = CTX.Queue(), CTX.Event()
-    p = CTX.Process(target=_stalled_owner, args=(lake, mode, events, go))
+    p = CTX.Process(target=_stalled_owner, args=(lake, mode, events, go, make))
     p.start()
     try:
         kind, pid = events.get(timeout=120)
         assert kind == "acquired"
-        with outside_critical_section(lake):
+        with outside_critical_section(lake, make):
             os.kill(pid, signal.SIGSTOP)
         try:
             time.sleep(1.5)  # past the stalled owner's 1 s TTL
-            new = lease_for(lake, "r-new", ttl=60.0, heartbeat=600.0).acquire()
+            new = make(lake, "r-new", ttl=60.0, heartbeat=600.0).acquire()
         finally:
             os.kill(pid, signal.SIGCONT)
         mark = (new._version if isinstance(new, DeltaLease) else new.read()["heartbeat"])
@@ -200,35 +218,42 @@ def stalled_owner_loses(lake: Lake, mode: str) -> None:
 # -- the tests -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["local", "file-uri"])
-def any_lake(request, tmp_path):
-    if request.param == "local":
-        return Lake.at(tmp_path / "lake")
-    return Lake.at(f"file://{tmp_path}/lake")
+@pytest.fixture(params=["file-lease", "delta-lease"])
+def any_lease(request, tmp_path):
+    """(a lake, a maker of its leases): the file lease of a local lake (what :func:`lease_for`
+    gives), or the Delta lease built directly on a ``file://`` lake."""
+    if request.param == "file-lease":
+        return Lake.at(tmp_path / "lake"), lease_for
+    return Lake.at(f"file://{tmp_path}/lake"), delta_lease
 
 
-def test_lease_kind_follows_the_lake_address(tmp_path):
-    assert isinstance(lease_for(Lake.at(tmp_path / "a"), "r"), Lease)
-    assert isinstance(lease_for(Lake.at(f"file://{tmp_path}/b"), "r"), DeltaLease)
+def test_lease_kind_follows_the_physical_lake(tmp_path):
+    """A local lake gets the file lease whatever its spelling; an object store the Delta lease."""
+    plain, uri = lease_for(Lake.at(tmp_path / "a"), "r"), lease_for(Lake.at(f"file://{tmp_path}/a"), "r")
+    assert isinstance(plain, Lease) and isinstance(uri, Lease) and plain.path == uri.path
+    assert isinstance(lease_for(Lake.at("s3://bucket/lake"), "r"), DeltaLease)
 
 
-def test_exactly_one_of_racing_processes_takes_the_lease(any_lake):
-    losses = race_rounds(any_lake)
+def test_exactly_one_of_racing_processes_takes_the_lease(any_lease):
+    lake, make = any_lease
+    losses = race_rounds(lake, make=make)
     assert all(len(lost) == RACERS - 1 for lost in losses)
-    if isinstance(lease_for(any_lake, "probe"), DeltaLease):
+    if make is delta_lease:
         # every racer read the same version: the losers lost the conditional commit itself
         assert all("at the same time" in m for lost in losses for m in lost), losses
 
 
 @pytest.mark.parametrize("mode", ["beat", "check"])
-def test_a_stalled_owner_loses_to_the_new_owner_and_knows_it(any_lake, mode):
-    stalled_owner_loses(any_lake, mode)
+def test_a_stalled_owner_loses_to_the_new_owner_and_knows_it(any_lease, mode):
+    lake, make = any_lease
+    stalled_owner_loses(lake, mode, make)
 
 
-def test_a_live_lease_is_refused_and_released_by_its_owner_only(any_lake):
-    holder = lease_for(any_lake, "r-holder", heartbeat=0.05).acquire()
+def test_a_live_lease_is_refused_and_released_by_its_owner_only(any_lease):
+    lake, make = any_lease
+    holder = make(lake, "r-holder", heartbeat=0.05).acquire()
     try:
-        other = lease_for(any_lake, "r-other")
+        other = make(lake, "r-other")
         with pytest.raises(LeaseHeldError, match="r-holder is running"):
             other.acquire()
         other.release()  # not its lease: nothing happens
@@ -239,18 +264,19 @@ def test_a_live_lease_is_refused_and_released_by_its_owner_only(any_lake):
     finally:
         holder.release()
     assert holder.read() is None
-    lease_for(any_lake, "r-other").acquire().release()
+    make(lake, "r-other").acquire().release()
 
 
-def test_check_renews_an_owner_that_stalled_while_nobody_took_over(any_lake):
-    lease = lease_for(any_lake, "r-slow", ttl=2.0, heartbeat=600.0).acquire()
+def test_check_renews_an_owner_that_stalled_while_nobody_took_over(any_lease):
+    lake, make = any_lease
+    lease = make(lake, "r-slow", ttl=2.0, heartbeat=600.0).acquire()
     try:
         time.sleep(2.2)  # expired by its own clock, but nobody took over
         before = lease.read()["heartbeat"]
         lease.check()  # renews, conditionally
         assert lease.read()["heartbeat"] > before and not lease.lost
         with pytest.raises(LeaseHeldError, match="r-slow is running"):
-            lease_for(any_lake, "r-late").acquire()
+            make(lake, "r-late").acquire()
     finally:
         lease.release()
 

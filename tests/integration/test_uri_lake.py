@@ -1,11 +1,13 @@
-"""A lake addressed by URI (file://) goes through the object-store code paths: Delta lease, URIs."""
+"""A lake addressed by URI (file://) goes through the object-store code paths (URIs, delta-rs's
+filesystem); its lease is the file lease of its directory, the one every spelling of it takes."""
 
 from __future__ import annotations
 
 import pytest
 
-from engine.lake.lease import DeltaLease, LeaseHeldError, lease_for
+from engine.lake.lease import Lease, LeaseHeldError, lease_for
 from replay import api
+from tests.integration.test_lease import plant_expired
 from tests.lakes import FIXTURE
 
 
@@ -26,18 +28,20 @@ def test_replay_and_rollback_on_a_uri_lake(uri_lake):
     assert api.plan(uri_lake, "2026-01").up_to_date
 
 
-def test_delta_lease_refuses_a_second_replay(uri_lake):
+def test_the_lease_refuses_a_second_replay_whatever_the_spelling(uri_lake):
     holder = lease_for(uri_lake, "r-holder")
-    assert isinstance(holder, DeltaLease)
-    with holder, pytest.raises(LeaseHeldError, match="r-holder is running"):
-        api.run(uri_lake, "2026-01", reason="second")
+    assert isinstance(holder, Lease)
+    plain = api.open_lake(uri_lake.storage.local_path())
+    with holder:
+        for lake in (uri_lake, plain):
+            with pytest.raises(LeaseHeldError, match="r-holder is running"):
+                api.run(lake, "2026-01", reason="second")
     assert holder.read() is None  # released
     api.run(uri_lake, "2026-01", reason="now free")
 
 
-def test_expired_delta_lease_is_taken_over(uri_lake):
-    stale = lease_for(uri_lake, "r-stale", ttl=0.0)
-    stale._write(stale._body())
+def test_expired_lease_is_taken_over(uri_lake):
+    plant_expired(uri_lake)
     api.run(uri_lake, "2026-01", reason="takes over")
 
 
