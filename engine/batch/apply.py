@@ -215,10 +215,11 @@ def _affected(out: JobOutput) -> tuple[Any, Any]:
 
 
 def commit_replay(lake: Lake, plan: Plan, ruleset: Ruleset, out: JobOutput, operator: str,
-            guard: Callable[[], None] | None = None
-            ) -> tuple[dict[str, int], dict[str, int], bool | None]:
+                  guard: Callable[[], None] | None = None, count: bool = True
+                  ) -> tuple[dict[str, int], dict[str, int], bool | None]:
     """Commit every table of the replay; ``guard`` runs before each commit (the lease's
-    ``check``: a driver that lost the lake's lease stops before writing, never after)."""
+    ``check``: a driver that lost the lake's lease stops before writing, never after).
+    ``count=False``: no conservation count of Bronze (the plan's Bronze version is a label)."""
     meta: dict[str, Any] = {
         "replay_id": plan.replay_id,
         "ruleset_name": ruleset.name,
@@ -296,10 +297,10 @@ def commit_replay(lake: Lake, plan: Plan, ruleset: Ruleset, out: JobOutput, oper
         for table, data in ((schemas.SILVER, out.silver), (schemas.QUARANTINE, out.quarantine),
                             (schemas.DUPLICATES, out.duplicates)):
             write(table, data, {"layer": "silver"})
-        gone = lake.readable_from(schemas.BRONZE)
-        if gone is not None and plan.bronze_version is not None and plan.bronze_version < gone[0]:
-            # an erasure recomputing a lagging Silver records the Bronze version Silver still
-            # reflects, which a forward-only delete made unreadable: nothing there to count
+        if not count:
+            # an erasure recomputing a lagging Silver records the Bronze (and archive) version
+            # Silver still reflects: that version may be unreadable (a forward-only delete) or
+            # absent (an archive made since), and conservation is not expected there
             conservation = None
         else:
             # count Bronze itself, not what the tasks read: a lost file or row group must show

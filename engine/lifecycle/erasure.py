@@ -169,7 +169,7 @@ def apply_erasure(lake: Lake, plan: ErasurePlan, executor: Executor, reason: str
                 replay = replace(replay, bronze_version=silver_meta.get("bronze_version"),
                                  archive_version=silver_meta.get("archive_version"))
             versions, _, conservation = commit_replay(lake, replay, ruleset, out, operator_name(),
-                                                      tx.guard)
+                                                      tx.guard, count=not lagging)
             tx.record(versions)
             if conservation is False and not lagging:
                 raise RuntimeError("conservation failed after the recomputation")

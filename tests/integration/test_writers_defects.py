@@ -95,3 +95,25 @@ def test_a_rollback_publishes_itself_and_its_target_in_one_ledger_commit(tmp_pat
     assert mid[out["rollback_id"]] == "running" and mid[b.plan.replay_id] == "success"
     end = {r["reprocessing_id"]: r["status"] for r in api.history(lk)}
     assert end[out["rollback_id"]] == "success" and end[b.plan.replay_id] == "rolled_back"
+
+
+def test_an_erasure_on_a_lagging_lake_after_an_archive(tmp_path):
+    """Found by the chaos suite (seed 3): Silver built before an archive existed and behind
+    Bronze; an erasure then opened the archive at the version Silver recorded (none: -1)."""
+    from datetime import UTC, datetime
+
+    from engine.ingest.generator import GeneratorConfig, generate
+    from engine.ingest.importers import append_new
+
+    lk = api.open_lake(tmp_path / "lake")
+    start = datetime(2026, 2, 27, tzinfo=UTC)
+    append_new(lk, generate(GeneratorConfig(events=3000, tenants=5, days=2, start=start)), "a", {})
+    api.run(lk, "2026-01", executor=LocalExecutor(), reason="a")
+    later = generate(GeneratorConfig(events=300, tenants=5, days=1, seed=5, start=start))
+    later = later.set_column(later.schema.get_field_index("kafka_topic"), "kafka_topic",
+                             __import__("pyarrow").array(["other"] * later.num_rows))
+    append_new(lk, later, "b", {})
+    api.archive(lk, "2026-02-28", str(tmp_path / "arch"))
+    out = api.erase(lk, "tenant-00001", reason="x", executor=LocalExecutor())
+    assert out["rows_erased"] > 0
+    assert [r["status"] for r in api.history(lk) if r["kind"] == "erasure"] == ["success"]
