@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # rustup's cargo, where a non-login shell has not put it on PATH
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: venv demo test bench lint clean browser kafka-up kafka-down s3-up s3-down
+.PHONY: venv demo test bench lint clean browser kafka-up kafka-down s3-up s3-down chaos
 
 venv: $(STAMP)
 
@@ -35,6 +35,15 @@ test: venv browser
 
 bench: venv
 	$(PY) bench/bench.py
+
+# The chaos suite at length (tests/chaos): SEEDS schedules from FIRST, on each lake kind of
+# LAKES (local,s3), e.g. make chaos SEEDS=200. `make test` runs a few on a local lake.
+SEEDS ?= 20
+FIRST ?= 1
+LAKES ?= local,s3
+chaos: venv
+	MEDALLION_CHAOS_SEEDS=$(SEEDS) MEDALLION_CHAOS_FIRST_SEED=$(FIRST) MEDALLION_CHAOS_LAKES=$(LAKES) \
+	  $(PY) -m pytest -q -p no:cacheprovider tests/chaos
 
 lint: venv
 	$(PY) -m ruff check engine rules replay tests bench

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from tests import servers
 from tests.lakes import ROOT
 from tests.servers import free_port_block, port_free
 from tests.servers.kafka import DEFAULT_HOME, KAFKA_VERSION
@@ -17,10 +18,7 @@ pytestmark = pytest.mark.kafka
 
 
 def make(target: str, port: int, data) -> subprocess.CompletedProcess:
-    args = ["make", "--no-print-directory", target, f"KAFKA_PORT={port}", f"KAFKA_DATA={data}"]
-    if subprocess.run(["make", "-q", "venv"], cwd=ROOT).returncode != 0:
-        args.insert(1, "--assume-old=.venv/.installed")  # never reinstall the venv under a test run
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    return servers.make(target, f"KAFKA_PORT={port}", f"KAFKA_DATA={data}", timeout=240)
 
 
 def test_make_kafka_up_then_down(tmp_path):

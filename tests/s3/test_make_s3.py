@@ -9,17 +9,14 @@ import subprocess
 import pytest
 from pyarrow import fs
 
-from tests.lakes import ROOT
+from tests import servers
 from tests.servers import free_port_block, port_free
 
 pytestmark = pytest.mark.s3
 
 
 def make(target: str, port: int, data) -> subprocess.CompletedProcess:
-    args = ["make", "--no-print-directory", target, f"S3_PORT={port}", f"S3_DIR={data}"]
-    if subprocess.run(["make", "-q", "venv"], cwd=ROOT).returncode != 0:
-        args.insert(1, "--assume-old=.venv/.installed")  # never reinstall the venv under a test run
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return servers.make(target, f"S3_PORT={port}", f"S3_DIR={data}", timeout=120)
 
 
 def test_make_s3_up_then_down(tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import socket
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent  # the repository
@@ -31,6 +32,17 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
     return True
+
+
+def make(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """``make ARGS`` from the repository root as a user types it (e.g. ``make("kafka-up")``,
+    ``make("s3-up", "S3_PORT=18333")``), output captured. When ``make -q venv`` says the venv
+    is stale (e.g. pyproject.toml edited since it was installed), ``--assume-old`` keeps the
+    target from reinstalling the venv the test run itself runs from."""
+    cmd = ["make", "--no-print-directory", *args]
+    if subprocess.run(["make", "-q", "venv"], cwd=ROOT).returncode != 0:
+        cmd.insert(1, "--assume-old=.venv/.installed")
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 def free_port_block(count: int, low: int = 20000, high: int = 30000, tries: int = 200) -> int:
