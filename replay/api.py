@@ -216,7 +216,7 @@ def history(lake: LakeArg) -> list[dict[str, Any]]:
 
 
 def status(lake: LakeArg) -> list[dict[str, Any]]:
-    """Each SPEC table: exists, version, rows, and the ruleset that made it."""
+    """Each contract table: exists, version, rows, and the ruleset that made it."""
     lk = open_lake(lake)
     out = []
     for table in schemas.ALL_TABLES:
@@ -243,7 +243,7 @@ def status(lake: LakeArg) -> list[dict[str, Any]]:
 
 def freshness(lake: LakeArg) -> dict[str, Any]:
     """Bronze's latest version and ingestion time against what Silver and Gold reflect, the lag
-    in rows and seconds, and the live follower if one runs (SPEC 11)."""
+    in rows and seconds, and the live follower if one runs (docs/semantics.md §11)."""
     from engine.live.follow import follower_running
     from engine.live.freshness import freshness as fresh
 
@@ -377,7 +377,7 @@ def summary(lake: LakeArg, from_ref: str, to_ref: str | None = None, top: int = 
 def optimize(lake: LakeArg, tables: list[str] | None = None, zorder: list[str] | None = None,
              dry_run: bool = False, reason: str = "optimize") -> dict[str, Any]:
     """Compact small files; Z-order Bronze (and Silver) by (tenant_id, event_timestamp) unless
-    ``zorder`` names other columns. Neutral (SPEC 10): plans and replays do not change."""
+    ``zorder`` names other columns. Neutral (docs/semantics.md §10): plans and replays do not change."""
     from engine.lifecycle.optimize import apply_optimize, plan_optimize
 
     lk = open_lake(lake)
@@ -399,7 +399,7 @@ def vacuum(lake: LakeArg, retain_hours: int = 168, dry_run: bool = False,
 def erase(lake: LakeArg, tenant: str, user: str | None = None, requested_at: Any = None,
           reason: str = "erasure request", executor: Executor | None = None,
           dry_run: bool = False) -> dict[str, Any]:
-    """SPEC 9: erase a tenant (or one person of it) as of ``requested_at`` (default now):
+    """docs/semantics.md §9: erase a tenant (or one person of it) as of ``requested_at`` (default now):
     tombstone, Bronze delete, the tenant's Silver and Gold recomputed, one audited operation."""
     from engine.fold.scope import parse_time
     from engine.lifecycle.erasure import apply_erasure, plan_erasure
@@ -415,7 +415,7 @@ def erase(lake: LakeArg, tenant: str, user: str | None = None, requested_at: Any
 def archive(lake: LakeArg, before: Any, to: str, dry_run: bool = False,
             reason: str = "archive") -> dict[str, Any]:
     """Move Bronze rows ingested before ``before`` (a date) to the archive at ``to``; every
-    replay keeps reading hot and archive as one Bronze (SPEC 10)."""
+    replay keeps reading hot and archive as one Bronze (docs/semantics.md §10)."""
     from engine.lifecycle.archive import apply_archive, plan_archive
 
     lk = open_lake(lake)

@@ -317,7 +317,7 @@ def commit_replay(lake: Lake, plan: Plan, ruleset: Ruleset, out: JobOutput, oper
                         (schemas.ALERTS, out.alerts)):
         write(table, data, gold_meta)
     if schemas.REGION in plan.tables:
-        if out.region is None:  # the ruleset has no region rule: the table is retired (SPEC 8)
+        if out.region is None:  # the ruleset has no region rule: the table is retired (docs/semantics.md §8)
             write(schemas.REGION, schemas.empty(schemas.REGION_SCHEMA), {**gold_meta, "retired": True})
         else:
             write(schemas.REGION, out.region, gold_meta)
@@ -362,7 +362,7 @@ STALE_ATTEMPTS = 5
 def _catch_up(lake: Lake, executor: Executor, config: ReplayConfig | None) -> None:
     """Before a scoped replay: fold what Bronze gained since Silver was built, with the lake's
     active ruleset. A scoped replay records the Bronze version it read; rows appended before
-    it but outside its scope would otherwise never be folded (SPEC 11)."""
+    it but outside its scope would otherwise never be folded (docs/semantics.md §11)."""
     silver = lake.commit_metadata(schemas.SILVER) if lake.exists(schemas.SILVER) else {}
     if silver.get("bronze_version") is None or not lake.data_changed(
             schemas.BRONZE, silver.get("bronze_version")):

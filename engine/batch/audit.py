@@ -117,7 +117,7 @@ def _changed_by_more_than_steps(lake: Lake, table: str, since: int) -> bool:
 
     Steps only fold rows appended to Bronze since: rolling back the replay before them
     restores its versions before, and the next step folds everything appended since with
-    the ruleset active again (SPEC 11), so they never block a rollback."""
+    the ruleset active again (docs/semantics.md §11), so they never block a rollback."""
     if not lake.data_changed(table, since):
         return False
     latest = lake.version(table)

@@ -168,7 +168,7 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
             if old_plans != set(compiled.known_plans):
                 reasons.append(
                     f"plan_limits changes the set of known plans ({', '.join(sorted(old_plans))} -> "
-                    f"{', '.join(sorted(compiled.known_plans))}); validate depends on it (SPEC 5)")
+                    f"{', '.join(sorted(compiled.known_plans))}); validate depends on it (docs/semantics.md §5)")
             chosen = "full"
         if lake.data_changed(schemas.BRONZE, silver_meta.get("bronze_version")):
             reasons.append(f"Bronze changed since Silver was built (version "
@@ -207,7 +207,7 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
         if isinstance(found, Appended):
             inc, chosen = found, "incremental"
             reasons = [f"Bronze grew by {found.rows} rows in {len(found.files)} files since version "
-                       f"{found.since}: folding only them (SPEC 11)"]
+                       f"{found.since}: folding only them (docs/semantics.md §11)"]
         elif mode == "incremental":
             raise UsageError(f"--mode incremental is not possible: {found}")
     elif mode == "incremental":

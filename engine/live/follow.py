@@ -1,7 +1,7 @@
 """``replay follow``: keep Silver and Gold current as Bronze grows, one incremental step at a time.
 
 A follower is a long-running loop over :func:`engine.batch.apply.run` in mode ``auto``,
-which is an incremental step whenever Bronze only grew (SPEC 11) and a full or Gold
+which is an incremental step whenever Bronze only grew (docs/semantics.md §11) and a full or Gold
 replay when it must be (first build, Bronze compacted before being folded):
 
 - **One follower per lake**: it holds the ``follower`` lease for its whole life (its

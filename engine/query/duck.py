@@ -1,4 +1,4 @@
-"""DuckDB over the lake: every table registered under its SPEC name (read via delta-rs).
+"""DuckDB over the lake: every table registered under its contract name (read via delta-rs).
 
 Tables are Arrow datasets from delta-rs, so DuckDB pushes filters and
 projections down (a query on one tenant or day does not read every file).
