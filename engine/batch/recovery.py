@@ -52,7 +52,7 @@ def _settle_one(lake: Lake, r: dict[str, Any]) -> tuple[dict[str, dict[str, Any]
                        "details": f"interrupted; its deletes stay, {len(restored)} derived table(s) "
                                   "restored: run the erasure again"}},
                 f"erasure kept its deletes, restored {len(restored)} table(s)")
-    committed = {t: audit._committed_by(lake, t, rid, before[t]) for t in tables}
+    committed = {t: audit.committed_by(lake, t, rid, before[t]) for t in tables}
     done = {t: v for t, v in committed.items() if v is not None}
     if tables and len(done) == len(tables) and all(lake.version(t) == v for t, v in done.items()):
         failed = _gate(lake, r, done, before)

@@ -15,7 +15,6 @@ later with an ingestion_date below the cutoff go to the archive (see importers).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import date
 
@@ -85,17 +84,13 @@ def archive_of(lake: Lake) -> Archive | None:
 
     An experiment area reads its production lake's archive, as it reads its Bronze.
     """
-    prod = Lake(lake.bronze_root or lake.root, lake.storage_options)
-    if not prod.exists(schemas.AUDIT):
+    from engine.txn.snapshots import last_archive
+
+    found = last_archive(Lake(lake.bronze_root or lake.root, lake.storage_options))
+    if found is None:
         return None
-    flt = (pc.field("kind") == "archive") & (pc.field("status") == "success")
-    rows = prod.read(schemas.AUDIT, columns=["reprocessing_id", "end_time", "target_id", "details"],
-                     filter=flt).to_pylist()
-    if not rows:
-        return None
-    last = max(rows, key=lambda r: r["end_time"])
-    cutoff = date.fromisoformat(json.loads(last["details"])["cutoff"])
-    return Archive(Lake.at(last["target_id"], lake.storage_options), cutoff, last["reprocessing_id"])
+    where, cutoff, op_id = found
+    return Archive(Lake.at(where, lake.storage_options), cutoff, op_id)
 
 
 def bronze_parts(lake: Lake, hot_version: int | None = None,

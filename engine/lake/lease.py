@@ -45,8 +45,8 @@ lease is lost, and renews the lease first when its last renewal is older than on
 interval or half the TTL (so an owner that stalled past its TTL either proves, atomically,
 that nobody took over, or learns that someone did). ``lease.lost`` tells the same without
 raising.
-(:mod:`engine.batch.apply` does not call ``check()`` yet: wiring it before each table commit
-is the caller's part.)
+(:class:`engine.txn.protocol.Transaction` calls ``check()`` right before each commit of every
+multi-table write.)
 """
 
 from __future__ import annotations

@@ -200,22 +200,10 @@ class Lake:
 
     def readable_from(self, table: str) -> tuple[int, str] | None:
         """The oldest version of ``table`` that may still be read, and what removed the older
-        ones (a vacuum past its retention, or an erasure: docs/semantics.md §9), from the ledger."""
-        if table == schemas.AUDIT or not self.exists(schemas.AUDIT):
-            return None
-        # an erasure that did not complete still recorded the floors of its forward-only
-        # deletes (engine/txn): its rows are gone from those versions on
-        flt = pc.field("kind").isin(["vacuum", "erasure"]) & pc.field("status").isin(["success",
-                                                                                     "failed"])
-        rows = self.read(schemas.AUDIT, columns=["reprocessing_id", "kind", "end_time", "versions_after"],
-                         filter=flt).to_pylist()
-        best: tuple[int, str] | None = None
-        for r in rows:
-            floor = (json.loads(r["versions_after"] or "{}").get("readable_from") or {}).get(table)
-            if floor is not None and (best is None or floor > best[0]):
-                when = r["end_time"].strftime("%Y-%m-%d %H:%M UTC") if r["end_time"] else "?"
-                best = (int(floor), f"{r['kind']} {r['reprocessing_id']} ({when})")
-        return best
+        ones (:func:`engine.txn.snapshots.readable_from`: the ledger is the protocol's)."""
+        from engine.txn.snapshots import readable_from
+
+        return readable_from(self, table)
 
     def check_readable(self, table: str, version: int) -> None:
         """Refuse, in one line, a version that a vacuum or an erasure made unreadable."""

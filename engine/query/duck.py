@@ -30,34 +30,11 @@ QUERYABLE = (*schemas.ALL_TABLES, schemas.AUDIT)
 
 
 def consistent_versions(lake: Lake) -> dict[str, int]:
-    """A snapshot of the lake no replay is half-way through: each table's latest version,
-    except the tables of a replay (or rollback, erasure...) that may have been committing
-    while the versions were read, which are read at their version before it. So readers never
-    see Silver and Gold of different rulesets mixed while a replay commits table after table.
+    """The lake's queryable tables at versions no operation is half-way through
+    (:func:`engine.txn.snapshots.consistent_versions`)."""
+    from engine.txn.snapshots import consistent_versions as snapshot
 
-    The ledger is read before and after the versions: a replay ``running`` in either, or that
-    started or ended in between, is pinned to its versions before (its ``running`` row is
-    written before its first commit and turns ``success`` after its last)."""
-    from engine.batch import audit
-
-    if not lake.exists(schemas.AUDIT):
-        return {t: v for t in QUERYABLE if t != schemas.AUDIT and (v := lake.version(t)) is not None}
-    first = {r["reprocessing_id"]: r for r in audit.rows(lake)}
-    pinned = {t: v for t in QUERYABLE if t != schemas.AUDIT and (v := lake.version(t)) is not None}
-    second = {r["reprocessing_id"]: r for r in audit.rows(lake)}
-    for rid in first.keys() | second.keys():  # a follower's step row is gone once it succeeded
-        r = second.get(rid) or first[rid]
-        before = first.get(rid)
-        if r["kind"] == "follow":
-            continue
-        moving = (r["status"] == "running" or before is None or rid not in second
-                  or before["status"] != r["status"])
-        if not moving:
-            continue
-        for t, v in json.loads(r["versions_before"] or "{}").items():
-            if t in pinned and isinstance(v, int) and v <= pinned[t]:
-                pinned[t] = v
-    return pinned
+    return snapshot(lake, QUERYABLE)
 
 
 def connect(lake: Lake, versions: dict[str, int] | None = None) -> duckdb.DuckDBPyConnection:
@@ -106,10 +83,10 @@ def resolve_version(lake: Lake, table: str, ref: str | int) -> int:
     text = str(ref)
     if text.isdigit():
         return int(text)
-    from engine.batch import audit
+    from engine.txn import ledger
 
     rid, _, which = text.partition(":")
-    row = audit.get(lake, rid)
+    row = ledger.get(lake, rid)
     if row is None:
         raise QueryError(f"no replay {rid} in the ledger (see 'replay history')")
     versions = json.loads(row["versions_before" if which == "before" else "versions_after"] or "{}")

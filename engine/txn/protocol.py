@@ -55,6 +55,7 @@ from engine.config import environment
 from engine.contract import schemas
 from engine.lake.lease import lease_for
 from engine.lake.tables import Lake
+from engine.txn import ledger
 
 #: Tables that writers outside the lease append to: never restored (see the module docstring).
 SHARED = frozenset({schemas.BRONZE})
@@ -100,9 +101,7 @@ def publish(lake: Lake, op_id: str, changes: dict[str, dict[str, Any]],
     """One ledger commit: the rows of ``changes`` (by id) changed and the rows of ``add``
     appended. An operation that settles another (a rollback, a recovery) says so here, in
     the same commit as its own outcome."""
-    from engine.batch import audit
-
-    audit.rewrite(lake, op_id, changes, add=add)
+    ledger.rewrite(lake, op_id, changes, add=add)
 
 
 @dataclass
@@ -141,15 +140,13 @@ class Transaction:
               **fields: Any) -> list[str]:
         """Undo what this operation committed (by its kind's policy) and end its row
         ``failed``. A process that lost the lease touches nothing: the new owner settles."""
-        from engine.batch import audit
-
         if self.settled or self.lease.lost:
             return []
         self.settled = True
         keep = keep | (ERASURE_FORWARD if self.kind == "erasure" else frozenset())
         restored = [] if self.kind in NEUTRAL_KINDS else undo(self.lake, self.before, self.op_id, keep)
         publish(self.lake, self.op_id, {self.op_id: {
-            "status": "failed", "end_time": audit.now(), **fields,
+            "status": "failed", "end_time": ledger.now(), **fields,
             "versions_after": json.dumps(versions_after(self.lake, self.kind, self.before)),
             "details": details[:500]}})
         return restored
@@ -157,10 +154,8 @@ class Transaction:
     def finish(self, *, settles: dict[str, dict[str, Any]] | None = None, **fields: Any) -> None:
         """Publish: this operation's row ``success`` (with ``fields``), and the rows it
         settles, in one ledger commit, after a last check of the lease."""
-        from engine.batch import audit
-
         self.guard()
-        publish(self.lake, self.op_id, {self.op_id: {"status": "success", "end_time": audit.now(),
+        publish(self.lake, self.op_id, {self.op_id: {"status": "success", "end_time": ledger.now(),
                                                      **fields}, **(settles or {})})
         self.settled = True
 
@@ -182,10 +177,8 @@ def start(lake: Lake, lease: Any, op_id: str, kind: str, tables: list[str] | tup
     version before and yield the :class:`Transaction`. An exception aborts it (by its kind's
     policy) unless it was settled; leaving the block unsettled is the caller's error,
     aborted the same way."""
-    from engine.batch import audit
-
     before = {t: lake.version(t) for t in tables if lake.exists(t)}
-    audit.append(lake, {"reprocessing_id": op_id, "kind": kind, "start_time": audit.now(),
+    ledger.append(lake, {"reprocessing_id": op_id, "kind": kind, "start_time": ledger.now(),
                         "status": "running", "operator": operator, "reason": reason,
                         "tables": json.dumps(sorted(before)), "versions_before": json.dumps(before),
                         **{"mode": kind, **fields}})

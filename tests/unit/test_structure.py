@@ -150,3 +150,34 @@ def test_every_third_party_import_is_a_declared_dependency():
     missing = {m: (dists.get(m), sorted(files)) for m, files in third.items()
                if not {_dist(d) for d in dists.get(m, [])} & declared}
     assert not missing, f"imported but not in pyproject's dependencies: {missing}"
+
+
+def _imports(path) -> list[tuple[str, list[str]]]:
+    """(module, names) of every ``from X import a, b`` in a file (lazy imports included)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.append((node.module, [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            out += [(a.name, []) for a in node.names]
+    return out
+
+
+@pytest.mark.parametrize("layer", ["lake", "query"])
+def test_the_lake_and_query_layers_never_read_the_batch_package(layer):
+    """Reader snapshots and floors come from the transaction protocol (engine/txn)."""
+    for path in (ROOT / "engine" / layer).glob("*.py"):
+        for module, _ in _imports(path):
+            assert not module.startswith("engine.batch"), (path, module)
+
+
+def test_no_module_imports_another_packages_private_names():
+    for top in ("engine", "rules", "replay"):
+        for path in (ROOT / top).rglob("*.py"):
+            pkg = ".".join(path.relative_to(ROOT).parts[:-1])
+            for module, names in _imports(path):
+                if not module.startswith(("engine", "rules", "replay")):
+                    continue
+                mine = module.rsplit(".", 1)[0] == pkg or module == pkg
+                private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+                assert mine or not private, (path, module, private)
