@@ -166,7 +166,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(f"ingest {cfg.topic} -> {args.lake.root} with {api.redacted(cfg)}", file=sys.stderr)
     stats = api.ingest(args.lake, cfg, None if args.json else _ingest_progress)
     emit({"messages": stats.messages, "batches": stats.batches, "rows_erased": stats.erased,
-          "dropped_batches": stats.dropped_batches, "lag": stats.lag}, args.json)
+          "dropped_batches": stats.dropped_batches, "retried_commits": stats.retried_commits,
+          "lag": stats.lag}, args.json)
     return 0
 
 

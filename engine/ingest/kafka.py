@@ -5,8 +5,14 @@ topic-partition as a Delta application transaction (``medallion-ingest/<topic>/<
 as kafka-delta-ingest does. On start and after every rebalance the consumer seeks to
 the offsets recorded in Delta, not only the group's. Before a commit the ingester
 checks that Delta still expects exactly the offsets its batch starts at: an ingester
-that lost its partitions (a zombie) finds them moved on and drops its batch. Group
-offsets are committed after each Delta commit, so lag shows in standard Kafka tools.
+that lost its partitions (a zombie) finds them moved on and drops its batch. The commit
+is fenced on the snapshot it checked; when another writer commits first (an ingester of
+the same group on other partitions, an import, maintenance), the ingester checks the new
+version: if its partitions' offsets did not move there, it commits the same batch on top
+of it (a few attempts, jittered backoff); otherwise, or after the last attempt, it drops
+the batch and reads each of its partitions again from the offset Delta records, or from
+the batch's first offset where Delta records none yet. Group offsets are committed after
+each Delta commit, so lag shows in standard Kafka tools.
 """
 
 from __future__ import annotations
@@ -26,7 +32,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from confluent_kafka import (
-    OFFSET_INVALID,
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     KafkaError,
@@ -34,12 +39,13 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
-from deltalake import Transaction
+from deltalake import DeltaTable, Transaction
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.contract import schemas
 from engine.contract.errors import CommitConflictError, UsageError
-from engine.ingest.importers import bronze_rows
+from engine.ingest.importers import backoff, bronze_rows, commit_fenced, discard, stage_rows
+from engine.lake.staging import Staged
 from engine.lake.tables import Lake
 from engine.lifecycle.tombstones import drop_erased
 
@@ -79,7 +85,11 @@ def redact(config: dict[str, Any]) -> dict[str, Any]:
 class IngestStats:
     messages: int = 0
     batches: int = 0
+    #: batches not committed (their messages are read again): a partition of theirs moved on
+    #: in Delta, or their commit lost its race every attempt
     dropped_batches: int = 0
+    #: commits tried again after losing a race to a writer that left the batch's partitions alone
+    retried_commits: int = 0
     #: messages dropped because they belong to an erased subject (docs/semantics.md §9)
     erased: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -221,42 +231,29 @@ class Ingester:
         ends = np.r_[starts[1:], n]
         keep = np.zeros(n, dtype=bool)
         txns = []
+        #: partition -> (the batch's first offset of it, the offset Delta records for it or None)
+        firsts: dict[int, tuple[int, int | None]] = {}
+        skipped = False
         snapshot = self.lake.table(schemas.BRONZE)  # the offsets are checked against this version
         for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):  # one pass per partition
             p = int(part[lo])
             expected = self.delta_offset(p, snapshot)
             if expected is not None and int(off[lo]) != expected:
                 # Delta moved on (another ingester) or lags (we read ahead of it): re-seek there.
-                self.stats.dropped_batches += 1
-                if p in self._owned:
-                    self.consumer.seek(TopicPartition(self.cfg.topic, p,
-                                                      expected if expected is not None else OFFSET_INVALID))
+                skipped = True
+                self._seek(p, expected)
                 continue
             keep[lo:hi] = True
+            firsts[p] = (int(off[lo]), expected)
             txns.append(Transaction(app_id(self.cfg.topic, p), int(off[hi - 1]) + 1))
+        if skipped:
+            self.stats.dropped_batches += 1
         if not txns:
             return
         picked = order[keep]
         kept = operator.itemgetter(*picked.tolist())(msgs) if len(picked) > 1 else (msgs[picked[0]],)
         rows = self._rows(kept, part[keep], off[keep])
-        # docs/semantics.md §9: rows of erased subjects are dropped (tombstones read after the snapshot: an
-        # erasure committed since makes this commit fail, and the batch is read again)
-        rows, erased = drop_erased(self.lake, rows)
-        self.stats.erased += erased
-        try:
-            from engine.execution import faults
-            faults.lose_race(self.lake, schemas.BRONZE)
-            self.lake.append_fenced(snapshot, schemas.BRONZE, rows, {
-                "op": "ingest", "topic": self.cfg.topic,
-                "offsets": {t.app_id: t.version for t in txns}}, txns)
-        except CommitConflictError:
-            # a concurrent commit (another ingester) won: re-read Delta's offsets and go on
-            for t in txns:
-                p = int(t.app_id.rsplit("/", 1)[1])
-                expected = self.delta_offset(p)
-                if p in self._owned and expected is not None:
-                    self.consumer.seek(TopicPartition(self.cfg.topic, p, expected))
-            self.stats.dropped_batches += 1
+        if not self._commit(snapshot, rows, txns, firsts):
             return
         self.stats.messages += len(kept)
         self.stats.batches += 1
@@ -266,6 +263,70 @@ class Ingester:
         self._update_lag()
         if self.report:
             self.report(self.stats)
+
+    def _commit(self, snapshot: DeltaTable, rows: pa.Table, txns: list[Transaction],
+                firsts: dict[int, tuple[int, int | None]]) -> bool:
+        """Commit ``rows`` with the offsets ``txns``, fenced on ``snapshot``; False: dropped.
+
+        A lost race (any commit since ``snapshot``: another ingester of the group, an import,
+        maintenance) is retried on the new version when no partition of the batch moved there
+        (Delta still records the offsets the batch starts at), up to :data:`COMMIT_ATTEMPTS`
+        times with a jittered backoff. Otherwise (another ingester committed one of them: a
+        rebalance handed it over) the batch is dropped and each of its partitions read again
+        from the offset Delta records, or from the batch's first one when Delta records none.
+        """
+        from engine.lifecycle.tombstones import TABLE as TOMBSTONES
+
+        # docs/semantics.md §9: rows of erased subjects are dropped; the tombstones are read after
+        # the snapshot (an erasure records its tombstone, then commits a barrier: a commit fenced
+        # on an older snapshot fails), and again before a retry whenever they changed since
+        stones = self.lake.version(TOMBSTONES)
+        rows, erased = drop_erased(self.lake, rows)
+        staged: Staged | None = stage_rows(self.lake, schemas.BRONZE, rows)
+        meta = {"op": "ingest", "topic": self.cfg.topic, "offsets": {t.app_id: t.version for t in txns}}
+        try:
+            for attempt in range(1, COMMIT_ATTEMPTS + 1):
+                assert staged is not None
+                try:
+                    commit_fenced(self.lake, snapshot, schemas.BRONZE, staged, meta, txns)
+                except CommitConflictError:
+                    pass  # nothing references the staged files: they may be committed again
+                except BaseException:
+                    staged = None  # the commit may have landed all the same: its files stay
+                    raise
+                else:
+                    staged = None  # the commit references them
+                    self.stats.erased += erased
+                    return True
+                if attempt == COMMIT_ATTEMPTS:
+                    break
+                time.sleep(backoff(attempt))
+                snapshot.update_incremental()  # the version that won, or a later one
+                if any(self.delta_offset(p, snapshot) != rec for p, (_, rec) in firsts.items()):
+                    break  # another ingester committed a partition of the batch
+                now = self.lake.version(TOMBSTONES)
+                if now != stones:  # an erasure since: drop its subject's rows too
+                    stones = now
+                    rows, more = drop_erased(self.lake, rows)
+                    if more:
+                        erased += more
+                        discard(self.lake, schemas.BRONZE, staged)
+                        staged = None
+                        staged = stage_rows(self.lake, schemas.BRONZE, rows)
+                self.stats.retried_commits += 1
+        finally:
+            discard(self.lake, schemas.BRONZE, staged)
+        snapshot.update_incremental()
+        for p, (first, _) in firsts.items():
+            recorded = self.delta_offset(p, snapshot)
+            self._seek(p, first if recorded is None else recorded)
+        self.stats.dropped_batches += 1
+        return False
+
+    def _seek(self, partition: int, offset: int) -> None:
+        """Read ``partition`` again from ``offset`` (if it is still this ingester's)."""
+        if partition in self._owned:
+            self.consumer.seek(TopicPartition(self.cfg.topic, partition, offset))
 
     def _rows(self, msgs: tuple[Any, ...], part: np.ndarray, off: np.ndarray) -> pa.Table:
         """Bronze rows of the batch's messages (ordered by partition and offset).

@@ -148,6 +148,8 @@ def apply_erasure(lake: Lake, plan: ErasurePlan, executor: Executor, reason: str
         # a neutral barrier commit: a writer that read Bronze before the tombstone existed
         # cannot commit on top of its snapshot any more (Kafka ingest and import are fenced)
         tx.commit(schemas.BRONZE, lambda: lake.barrier(schemas.BRONZE, op_id))
+        if arch is not None:  # an import writing only archive rows is fenced there
+            arch.lake.barrier(schemas.BRONZE, op_id)
         hot = _keys(lake, stone)
         archived = _keys(lake, stone, arch.lake) if arch is not None else hot.slice(0, 0)
         keys = pa.concat_tables([hot, archived])
