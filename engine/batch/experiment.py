@@ -13,11 +13,13 @@ from typing import Any
 
 import pyarrow as pa
 
+from engine.config import environment
 from engine.contract import schemas
 from engine.contract.errors import UsageError
 from engine.execution.specs import Executor, JobOutput
 from engine.fold.pipeline import FOLD_VERSION
 from engine.fold.scope import Scope
+from engine.lake.lease import lease_for
 from engine.lake.staging import Staged, copy_files
 from engine.lake.tables import Lake
 from engine.query.diff import TableDiff, diff_data, summarize
@@ -55,11 +57,22 @@ def list_experiments(lake: Lake) -> list[dict[str, Any]]:
 
 
 def drop_experiment(lake: Lake, name: str) -> None:
+    """Delete an experiment area under its own lease (an experiment replays under it): a
+    running experiment is waited for (``MEDALLION_LEASE_WAIT``), never cut off mid-write.
+    Everything but the lease goes while it is held; then the rest."""
     check_name(name)
     area = lake.storage.child(AREA, name)
     if name not in lake.storage.child(AREA).list_dirs():
         raise UsageError(f"no experiment {name!r} (see 'replay experiment --list')")
+    with lease_for(lake.scratch(name), f"drop-{name}", wait=environment().lease_wait):
+        for d in area.list_dirs():
+            if d not in LEASE_DIRS:
+                area.child(d).delete()
     area.delete()
+
+
+#: Where an area's lease lives (a local area's lock file, an object-store area's table).
+LEASE_DIRS = ("_medallion", "_medallion_lease")
 
 
 def reusable(lake: Lake, ruleset: Ruleset) -> Lake | None:

@@ -153,3 +153,21 @@ def test_an_import_routed_by_the_old_cutoff_during_an_archive_is_not_lost(tmp_pa
     assert mine.num_rows == late.num_rows  # every imported row, once, hot or archived
     keys = ["kafka_partition", "kafka_offset"]
     assert mine.select(keys).group_by(keys).aggregate([]).num_rows == late.num_rows
+
+
+def test_dropping_an_experiment_waits_for_the_experiment_running_in_it(tmp_path):
+    """An experiment replays under its area's lease: `experiment --drop` takes that lease
+    (waits, then refuses) instead of deleting files under a running experiment."""
+    from engine.lake.lease import lease_for
+
+    lk = _lake(tmp_path)
+    api.run(lk, "2026-01", executor=LocalExecutor(), reason="a")
+    exp = api.Experiment(lk, "free-100", executor=LocalExecutor()).run()
+    with lease_for(lk.scratch(exp.name), "r-running-experiment"):
+        p = _cli("experiment", "--lake", lk.root, "--drop", exp.name,
+                 env={"MEDALLION_LEASE_WAIT": "0.5"})
+        assert p.returncode == 1 and "r-running-experiment is running" in p.stderr, p.stderr
+        assert [e["name"] for e in api.experiments(lk)] == [exp.name]
+        assert lk.scratch(exp.name).exists(schemas.SILVER)
+    assert _cli("experiment", "--lake", lk.root, "--drop", exp.name).returncode == 0
+    assert api.experiments(lk) == []
