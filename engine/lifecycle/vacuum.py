@@ -20,6 +20,7 @@ refused in one line (``Lake.check_readable``).
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
@@ -28,8 +29,10 @@ from deltalake import CommitProperties
 
 from engine.batch import audit
 from engine.batch.experiment import AREA as EXPERIMENTS
-from engine.contract.errors import UsageError
+from engine.batch.experiment import list_experiments
+from engine.contract.errors import LeaseHeldError, UsageError
 from engine.execution.shuffle import stale_areas
+from engine.lake.lease import lease_for
 from engine.lake.tables import Lake
 from engine.lifecycle.catalog import (
     LEASE_TABLES,
@@ -119,15 +122,30 @@ def _readable_from(ref: TableRef, horizon: Any) -> int:
     return oldest
 
 
+def _hold_areas(lake: Lake, op_id: str, held: ExitStack) -> list[str]:
+    """Take each experiment area's lease for the vacuum (an experiment replays under it);
+    returns the areas whose lease another process holds: they are left for the next vacuum."""
+    busy = []
+    for exp in list_experiments(lake):
+        try:
+            held.enter_context(lease_for(lake.scratch(exp["name"]), op_id))
+        except LeaseHeldError:
+            busy.append(exp["name"])
+    return busy
+
+
 def apply_vacuum(lake: Lake, plan: VacuumPlan, reason: str = "vacuum") -> dict[str, Any]:
     """Vacuum every table under the lease; the horizon goes into the ledger."""
     hours = plan.retain_hours
     removed: dict[str, int] = {}
     floors: dict[str, int] = {}
-    with lifecycle_operation(lake, "vacuum", reason) as (op_id, finish, guard):
+    with lifecycle_operation(lake, "vacuum", reason) as (op_id, finish, guard), ExitStack() as held:
         horizon = audit.now() - timedelta(hours=hours)
+        busy = _hold_areas(lake, op_id, held)
         for ref in all_tables(lake):
             guard()  # a vacuum that lost the lake's lease changes nothing more
+            if ref.label.split("/")[:2] in ([EXPERIMENTS, b] for b in busy):
+                continue  # an experiment runs there: its area waits for the next vacuum
             dt = ref.lake.table(ref.table)
             if ref.table in LEASE_TABLES:  # in use: no commit here, only the log's tail
                 dt.create_checkpoint()
@@ -149,7 +167,8 @@ def apply_vacuum(lake: Lake, plan: VacuumPlan, reason: str = "vacuum") -> dict[s
         for area in shuffles:
             area.delete()
         finish(details=json.dumps({"retain_hours": hours, "horizon": horizon.isoformat(),
-                                   "files_removed": removed, "shuffle_areas_removed": len(shuffles)},
+                                   "files_removed": removed, "shuffle_areas_removed": len(shuffles),
+                                   "experiment_areas_busy": busy},
                                   sort_keys=True)[:4000],
                versions_after=json.dumps({"readable_from": floors}, sort_keys=True))
     return {"operation_id": op_id, "retain_hours": hours, "horizon": horizon.isoformat(),

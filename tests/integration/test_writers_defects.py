@@ -171,3 +171,23 @@ def test_dropping_an_experiment_waits_for_the_experiment_running_in_it(tmp_path)
         assert lk.scratch(exp.name).exists(schemas.SILVER)
     assert _cli("experiment", "--lake", lk.root, "--drop", exp.name).returncode == 0
     assert api.experiments(lk) == []
+
+
+def test_vacuum_leaves_the_area_of_a_running_experiment_alone(tmp_path):
+    import json
+
+    from engine.lake.lease import lease_for
+
+    lk = _lake(tmp_path)
+    api.run(lk, "2026-01", executor=LocalExecutor(), reason="a")
+    exp = api.Experiment(lk, "free-100", executor=LocalExecutor()).run()
+    area = lk.scratch(exp.name)
+    before = area.version(schemas.SILVER)
+    with lease_for(area, "r-running-experiment"):
+        out = api.vacuum(lk, retain_hours=0)
+    assert area.version(schemas.SILVER) == before  # no vacuum commit in the busy area
+    row = [r for r in api.history(lk) if r["kind"] == "vacuum"][-1]
+    assert json.loads(row["details"])["experiment_areas_busy"] == [exp.name]
+    assert not any(k.startswith("_experiments/") for k in out["tables"])
+    api.vacuum(lk, retain_hours=0)  # free again: vacuumed
+    assert area.version(schemas.SILVER) > before
