@@ -113,7 +113,13 @@ class Lake:
             cache = getattr(_cache, "tables", None)
             if cache is not None and version is None:
                 return self._cached(cache, table)
-            dt = DeltaTable(self.uri(table), storage_options=self._opts)
+            for attempt in range(3):
+                try:
+                    dt = DeltaTable(self.uri(table), storage_options=self._opts)
+                    break
+                except Exception as exc:  # a log entry listed, then cleaned up by a vacuum
+                    if attempt == 2 or "_delta_log" not in str(exc):
+                        raise
             if version is not None and version != dt.version():
                 self.check_readable(table, version)
                 dt.load_as_version(version)

@@ -104,6 +104,9 @@ def apply_archive(lake: Lake, plan: ArchivePlan, reason: str = "archive") -> dic
     with txn.begin(lake, new_replay_id(), "archive", [schemas.BRONZE], reason, operator_name(),
                    target_id=archive.root) as tx:
         op_id = tx.op_id
+        current = archive_of(lake)
+        if (current.cutoff if current is not None else None) != plan.previous_cutoff:
+            plan = plan_archive(lake, plan.before, plan.to)  # another archive ran meanwhile
         archive.ensure(schemas.BRONZE)
         if plan.previous_cutoff is not None:  # a previous archive that died after its switch
             settle_below_cutoff(lake, archive, plan.previous_cutoff, op_id, tx.guard)

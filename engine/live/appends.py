@@ -46,8 +46,11 @@ def _log_entry(lake: Lake, table: str, version: int) -> list[dict[str, Any]] | N
     path = f"{base}/_delta_log/{version:020d}.json" if base else f"_delta_log/{version:020d}.json"
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return None  # cleaned up by a log retention (any other error propagates: not "gone")
-    with fs.open_input_stream(path) as f:
-        text = f.read().decode()
+    try:
+        with fs.open_input_stream(path) as f:
+            text = f.read().decode()
+    except FileNotFoundError:  # cleaned up between the look and the read
+        return None
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 

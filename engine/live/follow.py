@@ -38,7 +38,13 @@ from engine.batch.apply import execute, operator_name, recover_if_needed
 from engine.batch.plan import active_ruleset, build_plan, new_replay_id
 from engine.config import environment
 from engine.contract import schemas
-from engine.contract.errors import LeaseHeldError, ReplayError, StalePlanError, UsageError
+from engine.contract.errors import (
+    LakeError,
+    LeaseHeldError,
+    ReplayError,
+    StalePlanError,
+    UsageError,
+)
 from engine.execution.specs import Executor
 from engine.lake.lease import lease_for
 from engine.lake.tables import Lake, table_cache
@@ -109,6 +115,10 @@ class _Metrics:
 
     def close(self) -> None:
         self.server.shutdown()
+
+
+#: Steps in a row that may fail with a lake error before the follower gives up.
+MAX_FAILED_STEPS = 5
 
 
 class Follower:
@@ -197,13 +207,18 @@ class Follower:
 
     def _loop(self, metrics: _Metrics | None, holder: Any) -> None:
         idle_since = time.monotonic()
+        failures = 0
         while not self.stop.is_set():
             if holder.lost:  # another follower took over (this one stalled past its lease)
                 raise LeaseHeldError("this follower lost the follower lease to another one")
             try:
                 folded = self.step(metrics)
+                failures = 0
             except ReplayError as exc:
-                if not exc.retryable:
+                # a lake error can be a reader racing a vacuum's log cleanup: the next look
+                # opens the table afresh; a lasting one stops the follower
+                failures += 1
+                if not (exc.retryable or isinstance(exc, LakeError)) or failures > MAX_FAILED_STEPS:
                     raise
                 self.out(f"step failed, retrying in {self.cfg.interval:g} s: {exc}")
                 folded = 0

@@ -191,3 +191,23 @@ def test_vacuum_leaves_the_area_of_a_running_experiment_alone(tmp_path):
     assert not any(k.startswith("_experiments/") for k in out["tables"])
     api.vacuum(lk, retain_hours=0)  # free again: vacuumed
     assert area.version(schemas.SILVER) > before
+
+
+def test_an_archive_planned_before_another_one_ran_plans_again(tmp_path):
+    """Found by the chaos suite (seed 3): two archives planned at once; the second, applied
+    after the first, took its stale plan's "no cutoff yet" and removed every archived row."""
+    from datetime import UTC, datetime
+
+    from engine.ingest.generator import GeneratorConfig, generate
+    from engine.ingest.importers import append_new
+    from engine.lake.bronze import bronze_rows
+    from engine.lifecycle.archive import apply_archive, plan_archive
+
+    lk = api.open_lake(tmp_path / "lake")
+    start = datetime(2026, 2, 26, tzinfo=UTC)
+    append_new(lk, generate(GeneratorConfig(events=2000, tenants=4, days=3, start=start)), "a", {})
+    total = bronze_rows(lk)
+    first, second = (plan_archive(lk, "2026-02-28", str(tmp_path / "cold")) for _ in range(2))
+    apply_archive(lk, first)
+    apply_archive(lk, second)
+    assert bronze_rows(lk) == total
