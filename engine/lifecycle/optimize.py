@@ -8,6 +8,7 @@ reports the same work after it as before.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -110,8 +111,6 @@ def compact_live(lake: Lake, reason: str) -> dict[str, Any]:
                 lake.merge_files(t, group, tag=f"{op_id}-m{i}", metadata=meta)
                 merged += len(group)
             out[t] = {"files_merged": merged, "files_after": len(lake.files(t))}
-        import json
-
         finish(versions_before=json.dumps(before),
                versions_after=json.dumps({t: lake.version(t) for t in tables}),
                details=json.dumps(out)[:2000])
@@ -123,9 +122,10 @@ def apply_optimize(lake: Lake, plan: OptimizePlan, reason: str = "optimize") -> 
     """Run the plan under the lake's lease; one neutral commit per table that changed."""
     out: dict[str, Any] = {}
     with lifecycle_operation(lake, "optimize", reason, tables=[w.table for w in plan.tables]) as (
-            op_id, finish, _):
+            op_id, finish, guard):
         before = {w.table: lake.version(w.table) for w in plan.tables}
         for w in plan.tables:
+            guard()  # an optimize that lost the lake's lease commits nothing more
             dt = lake.table(w.table)
             props = neutral_commit("optimize", op_id)
             if w.zorder:
@@ -137,8 +137,6 @@ def apply_optimize(lake: Lake, plan: OptimizePlan, reason: str = "optimize") -> 
             out[w.table] = {"files_before": w.files, "files_after": adds.num_rows,
                             "files_removed": metrics.get("numFilesRemoved", 0),
                             "files_added": metrics.get("numFilesAdded", 0), "zorder": list(w.zorder)}
-        import json
-
         finish(versions_before=json.dumps(before),
                versions_after=json.dumps({w.table: lake.version(w.table) for w in plan.tables}),
                details=json.dumps(out)[:2000])
