@@ -33,8 +33,9 @@ test: venv browser
 	$(PY) -m ruff check engine rules replay tests bench
 	$(PY) -m pytest -q --durations=15
 
+# BENCH_ARGS: e.g. "--events 200000 --kafka-messages 0" for a short run (bench/bench.py --help)
 bench: venv
-	$(PY) bench/bench.py
+	$(PY) bench/bench.py $(BENCH_ARGS)
 
 # The chaos suite at length (tests/chaos): SEEDS schedules from FIRST, on each lake kind of
 # LAKES (local,s3), e.g. make chaos SEEDS=200. `make test` runs a few on a local lake.

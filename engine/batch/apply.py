@@ -153,7 +153,8 @@ def execute(lake: Lake, plan: Plan, ruleset: Ruleset, executor: Executor,
                                                      user_checks, None, standard=False)
                 else:
                     results = checks.run_checks(lake, versions, plan.bronze_version,
-                                                plan.mode == "full" and whole, user_checks, tx.before)
+                                                plan.mode == "full" and whole, user_checks, tx.before,
+                                                archive_version=plan.archive_version)
             except BaseException as exc:  # the gate could not run: nothing unchecked is published
                 tx.abort(f"failed after committing: {type(exc).__name__}: {exc}")
                 raise

@@ -19,7 +19,7 @@ from engine.contract import schemas
 from engine.contract.errors import UsageError
 from engine.lake.bronze import bronze_rows
 from engine.lake.tables import Lake
-from engine.query.duck import register_all
+from engine.query.duck import ARCHIVE, register_all
 
 SAMPLE = 5
 #: DuckDB's memory in the driver while the gate runs: past it, the checks' aggregates and
@@ -130,7 +130,9 @@ def conservation(lake: Lake, pinned: dict[str, int]) -> CheckResult:
     """|bronze| = |silver| + |quarantine| + |duplicates| (docs/semantics.md §3), from the Parquet footers."""
     n = {t: lake.dataset(t, pinned.get(t)).count_rows() if lake.exists(t) else 0
          for t in schemas.SILVER_TABLES}
-    n[schemas.BRONZE] = bronze_rows(lake, pinned.get(schemas.BRONZE))  # hot and archived
+    # hot and archived, each at the version the replay read (an import may be adding to the
+    # archive meanwhile: it is the next replay's)
+    n[schemas.BRONZE] = bronze_rows(lake, pinned.get(schemas.BRONZE), pinned.get(ARCHIVE))
     ok = n[schemas.BRONZE] == sum(n[t] for t in schemas.SILVER_TABLES)
     sample = [] if ok else [{"bronze": n[schemas.BRONZE], "silver": n[schemas.SILVER],
                              "quarantine": n[schemas.QUARANTINE], "duplicates": n[schemas.DUPLICATES]}]
@@ -148,7 +150,7 @@ def load_user_checks(directory: str | Path | None) -> dict[str, str]:
 
 def run_checks(lake: Lake, versions: dict[str, int], bronze_version: int | None, full: bool,
                user: dict[str, str] | None = None, previous: dict[str, int] | None = None,
-               standard: bool = True) -> list[CheckResult]:
+               standard: bool = True, archive_version: int | None = None) -> list[CheckResult]:
     """Run the standard (and user) checks over the tables at ``versions``.
 
     ``standard=False`` (an incremental step: its cost must follow the append) skips the
@@ -157,7 +159,9 @@ def run_checks(lake: Lake, versions: dict[str, int], bronze_version: int | None,
     with tempfile.TemporaryDirectory(prefix="medallion-gate-") as spill:
         con = lake.storage.connect(GATE_MEMORY, spill)
         try:
-            return _run_checks(con, lake, versions, bronze_version, full, user, previous, standard)
+            pinned = {**versions, **({ARCHIVE: archive_version} if archive_version is not None
+                                     and archive_version >= 0 else {})}
+            return _run_checks(con, lake, pinned, bronze_version, full, user, previous, standard)
         finally:
             con.close()
 

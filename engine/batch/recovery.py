@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from engine.batch import audit, checks
+from engine.contract import schemas
 from engine.lake.tables import Lake
 from engine.txn import ERASURE_FORWARD, NEUTRAL_KINDS, publish, undo, versions_after
 
@@ -20,9 +21,12 @@ def _gate(lake: Lake, row: dict[str, Any], committed: dict[str, int],
     """The validation gate the dead process would have run over its commits; the names of
     the checks that failed (user checks given with ``--checks`` are not known here)."""
     mode = row["mode"]
+    silver = committed.get(schemas.SILVER)
+    meta = lake.commit_metadata(schemas.SILVER, silver) if silver is not None else {}
     results = checks.run_checks(lake, committed, row["bronze_version"],
                                 mode != "gold" and lake.bronze_root is None, None, before,
-                                standard=mode != "incremental")
+                                standard=mode != "incremental",
+                                archive_version=meta.get("archive_version"))
     return [r.name for r in results if not r.passed]
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from confluent_kafka import (
+    OFFSET_BEGINNING,
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     KafkaError,
@@ -156,8 +157,10 @@ class Ingester:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             recorded = self.delta_offset(tp.partition)
-            if recorded is not None:
-                tp.offset = recorded  # Delta is the source of truth, not the group's offsets
+            # Delta is the only record of what this lake consumed: a partition it has no
+            # offset for is read from its beginning, whatever the group's committed offsets
+            # say (they may come from another lake, e.g. one rebuilt from scratch)
+            tp.offset = recorded if recorded is not None else OFFSET_BEGINNING
             self._owned.add(tp.partition)
         consumer.assign(partitions)
         if self._assigned_at is None:

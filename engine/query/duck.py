@@ -45,12 +45,16 @@ def connect(lake: Lake, versions: dict[str, int] | None = None) -> duckdb.DuckDB
     return con
 
 
+#: The key of ``versions`` that pins the archive's Bronze version (default: its latest).
+ARCHIVE = "archive:" + schemas.BRONZE
+
+
 def register_all(con: duckdb.DuckDBPyConnection, lake: Lake, versions: dict[str, int]) -> None:
     """Register every active table at ``versions`` (default: current). Bronze is the hot table
     and its archive together, split at the archive's cutoff, as replays read it."""
     for table in QUERYABLE:
         if table == schemas.BRONZE and lake.exists(table):
-            parts = bronze_parts(lake, versions.get(table))
+            parts = bronze_parts(lake, versions.get(table), versions.get(ARCHIVE))
             if len(parts) == 1:
                 con.register(table, parts[0].dataset())
                 continue
