@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # rustup's cargo, where a non-login shell has not put it on PATH
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: venv demo test bench lint clean browser kafka-up kafka-down s3-up s3-down chaos
+.PHONY: venv demo test test-slow bench lint clean browser kafka-up kafka-down s3-up s3-down chaos
 
 venv: $(STAMP)
 
@@ -29,9 +29,15 @@ browser:
 	  echo "installing Debian's chromium for the report rendering test"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# `make test`: ruff and every test not marked slow (under 15 minutes on 2 cores);
+# `make test-slow`: the slow ones (the README's commands as typed, chaos schedules, the longest
+# S3, Ray and Kafka runs). CI (.ci/run) runs both.
 test: venv browser
 	$(PY) -m ruff check engine rules replay tests bench
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q --durations=15 -m "not slow"
+
+test-slow: venv browser
+	$(PY) -m pytest -q --durations=15 -m slow
 
 # BENCH_ARGS: e.g. "--events 200000 --kafka-messages 0" for a short run (bench/bench.py --help)
 bench: venv

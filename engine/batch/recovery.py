@@ -65,14 +65,14 @@ def _settle_one(lake: Lake, r: dict[str, Any]) -> tuple[dict[str, dict[str, Any]
                            "details": "settled by recovery: every table committed and the "
                                       "validation gate passed"}},
                     "published (every table committed, gate passed)")
-        why = f"the validation gate failed ({', '.join(failed)})"
+        why, note = f"the validation gate failed ({', '.join(failed)})", f"; gate failed: {failed}"
     else:
-        why = f"{len(done)} of {len(tables)} table(s) committed"
+        why, note = f"{len(done)} of {len(tables)} table(s) committed", ""
     restored = undo(lake, before, rid)
     return ({rid: {"status": "failed", "end_time": now,
                    "versions_after": json.dumps({t: lake.version(t) for t in tables}),
                    "details": f"interrupted; {why}: recovery restored {len(restored)} table(s)"}},
-            f"rolled back {len(restored)} of {len(tables)} tables ({why})")
+            f"rolled back {len(restored)} of {len(tables)} tables{note}")
 
 
 def settle(lake: Lake, operator: str, reason: str) -> list[dict[str, Any]]:

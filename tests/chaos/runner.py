@@ -267,6 +267,12 @@ class Chaos:
     def describe(self, what: str) -> str:
         lines = [f"chaos seed {self.seed} ({self.lake_uri}): {what}", "schedule:"]
         lines += [f"  {o}" for o in make_schedule(self.seed)]
+        lines.append("ledger:")
+        for r in self._history():
+            fails = [c for c in json.loads(r.get("checks") or "[]") if not c.get("passed")]
+            lines.append(f"  {r['reprocessing_id']} {r['kind']} {r['status']} {r['mode']} "
+                         f"before={r['versions_before']} after={r['versions_after']} "
+                         f"{(r['details'] or '')[:160]} {fails or ''}")
         lines.append("processes:")
         lines += [f"  {' '.join(r.argv[:1] + r.argv[3:])} -> {r.returncode}"
                   f"{' (killed)' if r.killed else ''} {r.stderr.strip()[-300:]}" for r in self.ran]

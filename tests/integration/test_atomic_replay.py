@@ -128,6 +128,7 @@ def test_lease_left_by_a_dead_process_expires(loaded):
     assert not lease.path.exists()
 
 
+@pytest.mark.slow
 def test_a_shard_over_its_memory_budget_folds_in_chunks_with_the_same_tables(tmp_path):
     from engine.ingest.generator import GeneratorConfig
     from tests.lakes import assert_same_tables, staged_orphans

@@ -15,6 +15,7 @@ from tests.servers import make
 
 CLAIMED = {
     "venv": "every target below depends on it", "test": "CI (.ci/run) runs it",
+    "test-slow": "CI (.ci/run) runs it",
     "demo": "tests/integration/test_readme_commands.py::test_make_demo",
     "kafka-up": "tests/kafka/test_make_kafka.py", "kafka-down": "tests/kafka/test_make_kafka.py",
     "s3-up": "tests/s3/test_make_s3.py", "s3-down": "tests/s3/test_make_s3.py",

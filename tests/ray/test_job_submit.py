@@ -14,6 +14,7 @@ from tests.readme import Shell, blocks, without_options
 pytestmark = pytest.mark.ray
 
 
+@pytest.mark.slow
 def test_readme_job_submit_runs_a_replay(tmp_path):
     clone = tmp_path / "medallion-replay"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, timeout=120)

@@ -51,6 +51,7 @@ def test_worker_killed_mid_task_is_retried_without_double_counting(tmp_path, his
     assert staged_orphans(dist, res.plan.replay_id) == []  # the killed attempt's files are swept
 
 
+@pytest.mark.slow
 def test_shards_over_their_memory_budget_fold_in_chunks_on_ray(tmp_path, history_parts, ray_ex):
     local = make_lake(tmp_path / "local", history_parts)
     dist = make_lake(tmp_path / "ray", history_parts)

@@ -108,6 +108,7 @@ def cli(s3, s3_lake_uri):
     return c
 
 
+@pytest.mark.slow
 def test_replay_diff_experiment_report_sql_rollback_recover_on_s3(cli, tmp_path):
     rules = cli.json("rules", lake=False)
     assert {"2026-01", "2026-02", "dedup-fix", "free-100"} <= set(rules["rulesets"])
@@ -210,6 +211,7 @@ def test_replay_diff_experiment_report_sql_rollback_recover_on_s3(cli, tmp_path)
     assert cli.plan_work("2026-02")["mode"] == "full"
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_run_on_a_local_ray_with_options_as_flags_only(cli):
     """The Ray workers read Bronze and stage task files on S3 with the options the driver got
@@ -246,6 +248,7 @@ def split_fixture(tmp_path, parts: int = 3) -> list[str]:
     return paths
 
 
+@pytest.mark.slow
 def test_erase_optimize_vacuum_on_s3(s3, s3_lake_uri, tmp_path):
     cli = Cli(s3, s3_lake_uri)
     for path in split_fixture(tmp_path):  # three imports: three small Bronze files
@@ -304,6 +307,7 @@ def test_erase_optimize_vacuum_on_s3(s3, s3_lake_uri, tmp_path):
     assert {r["status"] for r in ledger} == {"success"}
 
 
+@pytest.mark.slow
 def test_archive_to_another_s3_prefix(s3, s3_lake_uri):
     cli = Cli(s3, s3_lake_uri)
     cold = f"{s3_lake_uri}-cold"

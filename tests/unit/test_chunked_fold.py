@@ -138,6 +138,7 @@ def test_the_working_budget_leaves_room_for_the_process_and_the_resident_input()
 
 @given(seed=st.integers(0, 10_000), dup=st.floats(0, 0.5), ruleset=st.sampled_from(["2026-01", "2026-02", "2026-03"]))
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.slow
 def test_generated_history_folds_the_same_in_chunks(seed, dup, ruleset):
     cfg = GeneratorConfig(events=600, tenants=5, days=1, seed=seed, dup_rate=dup, invalid_rate=0.02)
     rows = generate(cfg)
