@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from engine.execution.local import LocalExecutor
 from engine.ingest.generator import GeneratorConfig, generate
 from replay import api
@@ -24,6 +26,7 @@ def test_threads_and_a_single_worker_produce_identical_tables(tmp_path):
     assert [d for _, d, _ in seen] == list(range(1, len(seen) + 1)) and seen[-1][1] == seen[-1][2]
 
 
+@pytest.mark.slow
 def test_map_outputs_over_the_budget_are_spilled_and_read_back(tmp_path):
     t = generate(GeneratorConfig(events=30_000, tenants=30, days=0.5, seed=6))
     n = t.num_rows

@@ -21,6 +21,7 @@ from tests.lakes import ROOT
 pytestmark = pytest.mark.kafka
 
 
+@pytest.mark.slow
 def test_ingest_and_follow_together_end_exact(lake, broker, topic):
     hist = generate(GeneratorConfig(events=8_000, tenants=10, seed=4, days=0.2, dup_rate=0.1))
     first = hist.slice(0, 3000)

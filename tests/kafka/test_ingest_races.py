@@ -107,6 +107,7 @@ def test_partition_taken_over_mid_commit_drops_the_batch_and_rereads_it(lake, br
     assert orphans(lake) == []
 
 
+@pytest.mark.slow
 def test_two_ingesters_of_a_group_retry_instead_of_dropping(lake, broker, topic, monkeypatch):
     """Defect 2: ingesters of one group (and any other writer) make each other's snapshots
     stale with every commit. A batch whose partitions nobody else committed is retried on

@@ -25,6 +25,7 @@ from tests.s3.conftest import s3, s3_lake_uri  # noqa: F401  (fixtures)
 pytestmark = [pytest.mark.kafka, pytest.mark.s3]
 
 
+@pytest.mark.slow
 def test_ingest_into_an_s3_lake_exactly_once_then_replay(s3, s3_lake_uri, broker, topic,  # noqa: F811
                                                         monkeypatch):
     for key in [k for k in os.environ if k.startswith("AWS_")]:

@@ -20,6 +20,7 @@ from tests.s3.test_s3_lake import clean_env
 pytestmark = pytest.mark.s3
 
 
+@pytest.mark.slow
 def test_steps_and_follow_on_s3(s3, s3_lake_uri, monkeypatch):
     monkeypatch.setenv("MEDALLION_STORAGE_OPTIONS", json.dumps(s3.storage_options()))
     lake = api.open_lake(s3_lake_uri)
