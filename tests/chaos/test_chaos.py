@@ -1,6 +1,7 @@
 """Writers together under SIGKILL (issue 22): seeded schedules of real processes against one
-lake, then the invariants (tests/chaos/runner.py). `make test` runs a few short schedules on
-a local lake; `make chaos SEEDS=N [CHAOS_LAKES=local,s3]` runs many, on local and S3 lakes."""
+lake, then the invariants (tests/chaos/runner.py). `make test` runs one short schedule on a
+local lake and `make test-slow` another; `make chaos SEEDS=N [LAKES=local,s3]` runs many, on
+local and S3 lakes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from tests.chaos.runner import Chaos
 
-pytestmark = [pytest.mark.chaos, pytest.mark.kafka, pytest.mark.slow]
+pytestmark = [pytest.mark.chaos, pytest.mark.kafka]
 
 SEEDS = int(os.environ.get("MEDALLION_CHAOS_SEEDS", "2"))
 FIRST = int(os.environ.get("MEDALLION_CHAOS_FIRST_SEED", "1"))
@@ -18,7 +19,8 @@ LAKES = os.environ.get("MEDALLION_CHAOS_LAKES", "local").split(",")
 
 
 @pytest.mark.parametrize("kind", LAKES)
-@pytest.mark.parametrize("seed", range(FIRST, FIRST + SEEDS))
+@pytest.mark.parametrize("seed", [  # `make test` runs the first; `make test-slow` the others
+    pytest.param(s, marks=[pytest.mark.slow] if s != FIRST else []) for s in range(FIRST, FIRST + SEEDS)])
 def test_schedule(seed, kind, broker, topic, tmp_path, request):
     if kind == "s3":
         s3 = request.getfixturevalue("s3")
