@@ -229,7 +229,9 @@ def build_plan(lake: Lake, ruleset: Ruleset, mode: ModeArg = "auto", *, executor
     if inc is not None:
         return _incremental_plan(lake, ruleset, inc, tuple(reasons), executor, cpus,
                                  buckets, cfg, silver_meta, archive_v, arch)
-    source_v = lake.version(source)
+    # one read of Bronze's version for the whole plan: the version the tasks read is the one
+    # its commits record and the gate counts (an ingest may commit while it plans)
+    source_v = bronze_v if source == schemas.BRONZE else lake.version(source)
     files: list[str] = []
     rows = nbytes = n_units = 0
     flt = scope.source_filter(chosen) if scope is not None and chosen is not None else None

@@ -211,3 +211,27 @@ def test_an_archive_planned_before_another_one_ran_plans_again(tmp_path):
     apply_archive(lk, first)
     apply_archive(lk, second)
     assert bronze_rows(lk) == total
+
+
+def test_an_ingest_commit_while_a_replay_plans_is_the_next_replays(tmp_path, monkeypatch):
+    """Found by the chaos suite (seed 6): the plan read Bronze's version twice, so its tasks
+    read a newer Bronze than its commits recorded and its gate counted: conservation failed."""
+    import engine.batch.plan as plan_mod
+    from engine.ingest.importers import append_new
+    from tests.helpers import bronze, event
+
+    lk = _lake(tmp_path)
+    api.run(lk, "2026-01", executor=LocalExecutor(), reason="a")
+    real, landed = plan_mod._changed_rules, []
+
+    def ingest_meanwhile(*a, **k):
+        if not landed:
+            landed.append(append_new(lk, bronze([event(event_id=f"MID-{i}") for i in range(7)],
+                                                topic="mid"), "mid", {"source": "ingest"}))
+        return real(*a, **k)
+
+    monkeypatch.setattr(plan_mod, "_changed_rules", ingest_meanwhile)
+    res = api.run(lk, "2026-02", executor=LocalExecutor(), reason="b")
+    assert landed and res.conservation_ok
+    assert res.plan.source_version == res.plan.bronze_version
+    assert lk.commit_metadata(schemas.SILVER)["bronze_version"] == res.plan.bronze_version
