@@ -123,7 +123,8 @@ def commit_fenced(lake: Lake, dt: DeltaTable, table: str, staged: Staged, metada
                                     partition_by=schemas.PARTITIONS.get(table), commit_properties=props)
     except CommitFailedError as exc:
         raise CommitConflictError(f"concurrent commit on {table}: {exc}", table=table) from None
-    dt.load_as_version(version)
+    with contextlib.suppress(Exception):  # a log cleanup since: the next snapshot() reopens
+        dt.load_as_version(version)
     return version
 
 
@@ -160,7 +161,7 @@ class _Side:
         if self.dt is None:
             self.dt = self.lake.ensure(schemas.BRONZE)
         else:
-            self.dt.update_incremental()
+            self.dt = self.lake.refresh(schemas.BRONZE, self.dt)
 
     def read_keys(self, ranges: pds.Expression | None) -> None:
         """Bring ``keys`` up to date with the snapshot: only the files added since the last

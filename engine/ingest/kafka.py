@@ -304,7 +304,7 @@ class Ingester:
                 if attempt == COMMIT_ATTEMPTS:
                     break
                 time.sleep(backoff(attempt))
-                snapshot.update_incremental()  # the version that won, or a later one
+                snapshot = self.lake.refresh(schemas.BRONZE, snapshot)  # the winner's, or later
                 if any(self.delta_offset(p, snapshot) != rec for p, (_, rec) in firsts.items()):
                     break  # another ingester committed a partition of the batch
                 now = self.lake.version(TOMBSTONES)
@@ -319,7 +319,7 @@ class Ingester:
                 self.stats.retried_commits += 1
         finally:
             discard(self.lake, schemas.BRONZE, staged)
-        snapshot.update_incremental()
+        snapshot = self.lake.refresh(schemas.BRONZE, snapshot)
         for p, (first, _) in firsts.items():
             recorded = self.delta_offset(p, snapshot)
             self._seek(p, first if recorded is None else recorded)

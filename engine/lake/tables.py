@@ -483,8 +483,18 @@ class Lake:
             raise CommitConflictError(f"concurrent commit on {table}: {exc}", table=table) from None
         # any other error may come after the log entry landed (a post-commit hook, a lost
         # reply): the files stay (``replay vacuum`` removes them if nothing references them)
-        dt.load_as_version(version)
+        with contextlib.suppress(Exception):  # a log cleanup since: callers refresh ``dt``
+            dt.load_as_version(version)
         return version
+
+    def refresh(self, table: str, dt: DeltaTable) -> DeltaTable:
+        """``dt`` brought to the latest version; opened afresh (from the latest checkpoint)
+        when a vacuum cleaned up the log entries between its version and now."""
+        try:
+            dt.update_incremental()
+            return dt
+        except Exception:
+            return DeltaTable(self.uri(table), storage_options=self._opts)
 
     def commit_metadata(self, table: str, version: int | None = None) -> dict[str, Any]:
         """The medallion metadata of the commit that produced ``version``; by default of the
