@@ -24,3 +24,15 @@ def isolated_registry():
     previous = swap_default_registry(default_registry().copy())
     yield
     swap_default_registry(previous)
+
+
+@pytest.fixture
+def clone(tmp_path):
+    """A fresh `git clone` of the repository (what it committed), as a user has it."""
+    import subprocess
+
+    from tests.lakes import ROOT
+
+    dest = tmp_path / "medallion-replay"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True, timeout=120)
+    return dest

@@ -3,8 +3,10 @@ comparison helpers."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from urllib.parse import unquote
 
 from engine.contract import schemas
 from engine.ingest.importers import append_new
@@ -48,3 +50,13 @@ def make_lake(path, parts):
     for p in parts:
         append_new(lk, p, "test", {"source": "test"})
     return lk
+
+
+def orphans(lk):
+    """Parquet files under Bronze that no commit ever added (a lost race's staged files must
+    not stay behind)."""
+    root = Path(lk.root.removeprefix("file://")) / schemas.BRONZE
+    live = {unquote(a["add"]["path"]) for log in (root / "_delta_log").glob("*.json")
+            for a in map(json.loads, log.read_text().splitlines()) if "add" in a}
+    return [str(f.relative_to(root)) for f in root.rglob("*.parquet")
+            if "_delta_log" not in f.parts and str(f.relative_to(root)) not in live]

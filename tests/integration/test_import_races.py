@@ -15,8 +15,6 @@ import sys
 import textwrap
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from urllib.parse import unquote
 
 import pytest
 
@@ -25,7 +23,7 @@ from engine.execution import faults
 from engine.ingest import importers
 from engine.lake.tables import Lake
 from replay import api
-from tests.lakes import ROOT
+from tests.lakes import ROOT, orphans
 
 KEY = ["kafka_topic", "kafka_partition", "kafka_offset"]
 
@@ -44,16 +42,6 @@ def assert_exactly_once(part_lakes, expected):
         keys += list(zip(*(t.column(k).to_pylist() for k in KEY), strict=True))
     assert len(keys) == len(set(keys)), "a row landed twice"
     assert set(keys) == expected
-
-
-def orphans(lk):
-    """Parquet files under Bronze that no commit ever added (a lost race's staged files must
-    not stay behind)."""
-    root = Path(lk.root.removeprefix("file://")) / schemas.BRONZE
-    live = {unquote(a["add"]["path"]) for log in (root / "_delta_log").glob("*.json")
-            for a in map(json.loads, log.read_text().splitlines()) if "add" in a}
-    return [str(f.relative_to(root)) for f in root.rglob("*.parquet")
-            if "_delta_log" not in f.parts and str(f.relative_to(root)) not in live]
 
 
 def keys_of(topic, n):

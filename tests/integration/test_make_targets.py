@@ -46,13 +46,6 @@ def test_make_chaos_dry_run():
     assert "MEDALLION_CHAOS_SEEDS=3 MEDALLION_CHAOS_FIRST_SEED=7 MEDALLION_CHAOS_LAKES=local" in r.stdout
 
 
-@pytest.fixture
-def clone(tmp_path):
-    dest = tmp_path / "repo"
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True, timeout=120)
-    return dest
-
-
 def test_make_clean(clone):
     for d in ("lake", ".pytest_cache"):
         (clone / d).mkdir()

@@ -6,7 +6,6 @@ started (see ``CLAIMED``), and a test that fails when a block is claimed by none
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
@@ -41,13 +40,6 @@ def test_every_block_is_claimed_by_a_test():
 def _block(section: str) -> list[str]:
     (b,) = [b for b in blocks() if b.section == section]
     return [without_options(line) for line in b.lines]
-
-
-@pytest.fixture
-def clone(tmp_path):
-    dest = tmp_path / "medallion-replay"
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True, timeout=120)
-    return dest
 
 
 def test_using_it_walkthrough(clone):

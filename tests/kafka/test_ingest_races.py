@@ -11,8 +11,6 @@ import json
 import threading
 import time
 from collections import Counter
-from pathlib import Path
-from urllib.parse import unquote
 
 import pyarrow.compute as pc
 import pytest
@@ -22,22 +20,13 @@ from engine.contract import schemas
 from engine.ingest import kafka
 from engine.ingest.kafka import COMMIT_ATTEMPTS, IngestConfig, Ingester, app_id
 from tests.kafka.conftest import ingest_cli, produce_values
+from tests.lakes import orphans
 
 pytestmark = pytest.mark.kafka
 
 
 def values(n, tag="m"):
     return [json.dumps({"event_id": f"{tag}{i}", "pad": "x" * 100}).encode() for i in range(n)]
-
-
-def orphans(lk):
-    """Parquet files under Bronze that no commit ever added (a lost race's staged files must
-    not stay behind)."""
-    root = Path(lk.root.removeprefix("file://")) / schemas.BRONZE
-    live = {unquote(a["add"]["path"]) for log in (root / "_delta_log").glob("*.json")
-            for a in map(json.loads, log.read_text().splitlines()) if "add" in a}
-    return [str(f.relative_to(root)) for f in root.rglob("*.parquet")
-            if "_delta_log" not in f.parts and str(f.relative_to(root)) not in live]
 
 
 def assert_exactly_once(lake, topic, vals):

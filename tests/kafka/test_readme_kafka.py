@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import shlex
 import shutil
-import subprocess
 import time
 import urllib.request
 from datetime import UTC, datetime
@@ -45,13 +44,6 @@ LIVE = "The live pipeline: incremental steps and `replay follow`"
 BOOTSTRAP = "127.0.0.1:9092"  # the README's default, localhost:9092
 TOPIC = "api-usage-events"
 METRICS_PORT = 9464
-
-
-@pytest.fixture
-def clone(tmp_path):
-    dest = tmp_path / "medallion-replay"
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True, timeout=120)
-    return dest
 
 
 def _block(section: str) -> list[str]:

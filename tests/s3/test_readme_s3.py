@@ -21,7 +21,6 @@ import contextlib
 import json
 import re
 import shlex
-import subprocess
 import time
 
 import pytest
@@ -29,7 +28,6 @@ from deltalake import DeltaTable
 from pyarrow import fs
 
 from engine.contract import schemas
-from tests.lakes import ROOT
 from tests.readme import Shell, blocks, without_options
 from tests.servers import make, port_free
 from tests.servers.seaweedfs import DEFAULT_PORT, SeaweedS3
@@ -39,13 +37,6 @@ pytestmark = [pytest.mark.s3, pytest.mark.slow]
 SECTION = "A lake on an S3-compatible server"
 LAKE = "s3://lake/demo"
 PORTS = range(DEFAULT_PORT, DEFAULT_PORT + 8)  # the S3 gateway and the 7 ports after it
-
-
-@pytest.fixture
-def clone(tmp_path):
-    dest = tmp_path / "medallion-replay"
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True, timeout=120)
-    return dest
 
 
 def _ok(r) -> None:
