@@ -113,13 +113,7 @@ class Lake:
             cache = getattr(_cache, "tables", None)
             if cache is not None and version is None:
                 return self._cached(cache, table)
-            for attempt in range(3):
-                try:
-                    dt = DeltaTable(self.uri(table), storage_options=self._opts)
-                    break
-                except Exception as exc:  # a log entry listed, then cleaned up by a vacuum
-                    if attempt == 2 or "_delta_log" not in str(exc):
-                        raise
+            dt = self._open(table)
             if version is not None and version != dt.version():
                 self.check_readable(table, version)
                 dt.load_as_version(version)
@@ -131,6 +125,22 @@ class Lake:
         except Exception as exc:  # delta-rs raises generic errors for bad versions
             raise LakeError(f"cannot open {table} in {self.root}: {exc}", table=table) from None
 
+    def _open(self, table: str) -> DeltaTable:
+        """Open ``table`` at its latest version. A log entry listed and then removed by a
+        vacuum's cleanup (``Invalid table version``, a missing ``_delta_log`` file) is a race
+        with that cleanup: the table is opened again, from the checkpoint the cleanup kept."""
+        for attempt in range(4):
+            try:
+                return DeltaTable(self.uri(table), storage_options=self._opts)
+            except TableNotFoundError:
+                raise
+            except Exception as exc:
+                text = str(exc)
+                if attempt == 3 or not ("_delta_log" in text or "Invalid table version" in text):
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
     def _cached(self, cache: dict[Any, DeltaTable], table: str) -> DeltaTable:
         key = (self.uri(table), tuple(sorted((self._opts or {}).items())))
         dt = cache.get(key)
@@ -140,7 +150,7 @@ class Lake:
                 return dt
             except Exception:  # gone or unreadable: open it again (and fail as usual)
                 cache.pop(key, None)
-        dt = DeltaTable(key[0], storage_options=self._opts)
+        dt = self._open(table)
         cache[key] = dt
         return dt
 
@@ -494,7 +504,7 @@ class Lake:
             dt.update_incremental()
             return dt
         except Exception:
-            return DeltaTable(self.uri(table), storage_options=self._opts)
+            return self._open(table)
 
     def commit_metadata(self, table: str, version: int | None = None) -> dict[str, Any]:
         """The medallion metadata of the commit that produced ``version``; by default of the
